@@ -1,0 +1,223 @@
+//! Facts about the running host that decide how migtrace can work on it: hardware
+//! virtualisation, tracefs, the eBPF program types the kernel accepts.
+//!
+//! Used by `cargo xtask` (before anything is built) and by `migtrace` itself.
+
+pub mod kernel;
+
+use std::{
+    ffi::CString,
+    fmt, fs, io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+/// How the lab's QEMU processes execute guest code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
+    Kvm,
+    /// QEMU's software emulator, with the reason KVM is not usable.
+    Tcg { reason: String },
+}
+
+impl Accel {
+    /// The value for QEMU's `-accel`.
+    pub fn qemu_name(&self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg { .. } => "tcg",
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Accel::Kvm => write!(f, "kvm (hardware virtualisation usable)"),
+            Accel::Tcg { reason } => write!(f, "tcg (KVM not usable: {reason})"),
+        }
+    }
+}
+
+const KVM_GET_API_VERSION: libc::c_ulong = 0xae00;
+const KVM_API_VERSION: libc::c_int = 12;
+
+/// Decides whether KVM can run a standard guest here.
+///
+/// `/dev/kvm` alone proves nothing: nested or paravirtual KVM (e.g. `kvm_pvm`) can create
+/// VMs yet not boot an ordinary kernel. We require the CPU to expose vmx or svm and the
+/// matching vendor module to be loaded.
+pub fn detect_accel() -> Accel {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    let vendor_module = if flags.contains(&"vmx") {
+        "kvm_intel"
+    } else if flags.contains(&"svm") {
+        "kvm_amd"
+    } else {
+        let mut reason = String::from("the CPU exposes no vmx/svm flag");
+        if Path::new("/sys/module/kvm_pvm").exists() {
+            reason.push_str(
+                "; /dev/kvm is the paravirtual kvm_pvm, which cannot boot a standard guest",
+            );
+        } else if flags.contains(&"hypervisor") {
+            reason.push_str(" (nested virtualisation is not enabled for this VM)");
+        }
+        return Accel::Tcg { reason };
+    };
+    if !Path::new("/sys/module").join(vendor_module).exists() {
+        return Accel::Tcg {
+            reason: format!("module {vendor_module} is not loaded (modprobe {vendor_module})"),
+        };
+    }
+    match kvm_api_version() {
+        Ok(KVM_API_VERSION) => Accel::Kvm,
+        Ok(v) => Accel::Tcg {
+            reason: format!("/dev/kvm reports API version {v}, expected 12"),
+        },
+        Err(e) => Accel::Tcg {
+            reason: format!("cannot use /dev/kvm: {e}"),
+        },
+    }
+}
+
+fn kvm_api_version() -> io::Result<libc::c_int> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")?;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
+    let v = unsafe { libc::ioctl(file.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if v < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(v)
+    }
+}
+
+/// Where tracefs is mounted, if it is.
+pub fn tracefs_root() -> Option<&'static Path> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("events").is_dir())
+}
+
+/// Mounts tracefs at `/sys/kernel/tracing` unless it is already mounted somewhere.
+///
+/// Tracepoint attachment reads event ids from tracefs. Minimal hosts, and processes in a
+/// fresh mount namespace (`ip netns exec` remounts /sys), do not have it.
+pub fn ensure_tracefs() -> io::Result<&'static Path> {
+    if let Some(root) = tracefs_root() {
+        return Ok(root);
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    tracefs_root().ok_or_else(|| io::Error::other("tracefs mounted but has no events directory"))
+}
+
+/// eBPF program types migtrace relies on (values of `enum bpf_prog_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgType {
+    /// Uprobes (and kprobes) run as `BPF_PROG_TYPE_KPROBE`.
+    Kprobe = 2,
+    SchedCls = 3,
+    Tracepoint = 5,
+}
+
+impl ProgType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProgType::Kprobe => "kprobe/uprobe",
+            ProgType::SchedCls => "sched_cls (tc)",
+            ProgType::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+
+/// Loads a two-instruction program (`r0 = 0; exit`) of the given type into the kernel and
+/// unloads it again: the honest answer to "can this kernel run programs of this type".
+pub fn try_load_prog(ty: ProgType) -> io::Result<()> {
+    // mov64 r0, 0 ; exit
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = CString::from(c"GPL");
+    // union bpf_attr, BPF_PROG_LOAD variant: prog_type, insn_cnt, insns, license, ...
+    let mut attr = [0u8; 144];
+    attr[0..4].copy_from_slice(&(ty as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a valid bpf_attr for BPF_PROG_LOAD; pointed-to data outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_mut_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; closing it unloads the program.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
+}
+
+/// Whether the kernel has the perf PMU a probe family attaches through
+/// (`uprobe`, `kprobe`).
+pub fn has_pmu(name: &str) -> bool {
+    Path::new("/sys/bus/event_source/devices")
+        .join(name)
+        .join("type")
+        .exists()
+}
+
+/// Whether the process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accel_names_match_qemu() {
+        assert_eq!(Accel::Kvm.qemu_name(), "kvm");
+        let tcg = Accel::Tcg { reason: "x".into() };
+        assert_eq!(tcg.qemu_name(), "tcg");
+        assert!(tcg.to_string().contains("KVM not usable: x"));
+    }
+
+    #[test]
+    fn detect_accel_gives_reason_for_tcg() {
+        if let Accel::Tcg { reason } = detect_accel() {
+            assert!(!reason.is_empty());
+        }
+    }
+}

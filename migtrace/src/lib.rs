@@ -1,0 +1,5 @@
+//! migtrace: measure VM live migration precisely.
+//!
+//! - [`probe`]: load the eBPF programs, attach them, stream their events.
+pub mod clock;
+pub mod probe;

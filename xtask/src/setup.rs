@@ -1,0 +1,189 @@
+//! `cargo xtask setup`: install exactly what is missing, nothing else.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+use migtrace_common::host::{self, kernel};
+
+use crate::{
+    checks::{
+        self, BASE_PACKAGES, BPF_LINKER_VERSION, DEBIAN_RUST_PACKAGES, DEBIAN_RUSTC_WEB_LLVM,
+        Distro,
+    },
+    toolchain::{self, DEBIAN_LINK, DEBIAN_PREFIX, Origin},
+};
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    let distro = checks::distro();
+    let root = host::is_root();
+    let Distro::Apt { .. } = distro else {
+        return report_manual(&distro);
+    };
+    if !root {
+        return report_manual(&distro);
+    }
+    let mut apt = Apt::default();
+
+    // 1. Base packages, and Debian's Rust when no better eBPF toolchain exists.
+    let mut wanted: Vec<&str> = BASE_PACKAGES.iter().map(|(p, _)| *p).collect();
+    let tc = toolchain::select().ok();
+    if tc.as_ref().is_none_or(|t| t.origin == Origin::Debian) {
+        wanted.extend(DEBIAN_RUST_PACKAGES);
+    }
+    apt.install_missing(&wanted)?;
+
+    // 2. The rustup link for Debian's rustc-web.
+    if tc.is_none()
+        && toolchain::debian_rustc_present()
+        && !toolchain::rustup_toolchains()
+            .iter()
+            .any(|t| t == DEBIAN_LINK)
+    {
+        step(&format!(
+            "rustup toolchain link {DEBIAN_LINK} {DEBIAN_PREFIX}"
+        ));
+        sh(Command::new("rustup")
+            .args(["toolchain", "link", DEBIAN_LINK, DEBIAN_PREFIX])
+            .env_remove("RUSTUP_TOOLCHAIN"))?;
+    }
+    let tc =
+        toolchain::select().context("no eBPF toolchain after installing Debian's rustc-web")?;
+
+    // 3. LLVM of that toolchain, and bpf-linker built against it.
+    let llvm = tc.llvm_major;
+    let llvm_pkgs = checks::llvm_packages(llvm);
+    apt.install_missing(&llvm_pkgs.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let linker_ok = toolchain::which("bpf-linker").is_some()
+        && toolchain::bpf_linker_llvm_major().is_none_or(|m| m == llvm);
+    if !linker_ok {
+        let feature = format!("llvm-{llvm}");
+        step(&format!(
+            "cargo install bpf-linker@{BPF_LINKER_VERSION} --features {feature} (LLVM {llvm}, a few minutes)"
+        ));
+        let prefix = format!("/usr/lib/llvm-{llvm}");
+        sh(Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "--force",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                &feature,
+            ])
+            .env("LLVM_PREFIX", &prefix)
+            .env(format!("LLVM_SYS_{llvm}1_PREFIX"), &prefix))?;
+    }
+
+    // 4. The guest kernel, unless the host's own can boot the lab guest.
+    if checks::guest_kernel().is_none() {
+        step("fetching Debian's cloud kernel for the lab guest (apt-get download)");
+        apt.update()?;
+        let k = kernel::fetch_debian_cloud_kernel().context("fetching the guest kernel")?;
+        println!(
+            "  cached {} in {}",
+            k.release,
+            k.image
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+
+    // 5. tracefs, which tracepoint attachment reads.
+    if host::tracefs_root().is_none() {
+        step("mounting tracefs at /sys/kernel/tracing");
+        host::ensure_tracefs().context("mounting tracefs")?;
+    }
+
+    println!(
+        "setup: done in {:.1} s; eBPF toolchain {tc}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn update(&mut self) -> Result<()> {
+        if !self.updated {
+            step("apt-get update");
+            sh(Command::new("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        Ok(())
+    }
+
+    fn install_missing(&mut self, packages: &[&str]) -> Result<()> {
+        let missing: Vec<String> = checks::installed(packages)
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(p, _)| p)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.update()?;
+        step(&format!("apt-get install {}", missing.join(" ")));
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    }
+}
+
+/// Not root or not apt: say precisely what is missing and how to get it, then fail.
+fn report_manual(distro: &Distro) -> Result<()> {
+    let workspace = crate::workspace_root();
+    let missing: Vec<_> = checks::all(&workspace)
+        .into_iter()
+        .filter(|l| !l.ok && !l.optional)
+        .collect();
+    if missing.is_empty() {
+        println!("setup: everything present");
+        return Ok(());
+    }
+    eprintln!(
+        "setup cannot install here ({}):",
+        match distro {
+            Distro::Apt { pretty } =>
+                format!("{pretty}, but not root: run `sudo -E cargo xtask setup`"),
+            Distro::Other { pretty } => format!("{pretty} has no apt"),
+        }
+    );
+    for line in &missing {
+        eprintln!("  missing {:<24} {}", line.what, line.detail);
+    }
+    eprintln!("how to get them by hand:");
+    eprintln!(
+        "  packages: QEMU (x86_64 system emulator), a static busybox, iproute2, iputils ping, libvirt development files, pkg-config, zstd and zlib development files"
+    );
+    eprintln!(
+        "  eBPF toolchain: `rustup toolchain install nightly --component rust-src` (or set {})",
+        toolchain::ENV_OVERRIDE
+    );
+    eprintln!(
+        "  bpf-linker: LLVM {DEBIAN_RUSTC_WEB_LLVM} (or your toolchain's) dev files, then `LLVM_PREFIX=/usr/lib/llvm-N cargo install bpf-linker --no-default-features --features llvm-N`"
+    );
+    eprintln!(
+        "  guest kernel: pass `--kernel PATH` to migtrace (a bzImage with virtio-pci and virtio-net built in)"
+    );
+    bail!("{} prerequisite(s) missing", missing.len())
+}
+
+fn step(what: &str) {
+    println!("setup: {what}");
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
