@@ -156,7 +156,8 @@ pub fn all(workspace: &Path) -> Vec<Line> {
         names.extend(llvm_packages(llvm));
         let wants_debian_rust = tc
             .as_ref()
-            .map_or(true, |t| t.origin == toolchain::Origin::Debian);
+            .ok()
+            .is_none_or(|t| t.origin == toolchain::Origin::Debian);
         if wants_debian_rust {
             names.extend(DEBIAN_RUST_PACKAGES.iter().map(|p| (*p).to_owned()));
         }
