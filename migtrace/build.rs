@@ -1,28 +1,37 @@
-//! Embeds the eBPF object built by `cargo xtask build`.
-//!
-//! The object is built for `bpfel-unknown-none` with a toolchain that has the Rust library
-//! sources (see xtask); a plain `cargo build` cannot do that, so when the object is absent
-//! we embed nothing and the binary says how to build it properly when probes are needed.
+//! Embeds the artifacts `cargo xtask build` produces with other toolchains or flags:
+//! the eBPF object (bpfel-unknown-none, -Z build-std) and the static guest agent
+//! (`workloads`, crt-static). A plain `cargo build` cannot produce them, so when one is
+//! absent we embed nothing and the binary says how to build it when it is needed.
 
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=MIGTRACE_EBPF_OBJECT");
-    let object = env::var_os("MIGTRACE_EBPF_OBJECT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-            manifest.join("../target/ebpf/bpfel-unknown-none/release/migtrace")
-        });
-    // Rerun when the object appears or changes; cargo compares mtimes.
-    println!("cargo:rerun-if-changed={}", object.display());
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("migtrace.bpf.o");
-    let bytes = fs::read(&object).unwrap_or_default();
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let target = manifest.join("../target");
+    embed(
+        "MIGTRACE_EBPF_OBJECT",
+        target.join("ebpf/bpfel-unknown-none/release/migtrace"),
+        "migtrace.bpf.o",
+    );
+    embed(
+        "MIGTRACE_GUEST_AGENT",
+        target.join("x86_64-unknown-linux-gnu/release/workloads"),
+        "workloads.static",
+    );
+}
+
+fn embed(var: &str, default: PathBuf, name: &str) {
+    println!("cargo:rerun-if-env-changed={var}");
+    let path = env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    // Rerun when the file appears or changes; cargo compares mtimes.
+    println!("cargo:rerun-if-changed={}", path.display());
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join(name);
+    let bytes = fs::read(&path).unwrap_or_default();
     if bytes.is_empty() {
         println!(
-            "cargo:warning=eBPF object {} not found: migtrace is built without probes (run `cargo xtask build`)",
-            object.display()
+            "cargo:warning={} not found: embedding nothing (run `cargo xtask build`)",
+            path.display()
         );
     }
-    fs::write(&out, bytes).expect("write OUT_DIR/migtrace.bpf.o");
+    fs::write(&out, bytes).expect("write into OUT_DIR");
 }
