@@ -8,16 +8,8 @@ use std::{env, fs, path::PathBuf};
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let target = manifest.join("../target");
-    embed(
-        "MIGTRACE_EBPF_OBJECT",
-        target.join("ebpf/bpfel-unknown-none/release/migtrace"),
-        "migtrace.bpf.o",
-    );
-    embed(
-        "MIGTRACE_GUEST_AGENT",
-        target.join("x86_64-unknown-linux-gnu/release/workloads"),
-        "workloads.static",
-    );
+    embed("MIGTRACE_EBPF_OBJECT", target.join("ebpf/bpfel-unknown-none/release/migtrace"), "migtrace.bpf.o");
+    embed("MIGTRACE_GUEST_AGENT", target.join("x86_64-unknown-linux-gnu/release/workloads"), "workloads.static");
 }
 
 fn embed(var: &str, default: PathBuf, name: &str) {
@@ -28,10 +20,7 @@ fn embed(var: &str, default: PathBuf, name: &str) {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join(name);
     let bytes = fs::read(&path).unwrap_or_default();
     if bytes.is_empty() {
-        println!(
-            "cargo:warning={} not found: embedding nothing (run `cargo xtask build`)",
-            path.display()
-        );
+        println!("cargo:warning={} not found: embedding nothing (run `cargo xtask build`)", path.display());
     }
     fs::write(&out, bytes).expect("write into OUT_DIR");
 }

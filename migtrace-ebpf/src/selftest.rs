@@ -37,11 +37,7 @@ pub fn selftest_uprobe(ctx: ProbeContext) -> u32 {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     emit(
         EventKind::SelftestUprobe,
-        SelftestEvent {
-            header: header(EventKind::SelftestUprobe),
-            cookie,
-            arg0: ctx.arg::<u64>(0).unwrap_or(0),
-        },
+        SelftestEvent { header: header(EventKind::SelftestUprobe), cookie, arg0: ctx.arg::<u64>(0).unwrap_or(0) },
     );
     0
 }

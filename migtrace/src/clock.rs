@@ -9,10 +9,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 fn read(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid timespec; both clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -32,9 +29,7 @@ impl WallClock {
         let r = read(libc::CLOCK_REALTIME);
         let m1 = monotonic_ns();
         let mid = m0 / 2 + m1 / 2;
-        Self {
-            offset_ns: r as i128 - mid as i128,
-        }
+        Self { offset_ns: r as i128 - mid as i128 }
     }
 
     pub fn to_system_time(&self, monotonic_ns: u64) -> SystemTime {
@@ -63,15 +58,8 @@ mod tests {
         let mono = monotonic_ns();
         let us = clock.to_unix_us(mono);
         assert!(clock.from_unix_us(us).abs_diff(mono) < 1000);
-        let sys = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_micros() as i64;
-        assert!(
-            (sys - us).abs() < 50_000,
-            "wall clock off by {} us",
-            sys - us
-        );
+        let sys = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_micros() as i64;
+        assert!((sys - us).abs() < 50_000, "wall clock off by {} us", sys - us);
     }
 
     #[test]

@@ -31,18 +31,13 @@ async fn uprobe_and_tracepoint_deliver_events_with_pid_and_monotonic_stamps() {
     let mut probes = Probes::load().expect("load eBPF object (root, built with cargo xtask build)");
     probes.add_target(pid, Role::Selftest).expect("add target");
     let missing = probes
-        .attach_selftest_uprobes(
-            &exe,
-            pid,
-            &[("migtrace_selftest_mark", 7), ("no_such_symbol_in_test", 8)],
-        )
+        .attach_selftest_uprobes(&exe, pid, &[("migtrace_selftest_mark", 7), ("no_such_symbol_in_test", 8)])
         .expect("attach uprobe");
     assert_eq!(missing, vec!["no_such_symbol_in_test".to_owned()]);
     probes.attach_selftest_syscall().expect("attach tracepoint");
 
     let (tx, mut rx) = mpsc::channel(64);
-    let collector =
-        Collector::spawn(probes.take_events().expect("ring buffer"), tx).expect("collector");
+    let collector = Collector::spawn(probes.take_events().expect("ring buffer"), tx).expect("collector");
 
     // Trigger from one dedicated thread so tid and ordering are known.
     let (tid, t0, t1) = tokio::task::spawn_blocking(|| {
@@ -63,13 +58,7 @@ async fn uprobe_and_tracepoint_deliver_events_with_pid_and_monotonic_stamps() {
     while uprobes.len() < 5 || syscalls.len() < 5 {
         let batch = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "timed out: {} uprobe, {} syscall events",
-                    uprobes.len(),
-                    syscalls.len()
-                )
-            })
+            .unwrap_or_else(|_| panic!("timed out: {} uprobe, {} syscall events", uprobes.len(), syscalls.len()))
             .expect("collector alive");
         for event in batch {
             match event {
@@ -95,20 +84,10 @@ async fn uprobe_and_tracepoint_deliver_events_with_pid_and_monotonic_stamps() {
         assert_eq!(e.cookie, 110);
     }
     // Stamps are CLOCK_MONOTONIC, inside the trigger window, and interleave as called.
-    let mut all: Vec<_> = uprobes
-        .iter()
-        .chain(&syscalls)
-        .map(|e| e.header.ts_ns)
-        .collect();
-    assert!(
-        all.iter().all(|&t| (t0..=t1).contains(&t)),
-        "stamps {all:?} outside [{t0}, {t1}]"
-    );
+    let mut all: Vec<_> = uprobes.iter().chain(&syscalls).map(|e| e.header.ts_ns).collect();
+    assert!(all.iter().all(|&t| (t0..=t1).contains(&t)), "stamps {all:?} outside [{t0}, {t1}]");
     for pair in uprobes.iter().zip(&syscalls) {
-        assert!(
-            pair.0.header.ts_ns < pair.1.header.ts_ns,
-            "mark precedes its getppid"
-        );
+        assert!(pair.0.header.ts_ns < pair.1.header.ts_ns, "mark precedes its getppid");
     }
     all.sort_unstable();
     all.dedup();
@@ -127,10 +106,7 @@ async fn other_processes_are_filtered_out() {
         // SAFETY: getppid has no preconditions.
         black_box(unsafe { libc::getppid() });
     }
-    let status = std::process::Command::new("/bin/sh")
-        .args(["-c", "exit 0"])
-        .status()
-        .expect("sh");
+    let status = std::process::Command::new("/bin/sh").args(["-c", "exit 0"]).status().expect("sh");
     assert!(status.success());
     let stats = collector.stop().await.expect("stop");
     assert_eq!(stats.records, 0, "untargeted processes produced records");

@@ -29,16 +29,11 @@ pub struct CpuReport {
 }
 
 pub fn online_cpus() -> usize {
-    thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid timespec; the thread CPU clock always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -92,12 +87,7 @@ impl CpuGen {
                 })
             })
             .collect();
-        Self {
-            load,
-            threads,
-            cpu_ns,
-            start: Instant::now(),
-        }
+        Self { load, threads, cpu_ns, start: Instant::now() }
     }
 
     pub fn report(&self) -> CpuReport {
@@ -109,11 +99,7 @@ impl CpuGen {
             elapsed_s: elapsed,
             cpus: n,
             target_load: self.load.percent,
-            achieved_load: if elapsed > 0.0 {
-                cpu as f64 / 1e9 / (elapsed * n as f64) * 100.0
-            } else {
-                0.0
-            },
+            achieved_load: if elapsed > 0.0 { cpu as f64 / 1e9 / (elapsed * n as f64) * 100.0 } else { 0.0 },
         }
     }
 

@@ -58,19 +58,8 @@ impl DirtyGen {
     pub fn new(region: LockedRegion, pattern: DirtyPattern, seed: u64) -> Self {
         let mut random = vec![0u8; RANDOM_BYTES + PAGE_SIZE];
         SmallRng::seed_from_u64(seed ^ 0x5eed).fill_bytes(&mut random);
-        let fill_bytes =
-            ((pattern.fill / 100.0 * PAGE_SIZE as f64).round() as usize).clamp(1, PAGE_SIZE);
-        Self {
-            region,
-            pattern,
-            random,
-            fill_bytes,
-            next_page: 0,
-            random_offset: 0,
-            pages: 0,
-            cycles: 0,
-            resyncs: 0,
-        }
+        let fill_bytes = ((pattern.fill / 100.0 * PAGE_SIZE as f64).round() as usize).clamp(1, PAGE_SIZE);
+        Self { region, pattern, random, fill_bytes, next_page: 0, random_offset: 0, pages: 0, cycles: 0, resyncs: 0 }
     }
 
     pub fn region(&self) -> &LockedRegion {
@@ -163,16 +152,8 @@ impl DirtyGen {
             pages: self.pages,
             cycles: self.cycles,
             target_rate: self.pattern.rate,
-            rate: if elapsed > 0.0 {
-                self.pages as f64 / elapsed
-            } else {
-                0.0
-            },
-            interval_rate: if interval > 0.0 {
-                (self.pages - last_pages) as f64 / interval
-            } else {
-                0.0
-            },
+            rate: if elapsed > 0.0 { self.pages as f64 / elapsed } else { 0.0 },
+            interval_rate: if interval > 0.0 { (self.pages - last_pages) as f64 / interval } else { 0.0 },
             fill_bytes: self.fill_bytes,
             resyncs: self.resyncs,
         }
@@ -185,15 +166,7 @@ mod tests {
 
     fn gen_with(pages: u64, rate: f64, period_ms: u64, fill: f64) -> DirtyGen {
         let region = LockedRegion::new(pages * PAGE_SIZE as u64, 1).expect("small region");
-        DirtyGen::new(
-            region,
-            DirtyPattern {
-                period: Duration::from_millis(period_ms),
-                rate,
-                fill,
-            },
-            1,
-        )
+        DirtyGen::new(region, DirtyPattern { period: Duration::from_millis(period_ms), rate, fill }, 1)
     }
 
     #[test]

@@ -52,12 +52,7 @@ enum Cmd {
     Dirty {
         #[arg(long, value_name = "SIZE")]
         wset: String,
-        #[arg(
-            long,
-            value_name = "DURATION",
-            requires = "bpc",
-            conflicts_with = "rate"
-        )]
+        #[arg(long, value_name = "DURATION", requires = "bpc", conflicts_with = "rate")]
         period: Option<String>,
         #[arg(long, value_name = "PAGES", requires = "period")]
         bpc: Option<String>,
@@ -89,19 +84,11 @@ fn spec_of(cmd: &Cmd) -> Result<Spec, spec::SpecError> {
             None => format!("load={load}"),
         },
         Cmd::Locked { wset } => format!("wset={wset}"),
-        Cmd::Dirty {
-            wset,
-            period,
-            bpc,
-            rate,
-            fill,
-        } => match (period, bpc, rate) {
+        Cmd::Dirty { wset, period, bpc, rate, fill } => match (period, bpc, rate) {
             (Some(p), Some(b), _) => format!("wset={wset},period={p},bpc={b},fill={fill}"),
             (_, _, Some(r)) => format!("wset={wset},rate={r},fill={fill}"),
             _ => {
-                return Err(spec::SpecError::Inconsistent(
-                    "dirty needs --rate, or --period and --bpc".into(),
-                ));
+                return Err(spec::SpecError::Inconsistent("dirty needs --rate, or --period and --bpc".into()));
             }
         },
         Cmd::Run { spec } => spec.clone(),
@@ -112,11 +99,7 @@ fn spec_of(cmd: &Cmd) -> Result<Spec, spec::SpecError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let opts = RunOptions {
-        duration: cli.duration,
-        report_every: cli.report_every,
-        ..RunOptions::default()
-    };
+    let opts = RunOptions { duration: cli.duration, report_every: cli.report_every, ..RunOptions::default() };
     if let Cmd::Agent { cmdline } = &cli.command {
         agent(cmdline, &opts);
     }
@@ -162,10 +145,7 @@ fn agent(cmdline_path: &str, opts: &RunOptions) -> ! {
         let _ = out.flush();
     };
     let cmdline = std::fs::read_to_string(cmdline_path).unwrap_or_default();
-    let text = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("migtrace.workload="))
-        .unwrap_or("idle");
+    let text = cmdline.split_whitespace().find_map(|w| w.strip_prefix("migtrace.workload=")).unwrap_or("idle");
     match Spec::parse(text) {
         Ok(spec) => {
             say(serde_json::json!({"event": "start", "spec": spec.to_string()}));
@@ -175,9 +155,7 @@ fn agent(cmdline_path: &str, opts: &RunOptions) -> ! {
                 say(serde_json::json!({"event": "error", "message": e.to_string()}));
             }
         }
-        Err(e) => {
-            say(serde_json::json!({"event": "error", "message": format!("bad spec {text:?}: {e}")}))
-        }
+        Err(e) => say(serde_json::json!({"event": "error", "message": format!("bad spec {text:?}: {e}")})),
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));

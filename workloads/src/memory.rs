@@ -43,31 +43,18 @@ pub fn mem_available() -> Option<u64> {
 /// `VmLck` of this process from /proc/self/status, in bytes.
 pub fn vm_locked() -> Option<u64> {
     let text = fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kb: u64 =
+        text.lines().find_map(|l| l.strip_prefix("VmLck:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
 }
 
 fn memlock_limit() -> String {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: lim is a valid rlimit to fill.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
         return "unknown".into();
     }
-    if lim.rlim_cur == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        format!("{} bytes", lim.rlim_cur)
-    }
+    if lim.rlim_cur == libc::RLIM_INFINITY { "unlimited".into() } else { format!("{} bytes", lim.rlim_cur) }
 }
 
 /// An anonymous, page-aligned, mlocked region filled with random data.
@@ -85,10 +72,7 @@ impl LockedRegion {
         if let Some(available) = mem_available()
             && bytes > available
         {
-            return Err(MemoryError::TooLarge {
-                wanted: bytes,
-                available,
-            });
+            return Err(MemoryError::TooLarge { wanted: bytes, available });
         }
         let len = bytes as usize;
         // SAFETY: anonymous private mapping; no file, no fixed address.
@@ -105,8 +89,8 @@ impl LockedRegion {
         if addr == libc::MAP_FAILED {
             return Err(MemoryError::Map(bytes, io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(addr.cast::<u8>())
-            .ok_or_else(|| MemoryError::Map(bytes, io::Error::other("null mapping")))?;
+        let ptr =
+            NonNull::new(addr.cast::<u8>()).ok_or_else(|| MemoryError::Map(bytes, io::Error::other("null mapping")))?;
         let mut region = Self { ptr, len };
         // A block is a 4 KiB page: keep THP from merging pages into 2 MiB units, so
         // "pages dirtied" means the same in the guest, on the host and in our tests.
@@ -115,11 +99,7 @@ impl LockedRegion {
         SmallRng::seed_from_u64(seed).fill_bytes(region.bytes_mut());
         // SAFETY: locking our own mapping.
         if unsafe { libc::mlock(addr, len) } != 0 {
-            return Err(MemoryError::Lock {
-                bytes,
-                limit: memlock_limit(),
-                source: io::Error::last_os_error(),
-            });
+            return Err(MemoryError::Lock { bytes, limit: memlock_limit(), source: io::Error::last_os_error() });
         }
         Ok(region)
     }

@@ -29,11 +29,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self {
-            duration: None,
-            report_every: Duration::from_secs(1),
-            seed: 0x6d69_6774,
-        }
+        Self { duration: None, report_every: Duration::from_secs(1), seed: 0x6d69_6774 }
     }
 }
 
@@ -56,19 +52,12 @@ pub fn run(
     let region = match spec.wset {
         Some(bytes) => {
             let region = LockedRegion::new(bytes, opts.seed)?;
-            emit(json!(LockedReport {
-                r#gen: "locked",
-                wset_bytes: bytes,
-                locked_bytes: vm_locked().unwrap_or(0)
-            }));
+            emit(json!(LockedReport { r#gen: "locked", wset_bytes: bytes, locked_bytes: vm_locked().unwrap_or(0) }));
             Some(region)
         }
         None => None,
     };
-    let cpu = spec
-        .cpu
-        .clone()
-        .map(|load| CpuGen::start(load, stop.clone()));
+    let cpu = spec.cpu.clone().map(|load| CpuGen::start(load, stop.clone()));
     let emit_cpu = |emit: &mut dyn FnMut(Value)| {
         if let Some(c) = &cpu {
             emit(json!(c.report()));
@@ -86,8 +75,7 @@ pub fn run(
             // Locked pages and/or CPU load only: hold until stopped, reporting.
             let start = Instant::now();
             let mut next_report = start + opts.report_every;
-            while !stop.load(Ordering::Relaxed) && opts.duration.is_none_or(|d| start.elapsed() < d)
-            {
+            while !stop.load(Ordering::Relaxed) && opts.duration.is_none_or(|d| start.elapsed() < d) {
                 std::thread::sleep(Duration::from_millis(20));
                 if Instant::now() >= next_report {
                     emit_cpu(emit);

@@ -64,21 +64,13 @@ pub enum SpecError {
     #[error("{0:?} is not key=value (e.g. wset=256M)")]
     NotKeyValue(String),
     #[error("{key}={value:?}: {problem}")]
-    BadValue {
-        key: &'static str,
-        value: String,
-        problem: String,
-    },
+    BadValue { key: &'static str, value: String, problem: String },
     #[error("{0}")]
     Inconsistent(String),
 }
 
 fn bad(key: &'static str, value: &str, problem: impl Into<String>) -> SpecError {
-    SpecError::BadValue {
-        key,
-        value: value.into(),
-        problem: problem.into(),
-    }
+    SpecError::BadValue { key, value: value.into(), problem: problem.into() }
 }
 
 /// A size with an optional binary suffix: `4096`, `64K`, `256M`, `1G`, `256MiB`.
@@ -86,51 +78,33 @@ pub fn parse_size(key: &'static str, value: &str) -> Result<u64, SpecError> {
     let v = value.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        bad(
-            key,
-            value,
-            "expected a whole number with an optional K, M or G suffix",
-        )
-    })?;
+    let n: u64 =
+        num.parse().map_err(|_| bad(key, value, "expected a whole number with an optional K, M or G suffix"))?;
     let mult = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "K" | "KB" | "KIB" => 1 << 10,
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
         _ => {
-            return Err(bad(
-                key,
-                value,
-                format!("unknown unit {unit:?} (use K, M or G)"),
-            ));
+            return Err(bad(key, value, format!("unknown unit {unit:?} (use K, M or G)")));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| bad(key, value, "too large"))
+    n.checked_mul(mult).ok_or_else(|| bad(key, value, "too large"))
 }
 
 /// A duration with a unit: `500us`, `10ms`, `1s`.
 pub fn parse_duration(key: &'static str, value: &str) -> Result<Duration, SpecError> {
     let v = value.trim();
-    let split = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| bad(key, value, "expected a number with a unit: us, ms or s"))?;
+    let n: f64 = num.parse().map_err(|_| bad(key, value, "expected a number with a unit: us, ms or s"))?;
     let secs = match unit {
         "us" | "µs" => n / 1e6,
         "ms" => n / 1e3,
         "s" => n,
         "" => return Err(bad(key, value, "missing unit: write e.g. 10ms")),
         _ => {
-            return Err(bad(
-                key,
-                value,
-                format!("unknown unit {unit:?} (use us, ms or s)"),
-            ));
+            return Err(bad(key, value, format!("unknown unit {unit:?} (use us, ms or s)")));
         }
     };
     if !secs.is_finite() || secs <= 0.0 {
@@ -140,11 +114,8 @@ pub fn parse_duration(key: &'static str, value: &str) -> Result<Duration, SpecEr
 }
 
 fn parse_percent(key: &'static str, value: &str) -> Result<f64, SpecError> {
-    let n: f64 = value
-        .trim()
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| bad(key, value, "expected a percentage 0–100"))?;
+    let n: f64 =
+        value.trim().trim_end_matches('%').parse().map_err(|_| bad(key, value, "expected a percentage 0–100"))?;
     if !(0.0..=100.0).contains(&n) {
         return Err(bad(key, value, "must be between 0 and 100"));
     }
@@ -152,19 +123,12 @@ fn parse_percent(key: &'static str, value: &str) -> Result<f64, SpecError> {
 }
 
 fn parse_count(key: &'static str, value: &str) -> Result<u64, SpecError> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| bad(key, value, "expected a whole number"))
+    value.trim().parse().map_err(|_| bad(key, value, "expected a whole number"))
 }
 
 impl Spec {
     pub fn idle() -> Self {
-        Spec {
-            cpu: None,
-            wset: None,
-            dirty: None,
-        }
+        Spec { cpu: None, wset: None, dirty: None }
     }
 
     pub fn parse(text: &str) -> Result<Self, SpecError> {
@@ -175,9 +139,7 @@ impl Spec {
         let (mut load, mut cpus, mut wset, mut period, mut bpc, mut rate, mut fill) =
             (None, None, None, None, None, None, None);
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| SpecError::NotKeyValue(item.into()))?;
+            let (key, value) = item.split_once('=').ok_or_else(|| SpecError::NotKeyValue(item.into()))?;
             match key.trim() {
                 "load" => load = Some(parse_percent("load", value)?),
                 "cpus" => {
@@ -191,10 +153,7 @@ impl Spec {
                 "period" => period = Some(parse_duration("period", value)?),
                 "bpc" => bpc = Some(parse_count("bpc", value)?),
                 "rate" => {
-                    let r: f64 = value
-                        .trim()
-                        .parse()
-                        .map_err(|_| bad("rate", value, "expected pages per second"))?;
+                    let r: f64 = value.trim().parse().map_err(|_| bad("rate", value, "expected pages per second"))?;
                     if !r.is_finite() || r < 0.0 {
                         return Err(bad("rate", value, "must be zero or more pages per second"));
                     }
@@ -207,29 +166,19 @@ impl Spec {
         if let Some(w) = wset
             && w % PAGE_SIZE as u64 != 0
         {
-            return Err(bad(
-                "wset",
-                &w.to_string(),
-                "must be a whole number of 4 KiB pages",
-            ));
+            return Err(bad("wset", &w.to_string(), "must be a whole number of 4 KiB pages"));
         }
         let dirty_rate = match (rate, period, bpc) {
             (Some(_), _, Some(_)) => {
-                return Err(SpecError::Inconsistent(
-                    "give either rate or bpc, not both (rate = bpc / period)".into(),
-                ));
+                return Err(SpecError::Inconsistent("give either rate or bpc, not both (rate = bpc / period)".into()));
             }
             (Some(r), p, None) => Some((p.unwrap_or(DEFAULT_RATE_PERIOD), r)),
             (None, Some(p), Some(b)) => Some((p, b as f64 / p.as_secs_f64())),
             (None, Some(_), None) => {
-                return Err(SpecError::Inconsistent(
-                    "period needs bpc (pages per cycle)".into(),
-                ));
+                return Err(SpecError::Inconsistent("period needs bpc (pages per cycle)".into()));
             }
             (None, None, Some(_)) => {
-                return Err(SpecError::Inconsistent(
-                    "bpc needs period (e.g. period=10ms)".into(),
-                ));
+                return Err(SpecError::Inconsistent("bpc needs period (e.g. period=10ms)".into()));
             }
             (None, None, None) => None,
         };
@@ -237,22 +186,14 @@ impl Spec {
             Some((_, r)) if r == 0.0 => None,
             Some((period, rate)) => {
                 if fill == Some(0.0) {
-                    return Err(bad(
-                        "fill",
-                        "0",
-                        "a dirty pattern must write at least part of each page",
-                    ));
+                    return Err(bad("fill", "0", "a dirty pattern must write at least part of each page"));
                 }
                 if wset.unwrap_or(0) == 0 {
                     return Err(SpecError::Inconsistent(
                         "a dirty pattern needs a working set to modify: add wset=SIZE".into(),
                     ));
                 }
-                Some(DirtyPattern {
-                    period,
-                    rate,
-                    fill: fill.unwrap_or(100.0),
-                })
+                Some(DirtyPattern { period, rate, fill: fill.unwrap_or(100.0) })
             }
             None => {
                 if fill.is_some() {
@@ -264,18 +205,11 @@ impl Spec {
             }
         };
         let cpu = match (load, cpus) {
-            (Some(p), c) if p > 0.0 => Some(CpuLoad {
-                percent: p,
-                cpus: c,
-            }),
+            (Some(p), c) if p > 0.0 => Some(CpuLoad { percent: p, cpus: c }),
             (None, Some(_)) => return Err(SpecError::Inconsistent("cpus needs load=PCT".into())),
             _ => None,
         };
-        Ok(Spec {
-            cpu,
-            wset: wset.filter(|w| *w > 0),
-            dirty,
-        })
+        Ok(Spec { cpu, wset: wset.filter(|w| *w > 0), dirty })
     }
 
     pub fn is_idle(&self) -> bool {
@@ -294,11 +228,7 @@ impl fmt::Display for Spec {
             }
         }
         if let Some(w) = self.wset {
-            parts.push(if w % (1 << 20) == 0 {
-                format!("wset={}M", w >> 20)
-            } else {
-                format!("wset={}K", w >> 10)
-            });
+            parts.push(if w % (1 << 20) == 0 { format!("wset={}M", w >> 20) } else { format!("wset={}K", w >> 10) });
         }
         if let Some(d) = &self.dirty {
             parts.push(format!("period={}us", d.period.as_micros()));
@@ -310,11 +240,7 @@ impl fmt::Display for Spec {
             }
             parts.push(format!("fill={}", d.fill));
         }
-        if parts.is_empty() {
-            write!(f, "idle")
-        } else {
-            write!(f, "{}", parts.join(","))
-        }
+        if parts.is_empty() { write!(f, "idle") } else { write!(f, "{}", parts.join(",")) }
     }
 }
 
@@ -325,13 +251,7 @@ mod tests {
     #[test]
     fn parses_the_papers_example() {
         let s = Spec::parse("load=30,wset=256M,period=10ms,bpc=300,fill=100").expect("valid");
-        assert_eq!(
-            s.cpu,
-            Some(CpuLoad {
-                percent: 30.0,
-                cpus: None
-            })
-        );
+        assert_eq!(s.cpu, Some(CpuLoad { percent: 30.0, cpus: None }));
         assert_eq!(s.wset, Some(256 << 20));
         let d = s.dirty.expect("dirty");
         assert_eq!(d.period, Duration::from_millis(10));
@@ -349,12 +269,7 @@ mod tests {
         assert_eq!(d.fill, 100.0);
         assert!(Spec::parse("idle").expect("idle").is_idle());
         assert!(Spec::parse("").expect("empty").is_idle());
-        assert!(
-            Spec::parse("wset=64M,rate=0")
-                .expect("rate 0")
-                .dirty
-                .is_none()
-        );
+        assert!(Spec::parse("wset=64M,rate=0").expect("rate 0").dirty.is_none());
     }
 
     #[test]
@@ -363,31 +278,17 @@ mod tests {
         assert_eq!(parse_size("wset", "64K"), Ok(64 << 10));
         assert_eq!(parse_size("wset", "1G"), Ok(1 << 30));
         assert_eq!(parse_size("wset", "256MiB"), Ok(256 << 20));
-        assert_eq!(
-            parse_duration("period", "500us"),
-            Ok(Duration::from_micros(500))
-        );
-        assert_eq!(
-            parse_duration("period", "1.5s"),
-            Ok(Duration::from_millis(1500))
-        );
+        assert_eq!(parse_duration("period", "500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("period", "1.5s"), Ok(Duration::from_millis(1500)));
     }
 
     #[test]
     fn display_round_trips() {
-        for text in [
-            "load=30,wset=256M,period=10ms,bpc=300,fill=50",
-            "wset=12K",
-            "load=5,cpus=2",
-            "idle",
-            "wset=1M,rate=1234",
-        ] {
+        for text in
+            ["load=30,wset=256M,period=10ms,bpc=300,fill=50", "wset=12K", "load=5,cpus=2", "idle", "wset=1M,rate=1234"]
+        {
             let s = Spec::parse(text).expect("valid");
-            assert_eq!(
-                Spec::parse(&s.to_string()).expect("canonical parses"),
-                s,
-                "{text}"
-            );
+            assert_eq!(Spec::parse(&s.to_string()).expect("canonical parses"), s, "{text}");
         }
     }
 

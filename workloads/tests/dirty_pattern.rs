@@ -36,17 +36,11 @@ struct WriteTracker {
 impl WriteTracker {
     fn new(region: &LockedRegion) -> io::Result<Self> {
         // SAFETY: plain syscall; the fd is owned by the tracker.
-        let uffd =
-            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) }
-                as i32;
+        let uffd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
         if uffd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut api = [
-            UFFD_API,
-            UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
-            0,
-        ];
+        let mut api = [UFFD_API, UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, 0];
         ioctl(uffd, UFFDIO_API, api.as_mut_ptr())?;
         let (start, len) = (region.as_ptr() as u64, region.len() as u64);
         let mut register = [start, len, UFFDIO_REGISTER_MODE_WP, 0];
@@ -64,14 +58,11 @@ impl WriteTracker {
     fn written(&self) -> io::Result<Vec<usize>> {
         let pages = (self.len / PAGE_SIZE as u64) as usize;
         let mut buf = vec![0u8; pages * 8];
-        File::open("/proc/self/pagemap")?
-            .read_exact_at(&mut buf, self.start / PAGE_SIZE as u64 * 8)?;
+        File::open("/proc/self/pagemap")?.read_exact_at(&mut buf, self.start / PAGE_SIZE as u64 * 8)?;
         Ok(buf
             .chunks_exact(8)
             .enumerate()
-            .filter(|(_, e)| {
-                u64::from_le_bytes((*e).try_into().unwrap_or_default()) & PM_UFFD_WP == 0
-            })
+            .filter(|(_, e)| u64::from_le_bytes((*e).try_into().unwrap_or_default()) & PM_UFFD_WP == 0)
             .map(|(i, _)| i)
             .collect())
     }
@@ -86,25 +77,13 @@ impl Drop for WriteTracker {
 
 fn ioctl(fd: i32, req: libc::c_ulong, arg: *mut u64) -> io::Result<()> {
     // SAFETY: arg points at a struct of the size encoded in req.
-    if unsafe { libc::ioctl(fd, req, arg) } != 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if unsafe { libc::ioctl(fd, req, arg) } != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 fn generator(pages: u64, bpc: u64, fill: f64) -> DirtyGen {
     let region = LockedRegion::new(pages * PAGE_SIZE as u64, 7).expect("lock a small region");
     let period = Duration::from_millis(10);
-    DirtyGen::new(
-        region,
-        DirtyPattern {
-            period,
-            rate: bpc as f64 / period.as_secs_f64(),
-            fill,
-        },
-        7,
-    )
+    DirtyGen::new(region, DirtyPattern { period, rate: bpc as f64 / period.as_secs_f64(), fill }, 7)
 }
 
 #[test]
@@ -114,10 +93,7 @@ fn each_cycle_dirties_exactly_the_next_bpc_pages_cyclically() {
     let mut expected_start = 0;
     for cycle in 0..8 {
         tracker.reset().expect("write-protect");
-        assert!(
-            tracker.written().expect("pagemap").is_empty(),
-            "nothing written after reset"
-        );
+        assert!(tracker.written().expect("pagemap").is_empty(), "nothing written after reset");
         g.cycle();
         let want: Vec<usize> = (0..10).map(|i| (expected_start + i) % 64).collect();
         let mut got = tracker.written().expect("pagemap");
@@ -140,18 +116,12 @@ fn fill_changes_bytes_written_not_pages_dirtied() {
         g.cycle();
         dirtied.push(tracker.written().expect("pagemap"));
         let fill_bytes = g.fill_bytes();
-        assert_eq!(
-            fill_bytes,
-            (fill / 100.0 * PAGE_SIZE as f64).round() as usize
-        );
+        assert_eq!(fill_bytes, (fill / 100.0 * PAGE_SIZE as f64).round() as usize);
         let after = g.region().bytes();
         for page in 0..32 {
             let range = page * PAGE_SIZE..(page + 1) * PAGE_SIZE;
-            let changed: Vec<usize> = range
-                .clone()
-                .filter(|&i| before[i] != after[i])
-                .map(|i| i - range.start)
-                .collect();
+            let changed: Vec<usize> =
+                range.clone().filter(|&i| before[i] != after[i]).map(|i| i - range.start).collect();
             if page < 8 {
                 // Written: only the first FILL % may change, and (random data) nearly all of it does.
                 assert!(
@@ -168,10 +138,7 @@ fn fill_changes_bytes_written_not_pages_dirtied() {
             }
         }
     }
-    assert!(
-        dirtied.iter().all(|d| *d == (0..8).collect::<Vec<_>>()),
-        "pages dirtied by fill: {dirtied:?}"
-    );
+    assert!(dirtied.iter().all(|d| *d == (0..8).collect::<Vec<_>>()), "pages dirtied by fill: {dirtied:?}");
 }
 
 #[test]
@@ -180,16 +147,10 @@ fn locked_memory_is_really_locked() {
     // 4 MiB stays under the default 8 MiB RLIMIT_MEMLOCK, so this also runs unprivileged.
     let region = LockedRegion::new(4 << 20, 3).expect("mlock 4 MiB");
     let during = vm_locked().expect("VmLck");
-    assert!(
-        during >= before + (4 << 20),
-        "VmLck {during} after locking 4 MiB (was {before})"
-    );
+    assert!(during >= before + (4 << 20), "VmLck {during} after locking 4 MiB (was {before})");
     // Filled with random data, not left zero.
     let zeros = region.bytes().iter().filter(|&&b| b == 0).count();
-    assert!(
-        zeros < region.len() / 100,
-        "{zeros} zero bytes in a random fill"
-    );
+    assert!(zeros < region.len() / 100, "{zeros} zero bytes in a random fill");
     drop(region);
     assert!(vm_locked().expect("VmLck") < during);
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask build`: the eBPF object, then the userspace binary that embeds it.
+//! `cargo xtask build`: the artifacts `migtrace` embeds (the eBPF object, the static
+//! guest agent), then the userspace binaries.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,13 +11,21 @@ use anyhow::{Context as _, Result, bail};
 use crate::toolchain;
 
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
+/// The host triple: the guest agent is built for it explicitly, so that its static-link
+/// flags do not reach build scripts and proc macros.
+const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Where the eBPF object lands (separate target dir: another toolchain builds it).
 pub fn ebpf_object(workspace: &Path) -> PathBuf {
-    workspace
-        .join("target/ebpf")
-        .join(EBPF_TARGET)
-        .join("release/migtrace")
+    workspace.join("target/ebpf").join(EBPF_TARGET).join("release/migtrace")
+}
+
+pub fn guest_agent(workspace: &Path) -> PathBuf {
+    workspace.join("target").join(HOST_TARGET).join("release/workloads")
+}
+
+fn host_cargo_bin() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
 /// Builds the eBPF object. Cargo's fingerprints make this a no-op unless the eBPF or
@@ -27,25 +36,11 @@ pub fn ebpf(workspace: &Path) -> Result<PathBuf> {
         bail!("bpf-linker is not installed: run `cargo xtask setup`");
     }
     // Like aya-build: the target arch for pt_regs access, BTF for the loader.
-    let rustflags = [
-        "--cfg=bpf_target_arch=\"x86_64\"",
-        "-Cdebuginfo=2",
-        "-Clink-arg=--btf",
-    ]
-    .join("\x1f");
+    let rustflags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
     let status = tc
         .cargo()
         .current_dir(workspace)
-        .args([
-            "build",
-            "--package",
-            "migtrace-ebpf",
-            "--release",
-            "--target",
-            EBPF_TARGET,
-            "-Z",
-            "build-std=core",
-        ])
+        .args(["build", "--package", "migtrace-ebpf", "--release", "--target", EBPF_TARGET, "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(workspace.join("target/ebpf"))
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
@@ -57,25 +52,41 @@ pub fn ebpf(workspace: &Path) -> Result<PathBuf> {
     Ok(ebpf_object(workspace))
 }
 
-/// A host cargo command that embeds the eBPF object.
+/// Builds `workloads` as one statically linked binary, the lab guest's agent.
+pub fn workloads_static(workspace: &Path) -> Result<PathBuf> {
+    let status = Command::new(host_cargo_bin())
+        .current_dir(workspace)
+        .args(["build", "--package", "workloads", "--bin", "workloads", "--release", "--target", HOST_TARGET])
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .context("running cargo build for the static guest agent")?;
+    if !status.success() {
+        bail!("building the static workloads binary failed (is libc6-dev installed?)");
+    }
+    Ok(guest_agent(workspace))
+}
+
+/// Builds what `migtrace` embeds: the eBPF object and the static guest agent.
+pub fn embedded(workspace: &Path) -> Result<()> {
+    ebpf(workspace)?;
+    workloads_static(workspace)?;
+    Ok(())
+}
+
+/// A host cargo command whose build of `migtrace` embeds the eBPF object and the agent.
 pub fn host_cargo(workspace: &Path) -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd = Command::new(host_cargo_bin());
     cmd.current_dir(workspace)
-        .env("MIGTRACE_EBPF_OBJECT", ebpf_object(workspace));
+        .env("MIGTRACE_EBPF_OBJECT", ebpf_object(workspace))
+        .env("MIGTRACE_GUEST_AGENT", guest_agent(workspace));
     cmd
 }
 
-/// Builds the eBPF object and the workspace's userspace binaries.
+/// Builds the embedded artifacts and the workspace's userspace binaries.
 pub fn all(workspace: &Path, release: bool) -> Result<PathBuf> {
-    let object = ebpf(workspace)?;
+    embedded(workspace)?;
     let mut cmd = host_cargo(workspace);
-    cmd.args([
-        "build",
-        "--workspace",
-        "--exclude",
-        "migtrace-ebpf",
-        "--bins",
-    ]);
+    cmd.args(["build", "--workspace", "--exclude", "migtrace-ebpf", "--bins"]);
     if release {
         cmd.arg("--release");
     }
@@ -83,9 +94,7 @@ pub fn all(workspace: &Path, release: bool) -> Result<PathBuf> {
     if !status.success() {
         bail!("building migtrace failed");
     }
-    println!("build: eBPF object {}", object.display());
-    Ok(workspace
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("migtrace"))
+    println!("build: eBPF object {}", ebpf_object(workspace).display());
+    println!("build: guest agent {}", guest_agent(workspace).display());
+    Ok(workspace.join("target").join(if release { "release" } else { "debug" }).join("migtrace"))
 }

@@ -15,6 +15,7 @@ pub const BASE_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "the paper's 50 ms ping downtime reference"),
     ("libvirt-dev", "libvirt backend (virt crate)"),
     ("pkg-config", "finding libvirt at build time"),
+    ("libc6-dev", "linking the static guest agent"),
     ("libzstd-dev", "linking bpf-linker against LLVM"),
     ("zlib1g-dev", "linking bpf-linker against LLVM"),
 ];
@@ -54,31 +55,18 @@ pub fn distro() -> Distro {
     };
     let pretty = get("PRETTY_NAME");
     let ids = format!("{} {}", get("ID"), get("ID_LIKE"));
-    if ids
-        .split_whitespace()
-        .any(|id| id == "debian" || id == "ubuntu")
-        && Path::new("/usr/bin/dpkg-query").exists()
-    {
+    if ids.split_whitespace().any(|id| id == "debian" || id == "ubuntu") && Path::new("/usr/bin/dpkg-query").exists() {
         Distro::Apt { pretty }
     } else {
-        Distro::Other {
-            pretty: if pretty.is_empty() {
-                "unknown Linux".into()
-            } else {
-                pretty
-            },
-        }
+        Distro::Other { pretty: if pretty.is_empty() { "unknown Linux".into() } else { pretty } }
     }
 }
 
 /// Installed state of Debian packages (one dpkg-query call).
 pub fn installed(packages: &[&str]) -> BTreeMap<String, bool> {
-    let mut state: BTreeMap<String, bool> =
-        packages.iter().map(|p| ((*p).to_owned(), false)).collect();
-    if let Ok(out) = Command::new("dpkg-query")
-        .args(["-W", "-f=${Package} ${db:Status-Status}\n"])
-        .args(packages)
-        .output()
+    let mut state: BTreeMap<String, bool> = packages.iter().map(|p| ((*p).to_owned(), false)).collect();
+    if let Ok(out) =
+        Command::new("dpkg-query").args(["-W", "-f=${Package} ${db:Status-Status}\n"]).args(packages).output()
     {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if let Some((name, status)) = line.split_once(' ') {
@@ -95,9 +83,7 @@ pub fn installed(packages: &[&str]) -> BTreeMap<String, bool> {
 
 /// The guest kernel the lab would use now: the host's, else a cached Debian cloud kernel.
 pub fn guest_kernel() -> Option<(kernel::GuestKernel, &'static str)> {
-    kernel::host()
-        .map(|k| (k, "host kernel"))
-        .or_else(|| kernel::cached().map(|k| (k, "cached Debian cloud kernel")))
+    kernel::host().map(|k| (k, "host kernel")).or_else(|| kernel::cached().map(|k| (k, "cached Debian cloud kernel")))
 }
 
 /// One line of `doctor`.
@@ -111,12 +97,7 @@ pub struct Line {
 
 impl Line {
     fn new(ok: bool, what: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            ok,
-            optional: false,
-            what: what.into(),
-            detail: detail.into(),
-        }
+        Self { ok, optional: false, what: what.into(), detail: detail.into() }
     }
     fn optional(mut self) -> Self {
         self.optional = true;
@@ -133,55 +114,39 @@ pub fn all(workspace: &Path) -> Vec<Line> {
         Distro::Other { pretty } => lines.push(Line::new(
             false,
             "distribution",
-            format!("{pretty}: setup automates Debian/Ubuntu only; install the equivalents of the packages below by hand"),
+            format!(
+                "{pretty}: setup automates Debian/Ubuntu only; install the equivalents of the packages below by hand"
+            ),
         )),
     }
     lines.push(Line::new(
         host::is_root(),
         "root",
-        if host::is_root() {
-            "running as root"
-        } else {
-            "not root: probes, lab and setup need root"
-        },
+        if host::is_root() { "running as root" } else { "not root: probes, lab and setup need root" },
     ));
 
     let tc = toolchain::select();
-    let llvm = tc
-        .as_ref()
-        .map(|t| t.llvm_major)
-        .unwrap_or(DEBIAN_RUSTC_WEB_LLVM);
+    let llvm = tc.as_ref().map(|t| t.llvm_major).unwrap_or(DEBIAN_RUSTC_WEB_LLVM);
     if matches!(distro, Distro::Apt { .. }) {
         let mut names: Vec<String> = BASE_PACKAGES.iter().map(|(p, _)| (*p).to_owned()).collect();
         names.extend(llvm_packages(llvm));
-        let wants_debian_rust = tc
-            .as_ref()
-            .ok()
-            .is_none_or(|t| t.origin == toolchain::Origin::Debian);
+        let wants_debian_rust = tc.as_ref().ok().is_none_or(|t| t.origin == toolchain::Origin::Debian);
         if wants_debian_rust {
             names.extend(DEBIAN_RUST_PACKAGES.iter().map(|p| (*p).to_owned()));
         }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         for (name, ok) in installed(&refs) {
-            let why = BASE_PACKAGES
-                .iter()
-                .find(|(p, _)| *p == name)
-                .map(|(_, w)| *w)
-                .unwrap_or(
-                    if name.starts_with("llvm-") || name.starts_with("libpolly-") {
-                        "building bpf-linker"
-                    } else {
-                        "eBPF toolchain with library sources"
-                    },
-                );
+            let why = BASE_PACKAGES.iter().find(|(p, _)| *p == name).map(|(_, w)| *w).unwrap_or(
+                if name.starts_with("llvm-") || name.starts_with("libpolly-") {
+                    "building bpf-linker"
+                } else {
+                    "eBPF toolchain with library sources"
+                },
+            );
             lines.push(Line::new(
                 ok,
                 format!("package {name}"),
-                if ok {
-                    format!("installed ({why})")
-                } else {
-                    format!("missing: needed for {why}")
-                },
+                if ok { format!("installed ({why})") } else { format!("missing: needed for {why}") },
             ));
         }
     }
@@ -190,81 +155,68 @@ pub fn all(workspace: &Path) -> Vec<Line> {
         Err(e) => lines.push(Line::new(false, "eBPF toolchain", format!("{e:#}"))),
     }
     match (toolchain::which("bpf-linker"), toolchain::bpf_linker_llvm_major()) {
-        (None, _) => lines.push(Line::new(false, "bpf-linker", "missing (cargo xtask setup builds it against the toolchain's LLVM)")),
-        (Some(p), Some(m)) if m == llvm => lines.push(Line::new(true, "bpf-linker", format!("{}: LLVM {m}, matches the eBPF toolchain", p.display()))),
-        (Some(p), Some(m)) => lines.push(Line::new(false, "bpf-linker", format!("{}: LLVM {m}, but the eBPF toolchain uses LLVM {llvm}; cargo xtask setup rebuilds it", p.display()))),
-        (Some(p), None) => lines.push(Line::new(false, "bpf-linker", format!("{}: cannot tell its LLVM version (statically linked?)", p.display()))),
+        (None, _) => lines.push(Line::new(
+            false,
+            "bpf-linker",
+            "missing (cargo xtask setup builds it against the toolchain's LLVM)",
+        )),
+        (Some(p), Some(m)) if m == llvm => {
+            lines.push(Line::new(true, "bpf-linker", format!("{}: LLVM {m}, matches the eBPF toolchain", p.display())))
+        }
+        (Some(p), Some(m)) => lines.push(Line::new(
+            false,
+            "bpf-linker",
+            format!(
+                "{}: LLVM {m}, but the eBPF toolchain uses LLVM {llvm}; cargo xtask setup rebuilds it",
+                p.display()
+            ),
+        )),
+        (Some(p), None) => lines.push(Line::new(
+            false,
+            "bpf-linker",
+            format!("{}: cannot tell its LLVM version (statically linked?)", p.display()),
+        )),
     }
-    let qemu = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success());
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output().ok().filter(|o| o.status.success());
     lines.push(match qemu {
         Some(o) => Line::new(
             true,
             "qemu-system-x86_64",
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned(),
+            String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned(),
         ),
-        None => Line::new(
-            false,
-            "qemu-system-x86_64",
-            "missing (package qemu-system-x86)",
-        ),
+        None => Line::new(false, "qemu-system-x86_64", "missing (package qemu-system-x86)"),
     });
     lines.push(match guest_kernel() {
-        Some((k, origin)) => Line::new(true, "guest kernel", format!("{} ({origin}, {} modules)", k.release, k.modules.len())),
-        None => Line::new(false, "guest kernel", "none: the host kernel is unusable and no Debian cloud kernel is cached (cargo xtask setup fetches it)"),
+        Some((k, origin)) => {
+            Line::new(true, "guest kernel", format!("{} ({origin}, {} modules)", k.release, k.modules.len()))
+        }
+        None => Line::new(
+            false,
+            "guest kernel",
+            "none: the host kernel is unusable and no Debian cloud kernel is cached (cargo xtask setup fetches it)",
+        ),
     });
 
     lines.push(match host::tracefs_root() {
         Some(p) => Line::new(true, "tracefs", format!("mounted at {}", p.display())),
-        None => Line::new(
-            true,
-            "tracefs",
-            "not mounted: migtrace mounts it at /sys/kernel/tracing when it starts",
-        ),
+        None => Line::new(true, "tracefs", "not mounted: migtrace mounts it at /sys/kernel/tracing when it starts"),
     });
     for ty in [ProgType::Tracepoint, ProgType::Kprobe, ProgType::SchedCls] {
         lines.push(match host::try_load_prog(ty) {
-            Ok(()) => Line::new(
-                true,
-                format!("eBPF {}", ty.name()),
-                "a program of this type loads into the kernel",
-            ),
-            Err(e) => Line::new(
-                false,
-                format!("eBPF {}", ty.name()),
-                format!("does not load: {e}"),
-            ),
+            Ok(()) => Line::new(true, format!("eBPF {}", ty.name()), "a program of this type loads into the kernel"),
+            Err(e) => Line::new(false, format!("eBPF {}", ty.name()), format!("does not load: {e}")),
         });
     }
     lines.push(if host::has_pmu("uprobe") {
-        Line::new(
-            true,
-            "uprobe PMU",
-            "present (QEMU phase probes attach through it)",
-        )
+        Line::new(true, "uprobe PMU", "present (QEMU phase probes attach through it)")
     } else {
-        Line::new(
-            false,
-            "uprobe PMU",
-            "missing: the kernel lacks CONFIG_UPROBE_EVENTS",
-        )
+        Line::new(false, "uprobe PMU", "missing: the kernel lacks CONFIG_UPROBE_EVENTS")
     });
     lines.push(
         if host::has_pmu("kprobe") {
             Line::new(true, "kprobe PMU", "present (not required)")
         } else {
-            Line::new(
-                false,
-                "kprobe PMU",
-                "not available (optional: migtrace does not depend on kprobes)",
-            )
+            Line::new(false, "kprobe PMU", "not available (optional: migtrace does not depend on kprobes)")
         }
         .optional(),
     );

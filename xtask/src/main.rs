@@ -11,11 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "Set up, build, test and run migtrace",
-    version
-)]
+#[command(name = "cargo xtask", about = "Set up, build, test and run migtrace", version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -66,19 +62,13 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Doctor => doctor(&workspace),
         Cmd::Build { release } => build::all(&workspace, release).map(|_| ()),
-        Cmd::Test {
-            no_root_tests,
-            filter,
-        } => test(&workspace, no_root_tests, filter),
+        Cmd::Test { no_root_tests, filter } => test(&workspace, no_root_tests, filter),
         Cmd::Run { args } => run(&workspace, args),
     }
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }
 
 fn doctor(workspace: &std::path::Path) -> Result<()> {
@@ -94,9 +84,7 @@ fn doctor(workspace: &std::path::Path) -> Result<()> {
     }
     let missing = lines.iter().filter(|l| !l.ok && !l.optional).count();
     if missing > 0 {
-        bail!(
-            "{missing} prerequisite(s) missing: `cargo xtask setup` installs them (Debian/Ubuntu, root)"
-        );
+        bail!("{missing} prerequisite(s) missing: `cargo xtask setup` installs them (Debian/Ubuntu, root)");
     }
     Ok(())
 }
@@ -104,11 +92,9 @@ fn doctor(workspace: &std::path::Path) -> Result<()> {
 fn test(workspace: &std::path::Path, no_root_tests: bool, filter: Option<String>) -> Result<()> {
     let root = migtrace_common::host::is_root();
     if !root && !no_root_tests {
-        bail!(
-            "the integration tests load eBPF programs and start QEMU labs: run as root, or pass --no-root-tests"
-        );
+        bail!("the integration tests load eBPF programs and start QEMU labs: run as root, or pass --no-root-tests");
     }
-    build::ebpf(workspace)?;
+    build::embedded(workspace)?;
     let cargo_test = |extra: &[&str]| -> Result<()> {
         let mut cmd = build::host_cargo(workspace);
         cmd.args(["test", "--workspace", "--exclude", "migtrace-ebpf"]);
@@ -136,11 +122,7 @@ fn test(workspace: &std::path::Path, no_root_tests: bool, filter: Option<String>
 fn run(workspace: &std::path::Path, args: Vec<String>) -> Result<()> {
     setup::run()?;
     let binary = build::all(workspace, true)?;
-    let args = if args.is_empty() {
-        vec!["run".to_owned(), "--default".to_owned()]
-    } else {
-        args
-    };
+    let args = if args.is_empty() { vec!["run".to_owned(), "--default".to_owned()] } else { args };
     let status = Command::new(&binary)
         .args(&args)
         .current_dir(workspace)

@@ -6,10 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use migtrace_common::host::{self, kernel};
 
 use crate::{
-    checks::{
-        self, BASE_PACKAGES, BPF_LINKER_VERSION, DEBIAN_RUST_PACKAGES, DEBIAN_RUSTC_WEB_LLVM,
-        Distro,
-    },
+    checks::{self, BASE_PACKAGES, BPF_LINKER_VERSION, DEBIAN_RUST_PACKAGES, DEBIAN_RUSTC_WEB_LLVM, Distro},
     toolchain::{self, DEBIAN_LINK, DEBIAN_PREFIX, Origin},
 };
 
@@ -36,26 +33,21 @@ pub fn run() -> Result<()> {
     // 2. The rustup link for Debian's rustc-web.
     if tc.is_none()
         && toolchain::debian_rustc_present()
-        && !toolchain::rustup_toolchains()
-            .iter()
-            .any(|t| t == DEBIAN_LINK)
+        && !toolchain::rustup_toolchains().iter().any(|t| t == DEBIAN_LINK)
     {
-        step(&format!(
-            "rustup toolchain link {DEBIAN_LINK} {DEBIAN_PREFIX}"
-        ));
+        step(&format!("rustup toolchain link {DEBIAN_LINK} {DEBIAN_PREFIX}"));
         sh(Command::new("rustup")
             .args(["toolchain", "link", DEBIAN_LINK, DEBIAN_PREFIX])
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
-    let tc =
-        toolchain::select().context("no eBPF toolchain after installing Debian's rustc-web")?;
+    let tc = toolchain::select().context("no eBPF toolchain after installing Debian's rustc-web")?;
 
     // 3. LLVM of that toolchain, and bpf-linker built against it.
     let llvm = tc.llvm_major;
     let llvm_pkgs = checks::llvm_packages(llvm);
     apt.install_missing(&llvm_pkgs.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let linker_ok = toolchain::which("bpf-linker").is_some()
-        && toolchain::bpf_linker_llvm_major().is_none_or(|m| m == llvm);
+    let linker_ok =
+        toolchain::which("bpf-linker").is_some() && toolchain::bpf_linker_llvm_major().is_none_or(|m| m == llvm);
     if !linker_ok {
         let feature = format!("llvm-{llvm}");
         step(&format!(
@@ -81,14 +73,7 @@ pub fn run() -> Result<()> {
         step("fetching Debian's cloud kernel for the lab guest (apt-get download)");
         apt.update()?;
         let k = kernel::fetch_debian_cloud_kernel().context("fetching the guest kernel")?;
-        println!(
-            "  cached {} in {}",
-            k.release,
-            k.image
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
+        println!("  cached {} in {}", k.release, k.image.parent().map(|p| p.display().to_string()).unwrap_or_default());
     }
 
     // 5. tracefs, which tracepoint attachment reads.
@@ -97,10 +82,7 @@ pub fn run() -> Result<()> {
         host::ensure_tracefs().context("mounting tracefs")?;
     }
 
-    println!(
-        "setup: done in {:.1} s; eBPF toolchain {tc}",
-        started.elapsed().as_secs_f64()
-    );
+    println!("setup: done in {:.1} s; eBPF toolchain {tc}", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -120,11 +102,8 @@ impl Apt {
     }
 
     fn install_missing(&mut self, packages: &[&str]) -> Result<()> {
-        let missing: Vec<String> = checks::installed(packages)
-            .into_iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(p, _)| p)
-            .collect();
+        let missing: Vec<String> =
+            checks::installed(packages).into_iter().filter(|(_, ok)| !ok).map(|(p, _)| p).collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -140,10 +119,7 @@ impl Apt {
 /// Not root or not apt: say precisely what is missing and how to get it, then fail.
 fn report_manual(distro: &Distro) -> Result<()> {
     let workspace = crate::workspace_root();
-    let missing: Vec<_> = checks::all(&workspace)
-        .into_iter()
-        .filter(|l| !l.ok && !l.optional)
-        .collect();
+    let missing: Vec<_> = checks::all(&workspace).into_iter().filter(|l| !l.ok && !l.optional).collect();
     if missing.is_empty() {
         println!("setup: everything present");
         return Ok(());
@@ -151,8 +127,7 @@ fn report_manual(distro: &Distro) -> Result<()> {
     eprintln!(
         "setup cannot install here ({}):",
         match distro {
-            Distro::Apt { pretty } =>
-                format!("{pretty}, but not root: run `sudo -E cargo xtask setup`"),
+            Distro::Apt { pretty } => format!("{pretty}, but not root: run `sudo -E cargo xtask setup`"),
             Distro::Other { pretty } => format!("{pretty} has no apt"),
         }
     );
@@ -170,9 +145,7 @@ fn report_manual(distro: &Distro) -> Result<()> {
     eprintln!(
         "  bpf-linker: LLVM {DEBIAN_RUSTC_WEB_LLVM} (or your toolchain's) dev files, then `LLVM_PREFIX=/usr/lib/llvm-N cargo install bpf-linker --no-default-features --features llvm-N`"
     );
-    eprintln!(
-        "  guest kernel: pass `--kernel PATH` to migtrace (a bzImage with virtio-pci and virtio-net built in)"
-    );
+    eprintln!("  guest kernel: pass `--kernel PATH` to migtrace (a bzImage with virtio-pci and virtio-net built in)");
     bail!("{} prerequisite(s) missing", missing.len())
 }
 

@@ -46,11 +46,7 @@ impl fmt::Display for EbpfToolchain {
             Origin::Nightly => "rustup nightly with rust-src".into(),
             Origin::Debian => "Debian rustc-web + rust-web-src, RUSTC_BOOTSTRAP=1".into(),
         };
-        write!(
-            f,
-            "{} ({}, LLVM {}; {why})",
-            self.name, self.version, self.llvm_major
-        )
+        write!(f, "{} ({}, LLVM {}; {why})", self.name, self.version, self.llvm_major)
     }
 }
 
@@ -60,15 +56,9 @@ impl EbpfToolchain {
     pub fn cargo(&self) -> Command {
         let mut cmd = Command::new("rustup");
         cmd.args(["run", &self.name, "cargo"]);
-        for var in [
-            "RUSTUP_TOOLCHAIN",
-            "RUSTC",
-            "RUSTDOC",
-            "RUSTC_WRAPPER",
-            "RUSTC_WORKSPACE_WRAPPER",
-            "RUSTFLAGS",
-            "CARGO",
-        ] {
+        for var in
+            ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO"]
+        {
             cmd.env_remove(var);
         }
         if self.bootstrap {
@@ -95,9 +85,7 @@ pub fn select() -> Result<EbpfToolchain> {
         return probe(DEBIAN_LINK, Origin::Debian);
     }
     if debian_rustc_present() {
-        bail!(
-            "Debian's rustc-web is installed but not linked into rustup: run `cargo xtask setup`"
-        );
+        bail!("Debian's rustc-web is installed but not linked into rustup: run `cargo xtask setup`");
     }
     bail!(
         "no toolchain can build eBPF: install a rustup nightly with rust-src, or Debian's \
@@ -109,9 +97,7 @@ pub fn select() -> Result<EbpfToolchain> {
 pub fn debian_rustc_present() -> bool {
     Path::new(DEBIAN_PREFIX).join("bin/rustc").exists()
         && Path::new(DEBIAN_PREFIX).join("bin/cargo").exists()
-        && Path::new(DEBIAN_PREFIX)
-            .join("lib/rustlib/src/rust/library/core")
-            .is_dir()
+        && Path::new(DEBIAN_PREFIX).join("lib/rustlib/src/rust/library/core").is_dir()
 }
 
 pub fn rustup_toolchains() -> Vec<String> {
@@ -137,10 +123,7 @@ fn probe(name: &str, origin: Origin) -> Result<EbpfToolchain> {
             .output()
             .with_context(|| format!("running rustc of toolchain {name}"))?;
         if !out.status.success() {
-            bail!(
-                "rustc of toolchain {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("rustc of toolchain {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
@@ -149,27 +132,11 @@ fn probe(name: &str, origin: Origin) -> Result<EbpfToolchain> {
         bail!("toolchain {name} has no Rust library sources (rustup component add rust-src)");
     }
     let vv = rustc(&["-vV"])?;
-    let field = |key: &str| {
-        vv.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(str::trim)
-            .unwrap_or("")
-            .to_owned()
-    };
+    let field = |key: &str| vv.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("").to_owned();
     let version = field("release:");
-    let llvm_major = field("LLVM version:")
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
+    let llvm_major = field("LLVM version:").split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
     let bootstrap = !version.contains("nightly");
-    Ok(EbpfToolchain {
-        name: name.to_owned(),
-        origin,
-        version,
-        llvm_major,
-        bootstrap,
-    })
+    Ok(EbpfToolchain { name: name.to_owned(), origin, version, llvm_major, bootstrap })
 }
 
 /// The LLVM major version bpf-linker is linked against, if it is installed.
@@ -179,17 +146,11 @@ pub fn bpf_linker_llvm_major() -> Option<u32> {
     // libLLVM.so.22.1 (Debian) or libLLVM-22.so (upstream) .
     String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
         let lib = l.split_whitespace().next()?;
-        let rest = lib
-            .strip_prefix("libLLVM.so.")
-            .or_else(|| lib.strip_prefix("libLLVM-"))?;
+        let rest = lib.strip_prefix("libLLVM.so.").or_else(|| lib.strip_prefix("libLLVM-"))?;
         rest.split(['.', '-']).next()?.parse().ok()
     })
 }
 
 pub fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
 }

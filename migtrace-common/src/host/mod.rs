@@ -63,50 +63,32 @@ pub fn detect_accel() -> Accel {
     } else {
         let mut reason = String::from("the CPU exposes no vmx/svm flag");
         if Path::new("/sys/module/kvm_pvm").exists() {
-            reason.push_str(
-                "; /dev/kvm is the paravirtual kvm_pvm, which cannot boot a standard guest",
-            );
+            reason.push_str("; /dev/kvm is the paravirtual kvm_pvm, which cannot boot a standard guest");
         } else if flags.contains(&"hypervisor") {
             reason.push_str(" (nested virtualisation is not enabled for this VM)");
         }
         return Accel::Tcg { reason };
     };
     if !Path::new("/sys/module").join(vendor_module).exists() {
-        return Accel::Tcg {
-            reason: format!("module {vendor_module} is not loaded (modprobe {vendor_module})"),
-        };
+        return Accel::Tcg { reason: format!("module {vendor_module} is not loaded (modprobe {vendor_module})") };
     }
     match kvm_api_version() {
         Ok(KVM_API_VERSION) => Accel::Kvm,
-        Ok(v) => Accel::Tcg {
-            reason: format!("/dev/kvm reports API version {v}, expected 12"),
-        },
-        Err(e) => Accel::Tcg {
-            reason: format!("cannot use /dev/kvm: {e}"),
-        },
+        Ok(v) => Accel::Tcg { reason: format!("/dev/kvm reports API version {v}, expected 12") },
+        Err(e) => Accel::Tcg { reason: format!("cannot use /dev/kvm: {e}") },
     }
 }
 
 fn kvm_api_version() -> io::Result<libc::c_int> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")?;
+    let file = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm")?;
     // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
     let v = unsafe { libc::ioctl(file.as_raw_fd(), KVM_GET_API_VERSION, 0) };
-    if v < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(v)
-    }
+    if v < 0 { Err(io::Error::last_os_error()) } else { Ok(v) }
 }
 
 /// Where tracefs is mounted, if it is.
 pub fn tracefs_root() -> Option<&'static Path> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.join("events").is_dir())
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].into_iter().map(Path::new).find(|p| p.join("events").is_dir())
 }
 
 /// Mounts tracefs at `/sys/kernel/tracing` unless it is already mounted somewhere.
@@ -119,15 +101,7 @@ pub fn ensure_tracefs() -> io::Result<&'static Path> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -159,10 +133,8 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 /// unloads it again: the honest answer to "can this kernel run programs of this type".
 pub fn try_load_prog(ty: ProgType) -> io::Result<()> {
     // mov64 r0, 0 ; exit
-    let insns: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]),
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-    ];
+    let insns: [u64; 2] =
+        [u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
     let license = CString::from(c"GPL");
     // union bpf_attr, BPF_PROG_LOAD variant: prog_type, insn_cnt, insns, license, ...
     let mut attr = [0u8; 144];
@@ -171,14 +143,7 @@ pub fn try_load_prog(ty: ProgType) -> io::Result<()> {
     attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
     attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
     // SAFETY: attr is a valid bpf_attr for BPF_PROG_LOAD; pointed-to data outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            attr.as_mut_ptr(),
-            attr.len() as u32,
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_mut_ptr(), attr.len() as u32) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -190,10 +155,7 @@ pub fn try_load_prog(ty: ProgType) -> io::Result<()> {
 /// Whether the kernel has the perf PMU a probe family attaches through
 /// (`uprobe`, `kprobe`).
 pub fn has_pmu(name: &str) -> bool {
-    Path::new("/sys/bus/event_source/devices")
-        .join(name)
-        .join("type")
-        .exists()
+    Path::new("/sys/bus/event_source/devices").join(name).join("type").exists()
 }
 
 /// Whether the process runs as root (effective uid 0).

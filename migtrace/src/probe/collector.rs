@@ -104,11 +104,7 @@ impl Collector {
 
 /// Moves everything currently in the ring buffer into batches. Returns false when the
 /// receiver is gone (nobody is listening, so stop).
-async fn drain(
-    ring: &mut RingBuf<MapData>,
-    tx: &mpsc::Sender<Vec<Event>>,
-    stats: &mut CollectorStats,
-) -> bool {
+async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Vec<Event>>, stats: &mut CollectorStats) -> bool {
     loop {
         let mut batch = Vec::with_capacity(BATCH);
         while batch.len() < BATCH {
@@ -142,13 +138,7 @@ mod tests {
     #[test]
     fn decodes_by_kind_and_rejects_short_or_unknown_records() {
         let ev = SelftestEvent {
-            header: EventHeader {
-                kind: EventKind::SelftestUprobe as u32,
-                cpu: 1,
-                tgid: 10,
-                tid: 11,
-                ts_ns: 99,
-            },
+            header: EventHeader { kind: EventKind::SelftestUprobe as u32, cpu: 1, tgid: 10, tid: 11, ts_ns: 99 },
             cookie: 7,
             arg0: 41,
         };

@@ -18,14 +18,11 @@ pub use collector::{Collector, CollectorStats, Event};
 use migtrace_common::event::{EventKind, LOSS_MAP_LEN, Role};
 
 /// The eBPF object built by `cargo xtask build`; empty when built without it.
-static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migtrace.bpf.o"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migtrace.bpf.o"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error(
-        "this migtrace binary was built without its eBPF object: build it with `cargo xtask build`"
-    )]
+    #[error("this migtrace binary was built without its eBPF object: build it with `cargo xtask build`")]
     NotBuilt,
     #[error("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON): run migtrace as root")]
     NotRoot,
@@ -46,10 +43,7 @@ pub enum ProbeError {
         source: MapError,
     },
     #[error("eBPF object has no {what} named {name} (stale build? run `cargo xtask build`)")]
-    Missing {
-        what: &'static str,
-        name: &'static str,
-    },
+    Missing { what: &'static str, name: &'static str },
     #[error(transparent)]
     Symbols(#[from] symbols::SymbolError),
 }
@@ -80,67 +74,36 @@ impl Probes {
 
     /// Adds a process to the kernel-side filter of programs that trace by process.
     pub fn add_target(&mut self, tgid: u32, role: Role) -> Result<(), ProbeError> {
-        self.targets()?
-            .insert(tgid, role as u32, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "TARGETS",
-                source,
-            })
+        self.targets()?.insert(tgid, role as u32, 0).map_err(|source| ProbeError::Map { name: "TARGETS", source })
     }
 
     /// Removes a process from the filter; unknown processes are ignored.
     pub fn remove_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
         match self.targets()?.remove(&tgid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map {
-                name: "TARGETS",
-                source,
-            }),
+            Err(source) => Err(ProbeError::Map { name: "TARGETS", source }),
         }
     }
 
     fn targets(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, ProbeError> {
-        let map = self.ebpf.map_mut("TARGETS").ok_or(ProbeError::Missing {
-            what: "map",
-            name: "TARGETS",
-        })?;
-        HashMap::try_from(map).map_err(|source| ProbeError::Map {
-            name: "TARGETS",
-            source,
-        })
+        let map = self.ebpf.map_mut("TARGETS").ok_or(ProbeError::Missing { what: "map", name: "TARGETS" })?;
+        HashMap::try_from(map).map_err(|source| ProbeError::Map { name: "TARGETS", source })
     }
 
     /// Takes the ring buffer every program writes to, for a [`Collector`].
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::Missing {
-            what: "map",
-            name: "EVENTS",
-        })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })
+        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::Missing { what: "map", name: "EVENTS" })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })
     }
 
     /// Records lost so far because the ring buffer was full, summed over CPUs.
     pub fn loss(&self) -> Result<Loss, ProbeError> {
-        let map = self.ebpf.map("LOSS").ok_or(ProbeError::Missing {
-            what: "map",
-            name: "LOSS",
-        })?;
+        let map = self.ebpf.map("LOSS").ok_or(ProbeError::Missing { what: "map", name: "LOSS" })?;
         let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                name: "LOSS",
-                source,
-            })?;
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
         let mut by_kind = [0u64; LOSS_MAP_LEN as usize];
         for (kind, slot) in by_kind.iter_mut().enumerate() {
-            let values = array
-                .get(&(kind as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "LOSS",
-                    source,
-                })?;
+            let values = array.get(&(kind as u32), 0).map_err(|source| ProbeError::Map { name: "LOSS", source })?;
             *slot = values.iter().sum();
         }
         Ok(Loss { by_kind })
@@ -152,17 +115,10 @@ impl Probes {
         &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
         T: Loadable + 'a,
     {
-        let program = self.ebpf.program_mut(name).ok_or(ProbeError::Missing {
-            what: "program",
-            name,
-        })?;
-        let program: &mut T = program
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, source })?;
+        let program = self.ebpf.program_mut(name).ok_or(ProbeError::Missing { what: "program", name })?;
+        let program: &mut T = program.try_into().map_err(|source| ProbeError::Program { name, source })?;
         if !program.is_loaded() {
-            program
-                .load_program()
-                .map_err(|source| ProbeError::Program { name, source })?;
+            program.load_program().map_err(|source| ProbeError::Program { name, source })?;
         }
         Ok(program)
     }
@@ -211,8 +167,4 @@ macro_rules! loadable {
         }
     )*};
 }
-loadable!(
-    aya::programs::UProbe,
-    aya::programs::TracePoint,
-    aya::programs::SchedClassifier
-);
+loadable!(aya::programs::UProbe, aya::programs::TracePoint, aya::programs::SchedClassifier);

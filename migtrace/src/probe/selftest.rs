@@ -28,16 +28,11 @@ impl Probes {
             let Some(&offset) = resolved.offsets.get(*name) else {
                 continue;
             };
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(offset),
-                cookie: Some(*cookie),
-            };
+            let point =
+                UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(*cookie) };
             program
                 .attach(point, binary, scope)
-                .map_err(|source| ProbeError::Program {
-                    name: "selftest_uprobe",
-                    source,
-                })?;
+                .map_err(|source| ProbeError::Program { name: "selftest_uprobe", source })?;
         }
         Ok(resolved.missing)
     }
@@ -48,10 +43,7 @@ impl Probes {
         let program: &mut TracePoint = self.program("selftest_getppid")?;
         program
             .attach("syscalls", "sys_enter_getppid")
-            .map_err(|source| ProbeError::Program {
-                name: "selftest_getppid",
-                source,
-            })?;
+            .map_err(|source| ProbeError::Program { name: "selftest_getppid", source })?;
         Ok(())
     }
 }
@@ -87,10 +79,7 @@ pub async fn run(n: usize) -> anyhow::Result<SelftestReport> {
     probes.add_target(pid, migtrace_common::event::Role::Selftest)?;
     let missing = probes.attach_selftest_uprobes(&exe, pid, &[("migtrace_selftest_target", 1)])?;
     if !missing.is_empty() {
-        bail!(
-            "{} has no symbol migtrace_selftest_target (stripped binary?)",
-            exe.display()
-        );
+        bail!("{} has no symbol migtrace_selftest_target (stripped binary?)", exe.display());
     }
     probes.attach_selftest_syscall()?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
@@ -106,12 +95,7 @@ pub async fn run(n: usize) -> anyhow::Result<SelftestReport> {
         (unsafe { libc::gettid() } as u32, t0)
     })
     .await?;
-    let mut report = SelftestReport {
-        uprobe_events: 0,
-        syscall_events: 0,
-        max_latency_ns: 0,
-        lost: 0,
-    };
+    let mut report = SelftestReport { uprobe_events: 0, syscall_events: 0, max_latency_ns: 0, lost: 0 };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while report.uprobe_events < n || report.syscall_events < n {
         let Ok(Some(batch)) = tokio::time::timeout_at(deadline, rx.recv()).await else {

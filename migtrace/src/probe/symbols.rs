@@ -37,14 +37,8 @@ pub struct Resolved {
 
 /// Looks up `names` among the function symbols of the ELF file at `path`.
 pub fn resolve(path: &Path, names: &[&str]) -> Result<Resolved, SymbolError> {
-    let data = fs::read(path).map_err(|source| SymbolError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let file = object::File::parse(&*data).map_err(|source| SymbolError::Parse {
-        path: path.into(),
-        source,
-    })?;
+    let data = fs::read(path).map_err(|source| SymbolError::Read { path: path.into(), source })?;
+    let file = object::File::parse(&*data).map_err(|source| SymbolError::Parse { path: path.into(), source })?;
     let mut offsets = BTreeMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         if symbol.kind() != SymbolKind::Text || symbol.address() == 0 {
@@ -54,29 +48,18 @@ pub fn resolve(path: &Path, names: &[&str]) -> Result<Resolved, SymbolError> {
         if !names.contains(&name) || offsets.contains_key(name) {
             continue;
         }
-        let Some(section) = symbol
-            .section_index()
-            .and_then(|i| file.section_by_index(i).ok())
-        else {
+        let Some(section) = symbol.section_index().and_then(|i| file.section_by_index(i).ok()) else {
             continue;
         };
         let Some((section_offset, _)) = section.file_range() else {
             continue;
         };
         // file offset = virtual address − section address + section file offset
-        if let Some(offset) = symbol
-            .address()
-            .checked_sub(section.address())
-            .map(|d| d + section_offset)
-        {
+        if let Some(offset) = symbol.address().checked_sub(section.address()).map(|d| d + section_offset) {
             offsets.insert(name.to_owned(), offset);
         }
     }
-    let missing = names
-        .iter()
-        .filter(|n| !offsets.contains_key(**n))
-        .map(|n| (*n).to_owned())
-        .collect();
+    let missing = names.iter().filter(|n| !offsets.contains_key(**n)).map(|n| (*n).to_owned()).collect();
     Ok(Resolved { offsets, missing })
 }
 
@@ -94,11 +77,7 @@ mod tests {
     fn resolves_own_function_and_reports_missing() {
         assert_eq!(migtrace_symbols_test_target(1), 2);
         let exe = std::env::current_exe().expect("current exe");
-        let got = resolve(
-            &exe,
-            &["migtrace_symbols_test_target", "no_such_function_here"],
-        )
-        .expect("parse");
+        let got = resolve(&exe, &["migtrace_symbols_test_target", "no_such_function_here"]).expect("parse");
         let offset = got.offsets["migtrace_symbols_test_target"];
         assert!(offset > 0);
         assert_eq!(got.missing, vec!["no_such_function_here".to_owned()]);
