@@ -183,7 +183,7 @@ impl Spec {
             (None, None, None) => None,
         };
         let dirty = match dirty_rate {
-            Some((_, r)) if r == 0.0 => None,
+            Some((_, 0.0)) => None,
             Some((period, rate)) => {
                 if fill == Some(0.0) {
                     return Err(bad("fill", "0", "a dirty pattern must write at least part of each page"));

@@ -63,8 +63,7 @@ fn cpu_generator_reports_achieved_load() {
     let last: serde_json::Value = String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &serde_json::Value| v["gen"] == "cpu")
-        .last()
+        .rfind(|v: &serde_json::Value| v["gen"] == "cpu")
         .expect("a cpu report");
     let load = last["achieved_load"].as_f64().expect("achieved_load");
     // A loose band: this checks the duty cycle works, not scheduler precision.

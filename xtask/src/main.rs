@@ -30,6 +30,13 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Build (or find in the cache) the lab's guest image: kernel + busybox initramfs
+    /// with the workloads agent. Also happens automatically when a lab starts.
+    Image {
+        /// Guest kernel to boot instead of the default choice.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+    },
     /// The whole test suite: unit tests, then root-only integration tests serially.
     Test {
         /// Skip the root-only tests (eBPF, lab) instead of failing when not root.
@@ -62,6 +69,19 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Doctor => doctor(&workspace),
         Cmd::Build { release } => build::all(&workspace, release).map(|_| ()),
+        Cmd::Image { kernel } => {
+            let binary = build::all(&workspace, false)?;
+            let mut cmd = Command::new(&binary);
+            cmd.args(["lab", "image"]);
+            if let Some(k) = kernel {
+                cmd.arg("--kernel").arg(k);
+            }
+            let status = cmd.status().with_context(|| format!("running {}", binary.display()))?;
+            if !status.success() {
+                bail!("building the guest image failed");
+            }
+            Ok(())
+        }
         Cmd::Test { no_root_tests, filter } => test(&workspace, no_root_tests, filter),
         Cmd::Run { args } => run(&workspace, args),
     }

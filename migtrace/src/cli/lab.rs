@@ -1,0 +1,134 @@
+//! `migtrace lab …`
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use migtrace::lab::{
+    Lab, image,
+    netns::{GUEST_IP, PROBE_IP},
+    registry,
+};
+
+use super::MachineArgs;
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Start a lab and keep it up until Ctrl-C or `migtrace lab down`.
+    ///
+    /// Example: migtrace lab up --vmsize 512 --workload wset=64M,rate=10000
+    Up(MachineArgs),
+    /// Stop a lab started by `lab up` (its owner tears it down).
+    ///
+    /// Example: migtrace lab down 3fa2c1
+    Down {
+        /// Lab id (see `migtrace lab list`); may be omitted when only one lab exists.
+        id: Option<String>,
+    },
+    /// List labs on this host.
+    List,
+    /// Remove what crashed runs left behind: QEMU processes, namespaces (with their
+    /// bridge and taps) and state of labs whose owner is gone. Running labs are kept.
+    Clean,
+    /// Build (or find in the cache) the guest image and print where it is.
+    Image {
+        /// Guest kernel to use instead of the default choice.
+        #[arg(long)]
+        kernel: Option<std::path::PathBuf>,
+    },
+}
+
+pub async fn run(cmd: LabCommand) -> Result<()> {
+    match cmd {
+        LabCommand::Up(machine) => up(machine).await,
+        LabCommand::Down { id } => down(id).await,
+        LabCommand::List => {
+            let labs = registry::list();
+            if labs.is_empty() {
+                println!("no labs");
+            }
+            for s in labs {
+                let state = if registry::owner_alive(&s) {
+                    format!("running (owner pid {})", s.owner_pid)
+                } else {
+                    "left behind (migtrace lab clean)".into()
+                };
+                println!("{}  netns {}  qemu pids {:?}  {state}", s.id, s.netns, registry::qemu_processes(&s.id));
+            }
+            Ok(())
+        }
+        LabCommand::Clean => {
+            let mut cleaned = 0;
+            for s in registry::list() {
+                if registry::owner_alive(&s) {
+                    println!("{}: in use by pid {}, kept", s.id, s.owner_pid);
+                    continue;
+                }
+                let r = registry::remove(&s);
+                println!("{}: killed QEMU {:?}, netns removed: {}, state removed: {}", s.id, r.killed, r.netns, r.dir);
+                cleaned += 1;
+            }
+            println!("lab clean: {cleaned} lab(s) removed");
+            Ok(())
+        }
+        LabCommand::Image { kernel } => {
+            let k = image::select_kernel(kernel.as_deref())?;
+            let img = image::build(&k)?;
+            println!(
+                "guest image ({}): kernel {} ({}), initramfs {}",
+                if img.built { "built" } else { "cached" },
+                img.kernel.display(),
+                img.kernel_release,
+                img.initramfs.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn up(machine: MachineArgs) -> Result<()> {
+    let config = machine.lab_config()?;
+    println!("lab: booting a {} MiB, {} vCPU guest ({})…", config.vmsize_mib, config.vcpus, config.workload);
+    let lab = Lab::up(config).await?;
+    let (src, dst) = (lab.source.as_ref().map_or(0, |q| q.pid), lab.destination.as_ref().map_or(0, |q| q.pid));
+    println!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel);
+    println!("  netns      {}   (ip netns exec {} ping {GUEST_IP})", lab.ns(), lab.ns());
+    println!("  guest      {GUEST_IP}, probe sender {PROBE_IP}");
+    println!("  source     pid {src}, destination pid {dst} (waiting for a migration)");
+    println!("  state      {}", lab.runtime_dir().display());
+    println!("  agent      {}", lab.agent_line.trim());
+    println!("Ctrl-C or `migtrace lab down {}` stops it.", lab.id);
+    // Runs until the process is signalled; main's signal handler drops this future, and
+    // with it the lab, which kills its QEMUs and deletes the namespace.
+    std::future::pending::<()>().await;
+    lab.down().await;
+    Ok(())
+}
+
+async fn down(id: Option<String>) -> Result<()> {
+    let labs = registry::list();
+    let state = match id {
+        Some(id) => labs
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no lab {id} (see `migtrace lab list`)"))?,
+        None => match labs.len() {
+            0 => bail!("no labs"),
+            1 => labs.into_iter().next().ok_or_else(|| anyhow::anyhow!("no labs"))?,
+            n => bail!("{n} labs exist: name one (see `migtrace lab list`)"),
+        },
+    };
+    if registry::owner_alive(&state) {
+        // SAFETY: signalling the migtrace process that owns this lab.
+        unsafe { libc::kill(state.owner_pid as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if !migtrace::lab::netns::ns_path(&state.netns).exists() {
+                println!("lab {} stopped by its owner (pid {})", state.id, state.owner_pid);
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        eprintln!("owner pid {} did not stop the lab within 10 s; removing it directly", state.owner_pid);
+    }
+    let r = registry::remove(&state);
+    println!("lab {} removed (killed QEMU {:?})", state.id, r.killed);
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! A pair of hosts that can migrate a VM, whatever runs them: the embedded lab
+//! ([`crate::lab::Lab`]) or, later, libvirt hosts. Measurement and experiments are
+//! written against this trait only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lab::qmp::{MigrationStats, QmpEvent};
+
+/// Knobs of one migration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationParams {
+    /// Bytes per second; None keeps the hypervisor's default.
+    pub max_bandwidth: Option<u64>,
+    /// Milliseconds; None keeps the hypervisor's default.
+    pub downtime_limit_ms: Option<u64>,
+    /// Give up (and cancel) after this many seconds.
+    pub timeout_s: f64,
+}
+
+/// How a migration ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Completed,
+    Failed,
+    TimedOut,
+}
+
+/// What the hypervisor side observed of one migration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationOutcome {
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// "<source host> → <destination host>".
+    pub direction: String,
+    pub source_pid: u32,
+    pub destination_pid: u32,
+    /// Wall clock when the migration command was issued, Unix µs.
+    pub start_unix_us: i64,
+    /// CLOCK_MONOTONIC ns when the command was issued.
+    pub start_ns: u64,
+    /// CLOCK_MONOTONIC ns when completion was observed on the source and the destination
+    /// was seen running (the end of the paper's "command" time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_ns: Option<u64>,
+    /// The hypervisor's own statistics (QEMU's query-migrate on the source).
+    pub stats: MigrationStats,
+    /// Hypervisor events on both sides, with their own timestamps.
+    pub source_events: Vec<QmpEvent>,
+    pub destination_events: Vec<QmpEvent>,
+}
+
+impl MigrationOutcome {
+    /// The paper's migration time: runtime of the command that triggers the migration.
+    pub fn command_ms(&self) -> Option<f64> {
+        self.end_ns.map(|e| e.saturating_sub(self.start_ns) as f64 / 1e6)
+    }
+}
+
+/// A source and a destination host that can migrate one VM back and forth.
+#[allow(async_fn_in_trait)]
+pub trait HostPair {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Process ids of the hypervisor processes running (source) and receiving
+    /// (destination) the VM, for tracing. Both on this host for the lab.
+    fn pids(&self) -> (u32, u32);
+
+    /// Migrates the VM from source to destination and returns what happened. A migration
+    /// that fails, times out or loses its destination is an `Ok` outcome with that status
+    /// and the error; `Err` means it could not even be started.
+    async fn migrate(&mut self, params: &MigrationParams) -> Result<MigrationOutcome, Self::Error>;
+
+    /// After a completed migration: make the old source ready to receive the VM back.
+    async fn prepare_next(&mut self) -> Result<(), Self::Error>;
+}

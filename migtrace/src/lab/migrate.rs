@@ -1,0 +1,106 @@
+//! One migration in the lab, driven over QMP and observed through QMP events.
+
+use std::time::Duration;
+
+use qapi::qmp as q;
+use tokio::time::Instant;
+
+use super::{Lab, LabError, MIGRATION_URI, set_migration_parameters};
+use crate::{
+    clock::{WallClock, monotonic_ns},
+    hypervisor::{HostPair, MigrationOutcome, MigrationParams, Status},
+    lab::qmp::MigrationStats,
+};
+
+/// How long the destination may take to report running after the source completed.
+const RESUME_GRACE: Duration = Duration::from_secs(20);
+
+impl HostPair for Lab {
+    type Error = LabError;
+
+    fn pids(&self) -> (u32, u32) {
+        (self.source.as_ref().map_or(0, |q| q.pid), self.destination.as_ref().map_or(0, |q| q.pid))
+    }
+
+    async fn migrate(&mut self, params: &MigrationParams) -> Result<MigrationOutcome, LabError> {
+        let (Some(src), Some(dst)) = (self.source.as_mut(), self.destination.as_mut()) else {
+            return Err(LabError::Qemu(super::qemu::QemuError::EarlyExit {
+                name: "lab".into(),
+                status: "not running".into(),
+                stderr: String::new(),
+            }));
+        };
+        set_migration_parameters(src, params.max_bandwidth, params.downtime_limit_ms).await?;
+        let (src_cursor, dst_cursor) = (src.qmp.event_count(), dst.qmp.event_count());
+        let direction = format!("{} → {}", src.tap, dst.tap);
+        let (source_pid, destination_pid) = (src.pid, dst.pid);
+        let clock = WallClock::now();
+        let start_ns = monotonic_ns();
+        src.qmp
+            .execute(q::migrate { uri: Some(MIGRATION_URI.into()), channels: None, detach: None, resume: None })
+            .await?;
+
+        let deadline = Instant::now() + Duration::from_secs_f64(params.timeout_s);
+        // The source's final state decides; a dying destination or source ends the wait.
+        let result: Result<(), (Status, String)> = tokio::select! {
+            ev = src.qmp.wait_event(src_cursor, "the source's migration to end", deadline, |e| {
+                matches!(e.migration_status(), Some("completed" | "failed" | "cancelled"))
+            }) => match ev {
+                Ok(e) if e.migration_status() == Some("completed") => Ok(()),
+                Ok(e) => Err((Status::Failed, format!("source reported migration {}", e.migration_status().unwrap_or("?")))),
+                Err(super::qmp::QmpError::Timeout(..)) => Err((Status::TimedOut, format!(
+                    "migration did not complete within {:.0} s (not converging? try a larger --max-bandwidth or --downtime-limit)",
+                    params.timeout_s
+                ))),
+                Err(e) => Err((Status::Failed, e.to_string())),
+            },
+            status = dst.wait_exit() => Err((Status::Failed, format!("destination QEMU (pid {destination_pid}) exited during the migration: {status}"))),
+        };
+        let result = match result {
+            Ok(()) => dst
+                .qmp
+                .wait_event(dst_cursor, "the destination to resume", Instant::now() + RESUME_GRACE, |e| {
+                    e.event == "RESUME"
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| (Status::Failed, format!("destination did not resume: {e}"))),
+            Err(e) => {
+                if e.0 == Status::TimedOut {
+                    let _ = src.qmp.execute(q::migrate_cancel {}).await;
+                }
+                Err(e)
+            }
+        };
+        let end_ns = result.is_ok().then(monotonic_ns);
+        let stats =
+            if src.exited() { MigrationStats::default() } else { src.qmp.query_migrate().await.unwrap_or_default() };
+        let (status, error) = match result {
+            Ok(()) => (Status::Completed, None),
+            Err((status, error)) => {
+                let error = match &stats.error_desc {
+                    Some(desc) => format!("{error}: {desc}"),
+                    None => error,
+                };
+                (status, Some(error))
+            }
+        };
+        Ok(MigrationOutcome {
+            status,
+            error,
+            direction,
+            source_pid,
+            destination_pid,
+            start_unix_us: clock.to_unix_us(start_ns),
+            start_ns,
+            end_ns,
+            stats,
+            source_events: src.qmp.events_since(src_cursor),
+            destination_events: dst.qmp.events_since(dst_cursor),
+        })
+    }
+
+    async fn prepare_next(&mut self) -> Result<(), LabError> {
+        self.swap_roles().await
+    }
+}

@@ -1,0 +1,250 @@
+//! The embedded two-host lab: two QEMU processes in a private network namespace that
+//! behave like a source and a destination hypervisor host.
+//!
+//! - [`image`]: the guest kernel and initramfs (busybox + the `workloads` agent).
+//! - [`netns`]: the namespace with its bridge, taps and probe interface.
+//! - [`qemu`]: starting and stopping one QEMU; [`qmp`]: talking to it.
+//!
+//! Migrations ping-pong: after each one the old source is replaced by a fresh `-incoming`
+//! QEMU on its tap, which becomes the next destination; the guest keeps running.
+
+pub mod image;
+mod migrate;
+pub mod netns;
+pub mod qemu;
+pub mod qmp;
+pub mod registry;
+
+use std::{path::PathBuf, time::Duration};
+
+use migtrace_common::host::{self, Accel};
+use qapi::qmp as q;
+use tokio::time::Instant;
+use workloads::spec::Spec;
+
+use self::{
+    image::{GuestImage, ImageError},
+    netns::{GUEST_IP, LabNet, NetError, PREFIX_LEN, TAPS},
+    qemu::{MachineSpec, Qemu, QemuError},
+    qmp::QmpError,
+};
+
+/// Where the destination listens, inside the lab namespace (its own loopback).
+pub const MIGRATION_URI: &str = "tcp:127.0.0.1:4444";
+
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    pub vmsize_mib: u32,
+    pub vcpus: u32,
+    /// None: KVM when usable, else TCG.
+    pub accel: Option<Accel>,
+    pub workload: Spec,
+    pub kernel: Option<PathBuf>,
+    pub boot_timeout: Duration,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            vmsize_mib: 256,
+            vcpus: 1,
+            accel: None,
+            workload: Spec::idle(),
+            kernel: None,
+            boot_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the lab needs root (network namespaces, taps, eBPF): run migtrace as root")]
+    NotRoot,
+    #[error(
+        "workload wset={wset_mib} MiB must be smaller than the guest's {vmsize_mib} MiB (the guest kernel needs room too)"
+    )]
+    WsetTooLarge { wset_mib: u64, vmsize_mib: u32 },
+    #[error("--vmsize {0} MiB is too small: the guest needs at least 128 MiB")]
+    VmTooSmall(u32),
+    #[error("--vcpus must be at least 1")]
+    NoVcpus,
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("lab state in {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running lab.
+pub struct Lab {
+    pub id: String,
+    pub config: LabConfig,
+    pub accel: Accel,
+    pub image: GuestImage,
+    pub machine: MachineSpec,
+    /// The QEMU running the guest.
+    pub source: Option<Qemu>,
+    /// The QEMU waiting for the next migration.
+    pub destination: Option<Qemu>,
+    /// Time from starting the first QEMU to the agent's start line.
+    pub boot_time: Duration,
+    /// The guest's agent start line (reports the workload it runs).
+    pub agent_line: String,
+    registry: registry::Entry,
+    qemu_serial: u32,
+    net: LabNet,
+}
+
+impl Lab {
+    /// Builds the image if needed, creates the network, boots the source and starts the
+    /// destination.
+    pub async fn up(config: LabConfig) -> Result<Self, LabError> {
+        if !host::is_root() {
+            return Err(LabError::NotRoot);
+        }
+        if config.vmsize_mib < 128 {
+            return Err(LabError::VmTooSmall(config.vmsize_mib));
+        }
+        if config.vcpus == 0 {
+            return Err(LabError::NoVcpus);
+        }
+        if let Some(w) = config.workload.wset
+            && w >> 20 >= config.vmsize_mib as u64
+        {
+            return Err(LabError::WsetTooLarge { wset_mib: w >> 20, vmsize_mib: config.vmsize_mib });
+        }
+        let kernel = image::select_kernel(config.kernel.as_deref())?;
+        let image = image::build(&kernel)?;
+        let accel = config.accel.clone().unwrap_or_else(host::detect_accel);
+        let id = registry::new_id();
+        let registry = registry::Entry::create(&id)?;
+        let net = LabNet::create(&id)?;
+        let machine = MachineSpec {
+            binary: PathBuf::from(qemu::QEMU_BINARY),
+            accel: accel.clone(),
+            mem_mib: config.vmsize_mib,
+            vcpus: config.vcpus,
+            kernel: image.kernel.clone(),
+            initramfs: image.initramfs.clone(),
+            append: format!(
+                "console=ttyS0 quiet panic=-1 migtrace.ip={GUEST_IP}/{PREFIX_LEN} migtrace.workload={}",
+                config.workload
+            ),
+        };
+        let mut lab = Self {
+            id,
+            config,
+            accel,
+            image,
+            machine,
+            source: None,
+            destination: None,
+            boot_time: Duration::ZERO,
+            agent_line: String::new(),
+            registry,
+            qemu_serial: 0,
+            net,
+        };
+        let started = Instant::now();
+        let mut source = lab.start_qemu(TAPS[0], false).await?;
+        source.qmp.execute(q::migrate_set_capabilities { capabilities: vec![events_capability()] }).await?;
+        lab.agent_line = source.wait_console("migtrace-agent: ", lab.config.boot_timeout).await?;
+        lab.boot_time = started.elapsed();
+        lab.source = Some(source);
+        let destination = lab.start_destination(TAPS[1]).await?;
+        lab.destination = Some(destination);
+        Ok(lab)
+    }
+
+    pub fn ns(&self) -> &str {
+        self.net.ns()
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.registry.dir.clone()
+    }
+
+    async fn start_qemu(&mut self, tap: &'static str, incoming: bool) -> Result<Qemu, LabError> {
+        self.qemu_serial += 1;
+        let name = format!("migtrace-{}-q{}", self.id, self.qemu_serial);
+        let qemu = Qemu::start(&self.machine, &name, self.net.ns(), tap, &self.registry.dir, incoming).await?;
+        self.registry.add_qemu(qemu.pid)?;
+        Ok(qemu)
+    }
+
+    /// Starts a QEMU waiting for an incoming migration on `tap`, with events enabled.
+    async fn start_destination(&mut self, tap: &'static str) -> Result<Qemu, LabError> {
+        let dest = self.start_qemu(tap, true).await?;
+        dest.qmp.execute(q::migrate_set_capabilities { capabilities: vec![events_capability()] }).await?;
+        dest.qmp
+            .execute(q::migrate_incoming { uri: Some(MIGRATION_URI.into()), channels: None, exit_on_error: None })
+            .await?;
+        Ok(dest)
+    }
+
+    /// After a completed migration: the destination runs the guest; the old source is
+    /// stopped and replaced by a fresh incoming QEMU on its tap.
+    pub async fn swap_roles(&mut self) -> Result<(), LabError> {
+        let (Some(old_source), Some(new_source)) = (self.source.take(), self.destination.take()) else {
+            return Ok(());
+        };
+        let tap = old_source.tap;
+        let pid = old_source.pid;
+        old_source.stop().await;
+        self.registry.remove_qemu(pid)?;
+        self.source = Some(new_source);
+        self.destination = Some(self.start_destination(tap).await?);
+        Ok(())
+    }
+
+    /// Stops both QEMUs and deletes the network. Dropping a `Lab` does the same, less
+    /// gracefully (SIGKILL).
+    pub async fn down(mut self) {
+        for qemu in [self.source.take(), self.destination.take()].into_iter().flatten() {
+            qemu.stop().await;
+        }
+        let _ = self.net.delete();
+        self.registry.remove();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // QEMU children are killed by kill_on_drop; the namespace by LabNet's Drop.
+        self.source.take();
+        self.destination.take();
+        let _ = self.net.delete();
+        self.registry.remove();
+    }
+}
+
+fn events_capability() -> q::MigrationCapabilityStatus {
+    q::MigrationCapabilityStatus { capability: q::MigrationCapability::events, state: true }
+}
+
+/// Applies `max-bandwidth` (bytes/s) and `downtime-limit` (ms) on the source.
+pub async fn set_migration_parameters(
+    qemu: &Qemu,
+    max_bandwidth: Option<u64>,
+    downtime_limit_ms: Option<u64>,
+) -> Result<(), QmpError> {
+    if max_bandwidth.is_none() && downtime_limit_ms.is_none() {
+        return Ok(());
+    }
+    let params = q::MigrateSetParameters { max_bandwidth, downtime_limit: downtime_limit_ms, ..Default::default() };
+    qemu.qmp.execute(q::migrate_set_parameters(params)).await.map(|_| ())
+}
+
+/// Deadline helper.
+pub fn deadline(after: Duration) -> Instant {
+    Instant::now() + after
+}

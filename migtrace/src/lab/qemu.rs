@@ -1,0 +1,233 @@
+//! One QEMU process of the lab: started inside the lab's network namespace, console to a
+//! file, QMP on a unix socket, killed with its parent.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use migtrace_common::host::Accel;
+use tokio::{process::Child, time::Instant};
+
+use super::{
+    netns::{self, GUEST_MAC},
+    qmp::{Qmp, QmpError},
+};
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// Everything both QEMUs of a lab share: migration needs identical machines.
+#[derive(Clone, Debug)]
+pub struct MachineSpec {
+    pub binary: PathBuf,
+    pub accel: Accel,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub append: String,
+}
+
+impl MachineSpec {
+    fn args(&self, tap: &str) -> Vec<String> {
+        let cpu = match self.accel {
+            // Some nested hosts advertise arch-capabilities that KVM cannot migrate.
+            Accel::Kvm => "host,-arch-capabilities",
+            Accel::Tcg { .. } => "qemu64",
+        };
+        [
+            "-nodefaults",
+            "-no-user-config",
+            "-machine",
+            "pc",
+            "-accel",
+            self.accel.qemu_name(),
+            "-cpu",
+            cpu,
+            "-m",
+            &self.mem_mib.to_string(),
+            "-smp",
+            &self.vcpus.to_string(),
+            "-kernel",
+            &self.kernel.to_string_lossy(),
+            "-initrd",
+            &self.initramfs.to_string_lossy(),
+            "-append",
+            &self.append,
+            "-display",
+            "none",
+            "-netdev",
+            &format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+            "-device",
+            &format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QEMU {name} exited during start-up ({status}): {stderr}")]
+    EarlyExit { name: String, status: String, stderr: String },
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("the guest did not come up within {timeout:?} ({what}); last console lines:\n{tail}")]
+    BootTimeout { timeout: Duration, what: String, tail: String },
+    #[error("preparing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running QEMU process of the lab.
+pub struct Qemu {
+    pub name: String,
+    pub pid: u32,
+    pub tap: &'static str,
+    pub qmp_socket: PathBuf,
+    pub console: PathBuf,
+    pub stderr_log: PathBuf,
+    child: Child,
+    pub qmp: Qmp,
+}
+
+impl Qemu {
+    /// Starts QEMU in namespace `ns` on `tap`; with `incoming`, waiting for a migration.
+    pub async fn start(
+        spec: &MachineSpec,
+        name: &str,
+        ns: &str,
+        tap: &'static str,
+        dir: &Path,
+        incoming: bool,
+    ) -> Result<Self, QemuError> {
+        let qmp_socket = dir.join(format!("{name}.qmp"));
+        let console = dir.join(format!("{name}.console"));
+        let stderr_log = dir.join(format!("{name}.stderr"));
+        for p in [&qmp_socket, &console] {
+            let _ = fs::remove_file(p);
+        }
+        let stderr =
+            fs::File::create(&stderr_log).map_err(|source| QemuError::Io { path: stderr_log.clone(), source })?;
+        let mut cmd = tokio::process::Command::new(&spec.binary);
+        cmd.args(["-name", name])
+            .args(spec.args(tap))
+            .args(["-serial", &format!("file:{}", console.display())])
+            .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp_socket.display())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        if incoming {
+            cmd.args(["-incoming", "defer"]);
+        }
+        let ns_file =
+            fs::File::open(netns::ns_path(ns)).map_err(|source| QemuError::Io { path: netns::ns_path(ns), source })?;
+        // SAFETY: only async-signal-safe calls between fork and exec: setns on an fd we
+        // own, prctl. QEMU then opens its tap inside the lab namespace, and dies with us.
+        unsafe {
+            use std::os::fd::AsRawFd as _;
+            let fd = ns_file.as_raw_fd();
+            cmd.as_std_mut().pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child =
+            cmd.spawn().map_err(|source| QemuError::Spawn { binary: spec.binary.display().to_string(), source })?;
+        drop(ns_file);
+        let pid = child.id().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let qmp = tokio::select! {
+            qmp = Qmp::connect(&qmp_socket, deadline) => qmp,
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let stderr = fs::read_to_string(&stderr_log).unwrap_or_default().trim().to_owned();
+                return Err(QemuError::EarlyExit { name: name.into(), status, stderr });
+            }
+        }?;
+        Ok(Self { name: name.into(), pid, tap, qmp_socket, console, stderr_log, child, qmp })
+    }
+
+    /// The last `n` lines of the guest console.
+    pub fn console_tail(&self, n: usize) -> String {
+        tail(&self.console, n)
+    }
+
+    /// Waits until a console line contains `needle`; returns that line.
+    pub async fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<String, QemuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) =
+                fs::read_to_string(&self.console).unwrap_or_default().lines().find(|l| l.contains(needle))
+            {
+                return Ok(line.to_owned());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let stderr = fs::read_to_string(&self.stderr_log).unwrap_or_default().trim().to_owned();
+                return Err(QemuError::EarlyExit { name: self.name.clone(), status: status.to_string(), stderr });
+            }
+            if Instant::now() >= deadline {
+                return Err(QemuError::BootTimeout {
+                    timeout,
+                    what: format!("no {needle:?} on the console"),
+                    tail: self.console_tail(15),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resolves when the process exits.
+    pub async fn wait_exit(&mut self) -> String {
+        match self.child.wait().await {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Ends the process: `quit` over QMP, then SIGKILL if it lingers. Removes its sockets.
+    pub async fn stop(mut self) {
+        if !self.exited() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.qmp.execute(qapi::qmp::quit {})).await;
+            if tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await.is_err() {
+                let _ = self.child.kill().await;
+            }
+        }
+        let _ = fs::remove_file(&self.qmp_socket);
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+        let _ = fs::remove_file(&self.qmp_socket);
+    }
+}
+
+/// The last `n` lines of a text file (lossy).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,270 @@
+//! Async QMP client over a unix socket, built on the `qapi` crate.
+//!
+//! `qapi` gives us the QMP handshake, typed commands and typed events with their
+//! microsecond timestamps. QEMU's schema drifts between releases, so for `query-migrate`,
+//! whose statistics gain and lose required fields across versions, we decode leniently
+//! into our own all-optional [`MigrationStats`].
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use qapi::{
+    futures::{QapiService, QmpStreamTokio},
+    qmp,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::WriteHalf,
+    net::UnixStream,
+    sync::Notify,
+    time::{Instant, timeout_at},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("connecting to QMP socket {path}: {source}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP command {command} failed: {message}")]
+    Command { command: &'static str, message: String },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error("QMP connection closed while waiting for {0}")]
+    Closed(String),
+}
+
+/// A QMP event with QEMU's own timestamp.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QmpEvent {
+    pub event: String,
+    /// Unix time in microseconds, from the event's `timestamp`.
+    pub unix_us: i64,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+impl QmpEvent {
+    fn from_qapi(e: &qmp::Event) -> Option<Self> {
+        let v = serde_json::to_value(e).ok()?;
+        let ts = &v["timestamp"];
+        Some(Self {
+            event: v["event"].as_str()?.to_owned(),
+            unix_us: ts["seconds"].as_i64()? * 1_000_000 + ts["microseconds"].as_i64()?,
+            data: v.get("data").cloned().unwrap_or_default(),
+        })
+    }
+
+    /// The `status` of a MIGRATION event.
+    pub fn migration_status(&self) -> Option<&str> {
+        (self.event == "MIGRATION").then(|| self.data["status"].as_str()).flatten()
+    }
+}
+
+type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
+
+#[derive(Default)]
+struct EventLog {
+    events: Mutex<Vec<QmpEvent>>,
+    closed: Mutex<bool>,
+    notify: Notify,
+}
+
+/// A QMP connection: commands through [`Qmp::execute`], events recorded in order.
+pub struct Qmp {
+    service: QapiService<Writer>,
+    log: Arc<EventLog>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Qmp {
+    /// Connects and negotiates capabilities; retries until `deadline` while QEMU starts.
+    pub async fn connect(path: &Path, deadline: Instant) -> Result<Self, QmpError> {
+        let stream = loop {
+            match QmpStreamTokio::open_uds(path).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(source) => return Err(QmpError::Connect { path: path.display().to_string(), source }),
+            }
+        };
+        let stream = stream
+            .negotiate()
+            .await
+            .map_err(|source| QmpError::Connect { path: path.display().to_string(), source })?;
+        let (service, mut events) = stream.into_parts();
+        let log = Arc::new(EventLog::default());
+        let reader_log = log.clone();
+        // Polling the event stream also delivers command responses to `service`.
+        let reader = tokio::spawn(async move {
+            while let Some(item) = events.next().await {
+                if let Ok(event) = item
+                    && let Some(e) = QmpEvent::from_qapi(&event)
+                {
+                    reader_log.events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                    reader_log.notify.notify_waiters();
+                }
+            }
+            *reader_log.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            reader_log.notify.notify_waiters();
+        });
+        Ok(Self { service, log, reader })
+    }
+
+    /// Executes a command and returns its result.
+    pub async fn execute<C: qmp::QmpCommand + qapi::Command>(&self, command: C) -> Result<C::Ok, QmpError> {
+        self.service.execute(command).await.map_err(|e| QmpError::Command { command: C::NAME, message: e.to_string() })
+    }
+
+    /// Number of events received so far: a cursor for [`Qmp::wait_event`].
+    pub fn event_count(&self) -> usize {
+        self.log.events.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Events from index `from` on.
+    pub fn events_since(&self, from: usize) -> Vec<QmpEvent> {
+        self.log.events.lock().unwrap_or_else(|p| p.into_inner()).get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
+    /// Waits for the first event at index ≥ `from` that satisfies `pred`.
+    pub async fn wait_event(
+        &self,
+        from: usize,
+        what: &str,
+        deadline: Instant,
+        pred: impl Fn(&QmpEvent) -> bool,
+    ) -> Result<QmpEvent, QmpError> {
+        loop {
+            let notified = self.log.notify.notified();
+            if let Some(e) = self.events_since(from).into_iter().find(|e| pred(e)) {
+                return Ok(e);
+            }
+            if *self.log.closed.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Err(QmpError::Closed(what.into()));
+            }
+            let started = Instant::now();
+            if timeout_at(deadline, notified).await.is_err() {
+                return Err(QmpError::Timeout(deadline.saturating_duration_since(started), what.into()));
+            }
+        }
+    }
+
+    /// `query-migrate`, decoded leniently.
+    pub async fn query_migrate(&self) -> Result<MigrationStats, QmpError> {
+        let raw = self.execute(QueryMigrateRaw {}).await?;
+        serde_json::from_value(raw)
+            .map_err(|e| QmpError::Command { command: "query-migrate", message: format!("unexpected reply: {e}") })
+    }
+
+    /// `query-status`: the VM's run state (`running`, `paused`, `inmigrate`, …).
+    pub async fn run_state(&self) -> Result<String, QmpError> {
+        let status = self.execute(qmp::query_status {}).await?;
+        Ok(serde_json::to_value(status.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+    }
+}
+
+impl Drop for Qmp {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// `query-migrate` returning the raw JSON object.
+#[derive(Serialize)]
+struct QueryMigrateRaw {}
+
+impl qapi::Command for QueryMigrateRaw {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = "query-migrate";
+    const ALLOW_OOB: bool = false;
+}
+impl qmp::QmpCommand for QueryMigrateRaw {}
+
+/// What `query-migrate` reports, every field optional (QEMU versions differ).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MigrationStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Milliseconds from the start of the migration to its end (source side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_time: Option<u64>,
+    /// QEMU's downtime estimate: source VM stopped until the source finished, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_downtime: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_desc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<RamStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RamStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normal: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normal_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_sync_count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_pages_rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mbps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precopy_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_migrate_reply_of_qemu_7_2_decodes() {
+        // Recorded from QEMU 7.2.22 (Debian 12), 256 MiB idle guest under TCG, migrated
+        // over loopback; note "skipped" and other fields we do not model.
+        let raw: serde_json::Value = serde_json::from_str(
+            r#"{"status": "completed", "setup-time": 1, "downtime": 14, "total-time": 715, "ram": {"total": 268967936,
+            "postcopy-requests": 0, "dirty-sync-count": 3, "multifd-bytes": 0, "pages-per-second": 265009,
+            "downtime-bytes": 8337009, "page-size": 4096, "remaining": 0, "postcopy-bytes": 0, "mbps": 1147.4927282913163,
+            "transferred": 102300717, "dirty-sync-missed-zero-copy": 0, "precopy-bytes": 93963708, "duplicate": 41058,
+            "dirty-pages-rate": 0, "skipped": 0, "normal-bytes": 101732352, "normal": 24837}}"#,
+        )
+        .expect("valid JSON");
+        let stats: MigrationStats = serde_json::from_value(raw).expect("decodes");
+        assert_eq!(stats.status.as_deref(), Some("completed"));
+        assert_eq!((stats.total_time, stats.downtime, stats.setup_time), (Some(715), Some(14), Some(1)));
+        let ram = stats.ram.expect("ram");
+        assert_eq!(ram.dirty_sync_count, Some(3));
+        assert_eq!(ram.mbps, Some(1147.4927282913163));
+        assert_eq!(ram.transferred, Some(102300717));
+        // A reply of an older QEMU without the newer fields still decodes.
+        let old: MigrationStats =
+            serde_json::from_value(serde_json::json!({"status": "active", "ram": {"total": 1}})).expect("decodes");
+        assert_eq!(old.ram.and_then(|r| r.dirty_sync_count), None);
+    }
+}

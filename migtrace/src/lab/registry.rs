@@ -1,0 +1,164 @@
+//! Which labs exist on this host, who owns them, and what they started: the state
+//! `lab down` and `lab clean` work from. One directory per lab under /run/migtrace/.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{LabError, netns};
+
+pub const RUN_DIR: &str = "/run/migtrace";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub id: String,
+    pub owner_pid: u32,
+    pub netns: String,
+    pub qemu_pids: Vec<u32>,
+}
+
+/// The registry entry of a lab this process owns.
+#[derive(Debug)]
+pub struct Entry {
+    pub dir: PathBuf,
+    state: State,
+    removed: bool,
+}
+
+/// A fresh lab id: 6 hex digits from the clock and our pid.
+pub fn new_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mixed = (nanos ^ std::process::id().rotate_left(16)).wrapping_mul(0x9e37_79b9);
+    format!("{:06x}", mixed >> 8)
+}
+
+impl Entry {
+    pub fn create(id: &str) -> Result<Self, LabError> {
+        let dir = Path::new(RUN_DIR).join(id);
+        fs::create_dir_all(&dir).map_err(|source| LabError::State { path: dir.clone(), source })?;
+        let state = State {
+            id: id.into(),
+            owner_pid: std::process::id(),
+            netns: netns::LabNet::ns_name(id),
+            qemu_pids: vec![],
+        };
+        let entry = Self { dir, state, removed: false };
+        entry.save()?;
+        Ok(entry)
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        let path = self.dir.join("lab.json");
+        let text = serde_json::to_string_pretty(&self.state).map_err(io::Error::other);
+        text.and_then(|t| fs::write(&path, t)).map_err(|source| LabError::State { path, source })
+    }
+
+    pub fn add_qemu(&mut self, pid: u32) -> Result<(), LabError> {
+        self.state.qemu_pids.push(pid);
+        self.save()
+    }
+
+    pub fn remove_qemu(&mut self, pid: u32) -> Result<(), LabError> {
+        self.state.qemu_pids.retain(|p| *p != pid);
+        self.save()
+    }
+
+    pub fn remove(&mut self) {
+        if !self.removed {
+            self.removed = true;
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Labs recorded on this host (running or left behind).
+pub fn list() -> Vec<State> {
+    let mut states: Vec<State> = fs::read_dir(RUN_DIR)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| fs::read_to_string(e.path().join("lab.json")).ok())
+                .filter_map(|t| serde_json::from_str(&t).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Namespaces without a state directory are leftovers too.
+    for ns in netns::list_lab_namespaces() {
+        let id = ns.trim_start_matches(netns::NS_PREFIX).to_owned();
+        if !states.iter().any(|s| s.id == id) {
+            states.push(State { id, owner_pid: 0, netns: ns, qemu_pids: vec![] });
+        }
+    }
+    states.sort_by(|a, b| a.id.cmp(&b.id));
+    states
+}
+
+fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
+}
+
+/// Whether the lab's owner is still running (a migtrace process with that pid).
+pub fn owner_alive(state: &State) -> bool {
+    state.owner_pid != 0 && cmdline(state.owner_pid).contains("migtrace")
+}
+
+/// QEMU processes of lab `id`: recognised by the `-name migtrace-<id>-` they were given.
+pub fn qemu_processes(id: &str) -> Vec<u32> {
+    let marker = format!("-name migtrace-{id}-");
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+                .filter(|pid| cmdline(*pid).contains(&marker))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What removing a lab did.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub killed: Vec<u32>,
+    pub netns: bool,
+    pub dir: bool,
+}
+
+/// Removes everything of lab `state`: its QEMU processes (by pid, recognised by name),
+/// its namespace (and with it bridge, taps, veth), its state directory.
+pub fn remove(state: &State) -> Removed {
+    let mut removed = Removed::default();
+    for pid in qemu_processes(&state.id) {
+        // SAFETY: signalling a process we verified is one of this lab's QEMUs.
+        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+            removed.killed.push(pid);
+        }
+    }
+    // Give the kernel a moment to release the taps of killed processes.
+    for _ in 0..50 {
+        if qemu_processes(&state.id).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    removed.netns = netns::ns_path(&state.netns).exists() && netns::delete_ns(&state.netns).is_ok();
+    let dir = Path::new(RUN_DIR).join(&state.id);
+    removed.dir = dir.exists() && fs::remove_dir_all(&dir).is_ok();
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_short_hex_and_vary() {
+        let a = new_id();
+        assert_eq!(a.len(), 6);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_ne!(a, new_id());
+    }
+}

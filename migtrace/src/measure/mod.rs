@@ -1,0 +1,4 @@
+//! Turning what the hosts, the probes and the network saw into measures.
+//!
+//! - [`record`]: the per-migration record (versioned JSON lines) and its durable writer.
+pub mod record;

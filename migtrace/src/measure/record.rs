@@ -1,0 +1,108 @@
+//! The per-migration record: one JSON object per line, appended and fsynced as each
+//! migration finishes, so an interrupted run never loses a finished migration.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufRead as _, Write as _},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hypervisor::{MigrationOutcome, MigrationParams};
+
+/// Version of the record layout; bumped on incompatible changes.
+pub const SCHEMA: u32 = 1;
+
+/// The file records go to inside an output directory.
+pub const RECORDS_FILE: &str = "migrations.jsonl";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRecord {
+    pub schema: u32,
+    /// 0-based repetition within its treatment.
+    pub repetition: u32,
+    /// Treatment name (the workload spec and machine for `migrate`, the design's name in
+    /// experiments).
+    pub treatment: String,
+    pub params: MigrationParams,
+    #[serde(flatten)]
+    pub outcome: MigrationOutcome,
+}
+
+impl MigrationRecord {
+    pub fn new(repetition: u32, treatment: String, params: MigrationParams, outcome: MigrationOutcome) -> Self {
+        Self { schema: SCHEMA, repetition, treatment, params, outcome }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}:{line}: not a migration record: {source}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Appends records durably.
+pub struct RecordWriter {
+    path: PathBuf,
+    file: File,
+}
+
+impl RecordWriter {
+    /// Opens `dir/migrations.jsonl` for appending, creating `dir` if needed.
+    pub fn open(dir: &Path) -> Result<Self, RecordError> {
+        let path = dir.join(RECORDS_FILE);
+        let err = |source| RecordError::Io { path: path.clone(), source };
+        fs::create_dir_all(dir).map_err(err)?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
+        Ok(Self { path, file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one record as one line and syncs it to disk.
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), RecordError> {
+        let err = |source| RecordError::Io { path: self.path.clone(), source };
+        let mut line = serde_json::to_vec(record).map_err(|e| err(io::Error::other(e)))?;
+        line.push(b'\n');
+        // One write of a whole line: a crash leaves at most a torn last line, which
+        // readers skip.
+        self.file.write_all(&line).map_err(err)?;
+        self.file.sync_data().map_err(err)
+    }
+}
+
+/// Reads the records of a JSON-lines file or of a directory's `migrations.jsonl`. A
+/// torn last line (crash while writing) is ignored; a bad line elsewhere is an error.
+pub fn read(path: &Path) -> Result<Vec<MigrationRecord>, RecordError> {
+    let path = if path.is_dir() { path.join(RECORDS_FILE) } else { path.to_owned() };
+    let err = |source| RecordError::Io { path: path.clone(), source };
+    let lines: Vec<String> =
+        io::BufReader::new(File::open(&path).map_err(err)?).lines().collect::<Result<_, _>>().map_err(err)?;
+    let last = lines.len();
+    let mut records = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(r) => records.push(r),
+            Err(_) if i + 1 == last => break,
+            Err(source) => return Err(RecordError::Parse { path: path.clone(), line: i + 1, source }),
+        }
+    }
+    Ok(records)
+}

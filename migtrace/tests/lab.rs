@@ -1,0 +1,127 @@
+//! Root, QEMU (TCG here): the embedded lab boots, answers ping, migrates back and forth
+//! with a dirty workload, survives nothing it should not, and leaves nothing behind.
+//! Run with `cargo xtask test`.
+
+use std::{process::Command, time::Duration};
+
+use migtrace::{
+    hypervisor::{HostPair, MigrationParams, Status},
+    lab::{Lab, LabConfig, LabError, netns, qemu::QemuError, registry},
+};
+use workloads::spec::Spec;
+
+fn ping_once(ns: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-q", &netns::GUEST_IP.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Nothing of lab `id` remains: no QEMU process, no namespace (taps and bridge live in
+/// it), no state directory.
+fn assert_gone(id: &str) {
+    assert!(
+        registry::qemu_processes(id).is_empty(),
+        "QEMU processes of lab {id} left: {:?}",
+        registry::qemu_processes(id)
+    );
+    assert!(!netns::ns_path(&netns::LabNet::ns_name(id)).exists(), "namespace of lab {id} left");
+    assert!(!std::path::Path::new(registry::RUN_DIR).join(id).exists(), "state of lab {id} left");
+}
+
+fn params() -> MigrationParams {
+    MigrationParams { timeout_s: 120.0, ..MigrationParams::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
+async fn boots_pings_and_migrates_back_and_forth_with_a_dirty_workload() {
+    let config = LabConfig { workload: Spec::parse("wset=32M,rate=2000").expect("spec"), ..LabConfig::default() };
+    let mut lab = Lab::up(config).await.expect("lab up");
+    let id = lab.id.clone();
+    assert!(lab.agent_line.contains(r#""event":"start""#), "agent: {}", lab.agent_line);
+    assert!(
+        lab.agent_line.contains("rate") || lab.agent_line.contains("bpc"),
+        "dirty workload running: {}",
+        lab.agent_line
+    );
+    assert!(ping_once(lab.ns()), "guest answers ping after boot");
+    eprintln!("boot to agent: {:.2} s", lab.boot_time.as_secs_f64());
+
+    let mut walls = Vec::new();
+    let mut hosts = Vec::new();
+    for rep in 0..3 {
+        let (src, dst) = lab.pids();
+        let o = lab.migrate(&params()).await.expect("migrate");
+        assert_eq!(o.status, Status::Completed, "migration {rep}: {:?}", o.error);
+        assert_eq!((o.source_pid, o.destination_pid), (src, dst));
+        assert_eq!(o.stats.status.as_deref(), Some("completed"));
+        assert!(o.stats.total_time.is_some() && o.stats.downtime.is_some());
+        assert!(o.source_events.iter().any(|e| e.event == "STOP"), "source stopped the VM");
+        assert!(o.destination_events.iter().any(|e| e.event == "RESUME"), "destination resumed the VM");
+        walls.push(o.command_ms().expect("completed has an end"));
+        hosts.push(o.direction.clone());
+        lab.prepare_next().await.expect("fresh destination");
+        assert!(ping_once(lab.ns()), "guest answers ping after migration {rep}");
+    }
+    // Ping-pong: the guest went a → b → a → b.
+    assert_eq!(hosts, ["tap-a → tap-b", "tap-b → tap-a", "tap-a → tap-b"]);
+    walls.sort_by(f64::total_cmp);
+    eprintln!("migration wall times (ms): {walls:?}; median {:.0}", walls[1]);
+    lab.down().await;
+    assert_gone(&id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
+async fn killed_destination_fails_the_migration_cleanly() {
+    let config = LabConfig { workload: Spec::parse("wset=64M,rate=20000").expect("spec"), ..LabConfig::default() };
+    let mut lab = Lab::up(config).await.expect("lab up");
+    let id = lab.id.clone();
+    let (_, dst) = lab.pids();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: killing the destination QEMU this test started, by pid.
+        unsafe { libc::kill(dst as i32, libc::SIGKILL) };
+    });
+    let o = lab.migrate(&params()).await.expect("migration attempt is recorded, not an error");
+    killer.join().expect("killer thread");
+    assert_eq!(o.status, Status::Failed);
+    let error = o.error.expect("error text");
+    assert!(error.contains("destination") || error.contains("failed"), "error names the problem: {error}");
+    // The guest still runs on the source after the failed migration.
+    assert!(ping_once(lab.ns()), "guest still answers on the source");
+    drop(lab); // the unhappy path: Drop, not down(), must clean up too
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_gone(&id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
+async fn guest_that_never_comes_up_times_out_with_console_tail() {
+    let config = LabConfig { boot_timeout: Duration::from_millis(300), ..LabConfig::default() };
+    let before = registry::list().len();
+    match Lab::up(config).await {
+        Err(LabError::Qemu(QemuError::BootTimeout { tail, .. })) => {
+            // Whatever the guest printed so far (possibly nothing yet) is in the error.
+            let _ = tail;
+        }
+        Err(e) => panic!("expected a boot timeout, got {e}"),
+        Ok(_) => panic!("a guest cannot be up in 300 ms under this test"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(registry::list().len(), before, "no lab left behind after a failed boot");
+}
+
+#[tokio::test]
+#[ignore = "needs root: validates lab configuration"]
+async fn bad_configuration_is_refused_before_anything_starts() {
+    let before = registry::list().len();
+    let too_big = LabConfig { workload: Spec::parse("wset=256M").expect("spec"), ..LabConfig::default() };
+    let err = Lab::up(too_big).await.err().expect("refused").to_string();
+    assert!(err.contains("wset=256 MiB must be smaller"), "{err}");
+    let tiny = LabConfig { vmsize_mib: 64, ..LabConfig::default() };
+    assert!(Lab::up(tiny).await.err().expect("refused").to_string().contains("at least 128 MiB"));
+    assert_eq!(registry::list().len(), before);
+}
