@@ -8,16 +8,22 @@ pub enum EventKind {
     SelftestUprobe = 1,
     /// A self-test syscall tracepoint fired ([`SelftestEvent`]).
     SelftestSyscall = 2,
+    /// A QEMU function was entered or returned from ([`PhaseEvent`]).
+    Phase = 3,
+    /// A guest packet crossed a lab tap ([`PacketEvent`]).
+    Packet = 4,
 }
 
 impl EventKind {
-    /// Number of kinds, i.e. the size of per-kind arrays such as [`LOSS_MAP_LEN`].
-    pub const COUNT: u32 = 3;
+    /// One more than the largest discriminant: the size of per-kind arrays.
+    pub const COUNT: u32 = 5;
 
     pub const fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(Self::SelftestUprobe),
             2 => Some(Self::SelftestSyscall),
+            3 => Some(Self::Phase),
+            4 => Some(Self::Packet),
             _ => None,
         }
     }
@@ -33,6 +39,8 @@ pub const LOSS_MAP_LEN: u32 = EventKind::COUNT;
 pub enum Role {
     /// A process of migtrace's own self-tests and benchmarks.
     Selftest = 1,
+    /// A hypervisor process (QEMU) whose KVM ioctls and vCPU runs are aggregated.
+    Hypervisor = 2,
 }
 
 /// Common prefix of every ring-buffer record.
@@ -62,11 +70,239 @@ pub struct SelftestEvent {
     pub arg0: u64,
 }
 
+/// QEMU functions migtrace probes, identified in attach cookies and records.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PhasePoint {
+    MigrateSetState = 1,
+    SavevmStateSetup = 2,
+    DirtyLogStart = 3,
+    DirtyLogSync = 4,
+    DirtyLogStop = 5,
+    VmStopForceState = 6,
+    PauseAllVcpus = 7,
+    SavevmStateCompletePrecopy = 8,
+    SavevmStateCleanup = 9,
+    SavevmStateIterate = 10,
+    /// `qemu_savevm_state_pending` (QEMU ≤ 7.2) or `…_pending_exact` (8.0+): pending bytes.
+    SavevmStatePending = 11,
+    LoadvmState = 12,
+    VmPrepareStart = 13,
+    VmStart = 14,
+    ResumeAllVcpus = 15,
+    AnnounceSelf = 16,
+    VmStateNotify = 17,
+    /// TCG's `cpu_exec`: aggregated per vCPU thread in the kernel, never streamed.
+    CpuExec = 18,
+}
+
+impl PhasePoint {
+    pub const ALL: [PhasePoint; 18] = [
+        Self::MigrateSetState,
+        Self::SavevmStateSetup,
+        Self::DirtyLogStart,
+        Self::DirtyLogSync,
+        Self::DirtyLogStop,
+        Self::VmStopForceState,
+        Self::PauseAllVcpus,
+        Self::SavevmStateCompletePrecopy,
+        Self::SavevmStateCleanup,
+        Self::SavevmStateIterate,
+        Self::SavevmStatePending,
+        Self::LoadvmState,
+        Self::VmPrepareStart,
+        Self::VmStart,
+        Self::ResumeAllVcpus,
+        Self::AnnounceSelf,
+        Self::VmStateNotify,
+        Self::CpuExec,
+    ];
+
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        if v >= 1 && v as usize <= Self::ALL.len() { Some(Self::ALL[v as usize - 1]) } else { None }
+    }
+}
+
+/// Attach-cookie layout of the QEMU probes: bits 0–15 the [`PhasePoint`], bit 16 "save
+/// the arguments at entry for the return probe", bits 24–31 a mask of arguments that
+/// are pointers to `u64` the return probe dereferences (pending-bytes out-parameters),
+/// bit 17 "aggregate only" (vCPU run accounting, no record).
+pub mod cookie {
+    pub const POINT_MASK: u64 = 0xffff;
+    pub const SAVE_ARGS: u64 = 1 << 16;
+    pub const AGGREGATE_ONLY: u64 = 1 << 17;
+    pub const DEREF_SHIFT: u32 = 24;
+
+    pub const fn make(point: super::PhasePoint, save_args: bool, deref_mask: u8, aggregate_only: bool) -> u64 {
+        (point as u64)
+            | if save_args { SAVE_ARGS } else { 0 }
+            | if aggregate_only { AGGREGATE_ONLY } else { 0 }
+            | ((deref_mask as u64) << DEREF_SHIFT)
+    }
+}
+
+/// [`PhaseEvent::flags`]: the record is from the return probe.
+pub const PHASE_RETURN: u32 = 1;
+
+/// Entry into or return from a probed QEMU function.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseEvent {
+    pub header: EventHeader,
+    /// A [`PhasePoint`] discriminant.
+    pub point: u32,
+    /// [`PHASE_RETURN`] for return probes.
+    pub flags: u32,
+    /// Entry: the first three arguments. Return: the values behind the arguments named
+    /// in the cookie's deref mask (in argument order), zero elsewhere.
+    pub args: [u64; 3],
+    /// Return: the return value. Entry: the round counter of this process.
+    pub ret: u64,
+}
+
+/// What a packet seen at a tap is.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketKind {
+    IcmpEchoReply = 1,
+    UdpProbeReply = 2,
+    Rarp = 3,
+    Arp = 4,
+}
+
+impl PacketKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::IcmpEchoReply),
+            2 => Some(Self::UdpProbeReply),
+            3 => Some(Self::Rarp),
+            4 => Some(Self::Arp),
+            _ => None,
+        }
+    }
+}
+
+/// UDP port the probe sender's echo replies come from.
+pub const UDP_PROBE_PORT: u16 = 7;
+
+/// A guest packet leaving the guest through a tap (tc ingress on the tap).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketEvent {
+    pub header: EventHeader,
+    /// The tap the packet came through, i.e. which host the guest runs on.
+    pub ifindex: u32,
+    /// A [`PacketKind`] discriminant.
+    pub kind: u32,
+    /// ICMP identifier, or UDP source port.
+    pub ident: u16,
+    /// ICMP sequence number, or the first 16 bits of the UDP payload.
+    pub seq: u16,
+    /// Frame length.
+    pub len: u32,
+    /// IPv4 source and destination (network order), or ARP sender/target addresses.
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+/// KVM ioctls migtrace counts (values of `_IO*(KVMIO, …)`).
+pub mod kvm_ioctl {
+    pub const KVM_RUN: u32 = 0xae80;
+    pub const KVM_GET_DIRTY_LOG: u32 = 0x4010_ae42;
+    pub const KVM_CLEAR_DIRTY_LOG: u32 = 0xc018_aec0;
+    pub const KVM_RESET_DIRTY_RINGS: u32 = 0xaec7;
+}
+
+/// What a [`KvmStatKey`] counts.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KvmWhat {
+    GetDirtyLog = 1,
+    ClearDirtyLog = 2,
+    ResetDirtyRings = 3,
+    Run = 4,
+    DirtyRingPush = 5,
+    DirtyRingReset = 6,
+    DirtyRingExit = 7,
+}
+
+impl KvmWhat {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::GetDirtyLog),
+            2 => Some(Self::ClearDirtyLog),
+            3 => Some(Self::ResetDirtyRings),
+            4 => Some(Self::Run),
+            5 => Some(Self::DirtyRingPush),
+            6 => Some(Self::DirtyRingReset),
+            7 => Some(Self::DirtyRingExit),
+            _ => None,
+        }
+    }
+
+    pub const fn of_ioctl(cmd: u32) -> Option<Self> {
+        match cmd {
+            kvm_ioctl::KVM_GET_DIRTY_LOG => Some(Self::GetDirtyLog),
+            kvm_ioctl::KVM_CLEAR_DIRTY_LOG => Some(Self::ClearDirtyLog),
+            kvm_ioctl::KVM_RESET_DIRTY_RINGS => Some(Self::ResetDirtyRings),
+            kvm_ioctl::KVM_RUN => Some(Self::Run),
+            _ => None,
+        }
+    }
+}
+
+/// Key of the per-CPU KVM statistics: per process, per pre-copy round.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KvmStatKey {
+    pub tgid: u32,
+    /// The process's round counter (dirty-log syncs so far) when it happened.
+    pub round: u32,
+    /// A [`KvmWhat`] discriminant.
+    pub what: u32,
+    pub _pad: u32,
+}
+
+/// Count and latency of one [`KvmWhat`]; tracepoint counts have no latency.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvmStat {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+/// When a vCPU thread last ran guest code: KVM_RUN, or TCG's `cpu_exec`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuRun {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub first_enter_ns: u64,
+    pub last_enter_ns: u64,
+    pub last_exit_ns: u64,
+    pub enters: u64,
+}
+
+/// An ioctl in flight on a thread, between the enter and exit tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InflightIoctl {
+    pub what: u32,
+    pub round: u32,
+    pub start_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers without padding; any bit pattern is valid.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SelftestEvent {}
+    unsafe impl aya::Pod for super::PhaseEvent {}
+    unsafe impl aya::Pod for super::PacketEvent {}
+    unsafe impl aya::Pod for super::KvmStatKey {}
+    unsafe impl aya::Pod for super::KvmStat {}
+    unsafe impl aya::Pod for super::VcpuRun {}
 }
 
 #[cfg(test)]
@@ -80,14 +316,44 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<SelftestEvent>(), 40);
+        assert_eq!(size_of::<PhaseEvent>(), 24 + 8 + 24 + 8);
+        assert_eq!(size_of::<PacketEvent>(), 24 + 4 + 4 + 2 + 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<KvmStatKey>(), 16);
+        assert_eq!(size_of::<KvmStat>(), 24);
+        assert_eq!(size_of::<VcpuRun>(), 40);
+        assert_eq!(size_of::<InflightIoctl>(), 16);
     }
 
     #[test]
     fn kinds_round_trip() {
-        for kind in [EventKind::SelftestUprobe, EventKind::SelftestSyscall] {
+        for kind in [EventKind::SelftestUprobe, EventKind::SelftestSyscall, EventKind::Phase, EventKind::Packet] {
             assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
+            assert!((kind as u32) < EventKind::COUNT);
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert!((EventKind::SelftestSyscall as u32) < EventKind::COUNT);
+        for p in PhasePoint::ALL {
+            assert_eq!(PhasePoint::from_u16(p as u16), Some(p));
+        }
+        assert_eq!(PhasePoint::from_u16(0), None);
+        assert_eq!(PhasePoint::from_u16(PhasePoint::ALL.len() as u16 + 1), None);
+    }
+
+    #[test]
+    fn cookies_pack_point_and_flags() {
+        let c = cookie::make(PhasePoint::SavevmStatePending, true, 0b11100, false);
+        assert_eq!(c & cookie::POINT_MASK, PhasePoint::SavevmStatePending as u64);
+        assert_ne!(c & cookie::SAVE_ARGS, 0);
+        assert_eq!(c & cookie::AGGREGATE_ONLY, 0);
+        assert_eq!((c >> cookie::DEREF_SHIFT) & 0xff, 0b11100);
+    }
+
+    #[test]
+    fn ioctl_numbers_match_linux() {
+        // _IOW(0xAE, 0x42, struct kvm_dirty_log /* 16 bytes */)
+        assert_eq!(kvm_ioctl::KVM_GET_DIRTY_LOG, (1 << 30) | (16 << 16) | (0xae << 8) | 0x42);
+        // _IOWR(0xAE, 0xc0, struct kvm_clear_dirty_log /* 24 bytes */)
+        assert_eq!(kvm_ioctl::KVM_CLEAR_DIRTY_LOG, (3 << 30) | (24 << 16) | (0xae << 8) | 0xc0);
+        assert_eq!(KvmWhat::of_ioctl(kvm_ioctl::KVM_RUN), Some(KvmWhat::Run));
+        assert_eq!(KvmWhat::of_ioctl(0x1234), None);
     }
 }

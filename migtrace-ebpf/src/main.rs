@@ -5,7 +5,10 @@
 #![no_std]
 #![no_main]
 
+mod kvm;
 mod maps;
+mod net;
+mod qemu;
 mod selftest;
 
 #[cfg(not(test))]

@@ -32,6 +32,11 @@ impl WallClock {
         Self { offset_ns: r as i128 - mid as i128 }
     }
 
+    /// The clock of a recorded (monotonic ns, Unix µs) pair, e.g. a migration's start.
+    pub fn from_pair(monotonic_ns: u64, unix_us: i64) -> Self {
+        Self { offset_ns: unix_us as i128 * 1000 - monotonic_ns as i128 }
+    }
+
     pub fn to_system_time(&self, monotonic_ns: u64) -> SystemTime {
         let wall = monotonic_ns as i128 + self.offset_ns;
         UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64)

@@ -1,8 +1,13 @@
 //! migtrace: measure VM live migration precisely.
 //!
 //! - [`probe`]: load the eBPF programs, attach them, stream their events.
+//! - [`lab`]: the embedded two-host lab (guest image, network namespace, QEMU, QMP).
+//! - [`hypervisor`]: a pair of hosts that can migrate a VM.
+//! - [`measure`]: a measured migration, its timeline, downtime every way, the record.
+//! - [`report`]: tables for people.
 pub mod clock;
 pub mod hypervisor;
 pub mod lab;
 pub mod measure;
 pub mod probe;
+pub mod report;

@@ -64,7 +64,7 @@ async fn uprobe_and_tracepoint_deliver_events_with_pid_and_monotonic_stamps() {
             match event {
                 Event::SelftestUprobe(e) => uprobes.push(e),
                 Event::SelftestSyscall(e) if e.header.tid == tid => syscalls.push(e),
-                Event::SelftestSyscall(_) => {}
+                _ => {}
             }
         }
     }

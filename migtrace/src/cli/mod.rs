@@ -28,6 +28,30 @@ enum Command {
     Lab(lab::LabCommand),
     /// Migrate a VM back and forth N times and write one JSON record per migration.
     Migrate(migrate::MigrateArgs),
+    /// Print the phase timeline of recorded migrations as a table.
+    ///
+    /// Example: migtrace timeline results/try --rep 2
+    Timeline {
+        /// A records file (`migrations.jsonl`) or a directory holding one.
+        records: PathBuf,
+        /// Only the migration with this repetition number (default: all).
+        #[arg(long)]
+        rep: Option<u32>,
+        /// Only migrations of treatments containing this text.
+        #[arg(long)]
+        treatment: Option<String>,
+    },
+    /// Compare the downtime methods side by side, per treatment and overall.
+    ///
+    /// Example: migtrace compare results/try --json
+    Compare {
+        /// Records files or result directories (each with a `migrations.jsonl`).
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the eBPF programs into this kernel, attach a uprobe and a tracepoint to
     /// migtrace itself, and check that their events arrive (needs root).
     Selftest {
@@ -41,6 +65,34 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Lab(cmd) => lab::run(cmd).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Timeline { records, rep, treatment } => {
+            let all = migtrace::measure::record::read(&records)?;
+            let chosen: Vec<_> = all
+                .iter()
+                .filter(|r| rep.is_none_or(|n| r.repetition == n))
+                .filter(|r| treatment.as_deref().is_none_or(|t| r.treatment.contains(t)))
+                .collect();
+            if chosen.is_empty() {
+                anyhow::bail!("no migration in {} matches (it holds {} records)", records.display(), all.len());
+            }
+            for r in chosen {
+                println!("{}", migtrace::report::timeline::render(r));
+            }
+            Ok(())
+        }
+        Command::Compare { records, json } => {
+            let mut all = Vec::new();
+            for path in &records {
+                all.extend(migtrace::measure::record::read(path)?);
+            }
+            let groups = migtrace::report::compare::compare(&all);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&groups)?);
+            } else {
+                print!("{}", migtrace::report::compare::render(&groups));
+            }
+            Ok(())
+        }
         Command::Selftest { count } => {
             let r = migtrace::probe::selftest::run(count).await?;
             println!(

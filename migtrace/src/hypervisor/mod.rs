@@ -67,6 +67,12 @@ pub trait HostPair {
     /// (destination) the VM, for tracing. Both on this host for the lab.
     fn pids(&self) -> (u32, u32);
 
+    /// Names of the source and destination hosts (for the lab: their tap devices).
+    fn endpoints(&self) -> (String, String);
+
+    /// The hypervisor's (major, minor) version, when known.
+    fn hypervisor_version(&self) -> Option<(u32, u32)>;
+
     /// Migrates the VM from source to destination and returns what happened. A migration
     /// that fails, times out or loses its destination is an `Ok` outcome with that status
     /// and the error; `Err` means it could not even be started.

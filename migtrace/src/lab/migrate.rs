@@ -22,6 +22,15 @@ impl HostPair for Lab {
         (self.source.as_ref().map_or(0, |q| q.pid), self.destination.as_ref().map_or(0, |q| q.pid))
     }
 
+    fn endpoints(&self) -> (String, String) {
+        let tap = |q: &Option<super::qemu::Qemu>| q.as_ref().map_or_else(String::new, |q| q.tap.to_owned());
+        (tap(&self.source), tap(&self.destination))
+    }
+
+    fn hypervisor_version(&self) -> Option<(u32, u32)> {
+        self.qemu_version
+    }
+
     async fn migrate(&mut self, params: &MigrationParams) -> Result<MigrationOutcome, LabError> {
         let (Some(src), Some(dst)) = (self.source.as_mut(), self.destination.as_mut()) else {
             return Err(LabError::Qemu(super::qemu::QemuError::EarlyExit {
@@ -36,6 +45,7 @@ impl HostPair for Lab {
         let (source_pid, destination_pid) = (src.pid, dst.pid);
         let clock = WallClock::now();
         let start_ns = monotonic_ns();
+        // QMP stamps are converted with this pair; records keep it (start_ns, start_unix_us).
         src.qmp
             .execute(q::migrate { uri: Some(MIGRATION_URI.into()), channels: None, detach: None, resume: None })
             .await?;

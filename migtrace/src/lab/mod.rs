@@ -99,6 +99,8 @@ pub struct Lab {
     pub boot_time: Duration,
     /// The guest's agent start line (reports the workload it runs).
     pub agent_line: String,
+    /// QEMU's (major, minor) version, from `query-version`.
+    pub qemu_version: Option<(u32, u32)>,
     registry: registry::Entry,
     qemu_serial: u32,
     net: LabNet,
@@ -150,6 +152,7 @@ impl Lab {
             destination: None,
             boot_time: Duration::ZERO,
             agent_line: String::new(),
+            qemu_version: None,
             registry,
             qemu_serial: 0,
             net,
@@ -157,6 +160,8 @@ impl Lab {
         let started = Instant::now();
         let mut source = lab.start_qemu(TAPS[0], false).await?;
         source.qmp.execute(q::migrate_set_capabilities { capabilities: vec![events_capability()] }).await?;
+        let version = source.qmp.execute(q::query_version {}).await?;
+        lab.qemu_version = Some((version.qemu.major.max(0) as u32, version.qemu.minor.max(0) as u32));
         lab.agent_line = source.wait_console("migtrace-agent: ", lab.config.boot_timeout).await?;
         lab.boot_time = started.elapsed();
         lab.source = Some(source);

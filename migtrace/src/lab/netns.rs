@@ -169,6 +169,33 @@ pub fn enter(ns: &str) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Runs `f` on the calling thread inside network namespace `ns`, then moves the thread
+/// back. `f` must not await: other tasks of this thread would run in the wrong place.
+pub fn with_ns<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T, NetError> {
+    let err = |source| NetError::Enter { ns: ns.to_owned(), source };
+    let home = File::open("/proc/thread-self/ns/net").map_err(err)?;
+    enter(ns)?;
+    let result = f();
+    // SAFETY: setns back into the namespace this thread came from.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // Staying in the lab namespace would misplace later sockets of this thread.
+        panic!("cannot return to the original network namespace: {}", io::Error::last_os_error());
+    }
+    Ok(result)
+}
+
+/// Index of interface `name` inside namespace `ns`.
+pub fn ifindex(ns: &str, name: &str) -> Result<u32, NetError> {
+    let cname =
+        std::ffi::CString::new(name).map_err(|e| NetError::Enter { ns: ns.into(), source: io::Error::other(e) })?;
+    // SAFETY: valid NUL-terminated name.
+    let index = with_ns(ns, || unsafe { libc::if_nametoindex(cname.as_ptr()) })?;
+    if index == 0 {
+        return Err(NetError::Enter { ns: ns.into(), source: io::Error::other(format!("no interface {name}")) });
+    }
+    Ok(index)
+}
+
 /// Runs `f` on a new thread inside network namespace `ns` and returns its result.
 pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetError> {
     let ns = ns.to_owned();

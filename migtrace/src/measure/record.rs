@@ -9,7 +9,15 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::hypervisor::{MigrationOutcome, MigrationParams};
+use super::{
+    downtime::{Downtimes, MigrationTimes, ProbeSummary},
+    ping::PingReport,
+    timeline::Timeline,
+};
+use crate::{
+    hypervisor::{MigrationOutcome, MigrationParams},
+    probe::tracer::{Trace, TraceHealth},
+};
 
 /// Version of the record layout; bumped on incompatible changes.
 pub const SCHEMA: u32 = 1;
@@ -28,11 +36,49 @@ pub struct MigrationRecord {
     pub params: MigrationParams,
     #[serde(flatten)]
     pub outcome: MigrationOutcome,
+    /// Downtime by method (ms); see the README's record reference.
+    #[serde(default)]
+    pub downtime_ms: Downtimes,
+    /// Migration time by method (ms).
+    #[serde(default)]
+    pub migration_time_ms: MigrationTimes,
+    /// The paper's 50 ms ping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping: Option<PingReport>,
+    /// migtrace's probe sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSummary>,
+    /// Phases and rounds on both hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
+    /// Loss counters and what could not be probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_health: Option<TraceHealth>,
+    /// Measures that are missing, each with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// The raw trace (`--keep-trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
 }
 
 impl MigrationRecord {
     pub fn new(repetition: u32, treatment: String, params: MigrationParams, outcome: MigrationOutcome) -> Self {
-        Self { schema: SCHEMA, repetition, treatment, params, outcome }
+        Self {
+            schema: SCHEMA,
+            repetition,
+            treatment,
+            params,
+            outcome,
+            downtime_ms: Downtimes::default(),
+            migration_time_ms: MigrationTimes::default(),
+            ping: None,
+            probe: None,
+            timeline: None,
+            trace_health: None,
+            missing: Vec::new(),
+            trace: None,
+        }
     }
 }
 

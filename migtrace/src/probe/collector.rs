@@ -4,10 +4,14 @@
 //! drain over a million records per second; a full channel back-pressures into the ring
 //! buffer, where the kernel side counts what it could not reserve (never silent loss).
 
-use std::{mem::size_of, ptr};
+use std::{
+    mem::size_of,
+    ptr,
+    sync::{Arc, Mutex},
+};
 
 use aya::maps::{MapData, RingBuf};
-use migtrace_common::event::{EventHeader, EventKind, SelftestEvent};
+use migtrace_common::event::{EventHeader, EventKind, PacketEvent, PhaseEvent, SelftestEvent};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot},
@@ -19,12 +23,16 @@ use tokio::{
 pub enum Event {
     SelftestUprobe(SelftestEvent),
     SelftestSyscall(SelftestEvent),
+    Phase(PhaseEvent),
+    Packet(PacketEvent),
 }
 
 impl Event {
     pub fn header(&self) -> &EventHeader {
         match self {
             Event::SelftestUprobe(e) | Event::SelftestSyscall(e) => &e.header,
+            Event::Phase(e) => &e.header,
+            Event::Packet(e) => &e.header,
         }
     }
 
@@ -35,6 +43,8 @@ impl Event {
         Some(match EventKind::from_u32(header.kind)? {
             EventKind::SelftestUprobe => Event::SelftestUprobe(read(bytes)?),
             EventKind::SelftestSyscall => Event::SelftestSyscall(read(bytes)?),
+            EventKind::Phase => Event::Phase(read(bytes)?),
+            EventKind::Packet => Event::Packet(read(bytes)?),
         })
     }
 }
@@ -55,9 +65,33 @@ pub struct CollectorStats {
     pub undecodable: u64,
 }
 
+/// Where drained events go.
+#[derive(Clone)]
+pub enum Sink {
+    /// Batches through a channel; a full channel back-pressures into the ring buffer.
+    Channel(mpsc::Sender<Vec<Event>>),
+    /// Appended to a shared store, read after [`Collector::flush`].
+    Store(Arc<Mutex<Vec<Event>>>),
+}
+
+impl Sink {
+    /// Hands a batch on; false when the receiver is gone.
+    async fn put(&self, batch: Vec<Event>) -> bool {
+        match self {
+            Sink::Channel(tx) => tx.send(batch).await.is_ok(),
+            Sink::Store(store) => {
+                store.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
+                true
+            }
+        }
+    }
+}
+
 /// A running drain task. Stop it with [`Collector::stop`], which drains what is left.
 pub struct Collector {
+    undecodable: Arc<std::sync::atomic::AtomicU64>,
     stop: oneshot::Sender<()>,
+    flush: mpsc::Sender<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<CollectorStats>>,
 }
 
@@ -65,11 +99,19 @@ pub struct Collector {
 const BATCH: usize = 4096;
 
 impl Collector {
-    /// Starts draining `ring` into `tx`. Must be called within a tokio runtime.
+    /// Starts draining `ring` into a channel. Must be called within a tokio runtime.
     pub fn spawn(ring: RingBuf<MapData>, tx: mpsc::Sender<Vec<Event>>) -> std::io::Result<Self> {
+        Self::spawn_into(ring, Sink::Channel(tx))
+    }
+
+    /// Starts draining `ring` into `sink`. Must be called within a tokio runtime.
+    pub fn spawn_into(ring: RingBuf<MapData>, sink: Sink) -> std::io::Result<Self> {
         // SAFETY: the RingBuf owns its map fd for its whole life and never swaps it.
         let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
         let (stop, mut stopped) = oneshot::channel();
+        let (flush, mut flushes) = mpsc::channel::<oneshot::Sender<()>>(4);
+        let undecodable = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let shared = undecodable.clone();
         let task = tokio::spawn(async move {
             let mut stats = CollectorStats::default();
             loop {
@@ -80,19 +122,37 @@ impl Collector {
                         // Clear before draining: the kernel only wakes us when we have
                         // consumed everything, so a wakeup during the drain must count.
                         guard.clear_ready();
-                        if !drain(guard.get_inner_mut(), &tx, &mut stats).await {
+                        if !drain(guard.get_inner_mut(), &sink, &mut stats).await {
                             break;
                         }
                     }
+                    Some(done) = flushes.recv() => {
+                        drain(fd.get_mut(), &sink, &mut stats).await;
+                        shared.store(stats.undecodable, std::sync::atomic::Ordering::Relaxed);
+                        let _ = done.send(());
+                    }
                     _ = &mut stopped => {
-                        drain(fd.get_mut(), &tx, &mut stats).await;
+                        drain(fd.get_mut(), &sink, &mut stats).await;
                         break;
                     }
                 }
             }
             Ok(stats)
         });
-        Ok(Self { stop, task })
+        Ok(Self { undecodable, stop, flush, task })
+    }
+
+    /// Records that did not decode, as of the last flush.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Returns once every record submitted before the call has reached the sink.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.flush.send(done).await.is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// Drains what is in the ring buffer now, stops, and returns the totals.
@@ -102,9 +162,9 @@ impl Collector {
     }
 }
 
-/// Moves everything currently in the ring buffer into batches. Returns false when the
+/// Moves everything currently in the ring buffer into the sink. Returns false when the
 /// receiver is gone (nobody is listening, so stop).
-async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Vec<Event>>, stats: &mut CollectorStats) -> bool {
+async fn drain(ring: &mut RingBuf<MapData>, sink: &Sink, stats: &mut CollectorStats) -> bool {
     loop {
         let mut batch = Vec::with_capacity(BATCH);
         while batch.len() < BATCH {
@@ -117,7 +177,7 @@ async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Vec<Event>>, stats
             }
         }
         let full = batch.len() == BATCH;
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
+        if !batch.is_empty() && !sink.put(batch).await {
             return false;
         }
         if !full {

@@ -4,13 +4,17 @@
 //! ring buffer. Programs are loaded once per [`Probes`]; dropping it detaches everything.
 
 pub mod collector;
+pub mod kvm;
+pub mod net;
+pub mod qemu;
 pub mod selftest;
 pub mod symbols;
+pub mod tracer;
 
 use std::io;
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
@@ -68,7 +72,12 @@ impl Probes {
             return Err(ProbeError::NotRoot);
         }
         migtrace_common::host::ensure_tracefs().map_err(ProbeError::Tracefs)?;
-        let ebpf = Ebpf::load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        // The ioctl tracepoint's layout is read from tracefs, not assumed.
+        let cmd_offset = kvm::field_offset("syscalls", "sys_enter_ioctl", "cmd").unwrap_or(24);
+        let ebpf = EbpfLoader::new()
+            .override_global("IOCTL_CMD_OFFSET", &cmd_offset, true)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
         Ok(Self { ebpf })
     }
 

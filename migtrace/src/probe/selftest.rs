@@ -111,6 +111,7 @@ pub async fn run(n: usize) -> anyhow::Result<SelftestReport> {
             match event {
                 Event::SelftestUprobe(_) => report.uprobe_events += 1,
                 Event::SelftestSyscall(_) => report.syscall_events += 1,
+                _ => {}
             }
         }
     }

@@ -1,0 +1,94 @@
+//! QEMU phase probes: uprobes and uretprobes on QEMU's exported functions.
+//!
+//! One program per direction, attached to every probed symbol of every traced QEMU
+//! process; the attach cookie names the [`PhasePoint`] (see
+//! [`migtrace_common::event::cookie`]).
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_attach_cookie, bpf_probe_read_user},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use migtrace_common::event::{EventKind, PHASE_RETURN, PhaseEvent, PhasePoint, cookie};
+
+use crate::maps::{ROUND, SAVED_ARGS, current, emit, header_at, now_ns, round_of, vcpu_enter, vcpu_exit};
+
+#[inline(always)]
+fn saved_key(tid: u32, point: u64) -> u64 {
+    ((tid as u64) << 16) | point
+}
+
+#[uprobe]
+pub fn qemu_enter(ctx: ProbeContext) -> u32 {
+    let now = now_ns();
+    // SAFETY: the context pointer comes from the kernel for this program type.
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let point = c & cookie::POINT_MASK;
+    let (tgid, tid) = current();
+    if c & cookie::AGGREGATE_ONLY != 0 {
+        vcpu_enter(tgid, tid, now);
+        return 0;
+    }
+    if point == PhasePoint::DirtyLogSync as u64 {
+        let next = round_of(tgid) + 1;
+        let _ = ROUND.insert(&tgid, &next, 0);
+    }
+    let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+    if c & cookie::SAVE_ARGS != 0 {
+        let _ = SAVED_ARGS.insert(&saved_key(tid, point), &[arg(0), arg(1), arg(2), arg(3), arg(4)], 0);
+    }
+    emit(
+        EventKind::Phase,
+        PhaseEvent {
+            header: header_at(EventKind::Phase, now),
+            point: point as u32,
+            flags: 0,
+            args: [arg(0), arg(1), arg(2)],
+            ret: round_of(tgid) as u64,
+        },
+    );
+    0
+}
+
+#[uretprobe]
+pub fn qemu_return(ctx: RetProbeContext) -> u32 {
+    let now = now_ns();
+    // SAFETY: the context pointer comes from the kernel for this program type.
+    let c = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let point = c & cookie::POINT_MASK;
+    let (_, tid) = current();
+    if c & cookie::AGGREGATE_ONLY != 0 {
+        vcpu_exit(tid, now);
+        return 0;
+    }
+    let mut values = [0u64; 3];
+    let deref = (c >> cookie::DEREF_SHIFT) & 0xff;
+    if deref != 0 {
+        let key = saved_key(tid, point);
+        // SAFETY: plain array copied out before the entry is removed.
+        if let Some(saved) = unsafe { SAVED_ARGS.get(&key) }.copied() {
+            let mut out = 0;
+            for (i, ptr) in saved.iter().enumerate() {
+                if deref & (1 << i) != 0 && out < values.len() {
+                    // SAFETY: reading a u64 the probed function wrote through its
+                    // out-parameter; a bad pointer just yields an error, read as 0.
+                    values[out] = unsafe { bpf_probe_read_user(*ptr as *const u64) }.unwrap_or(0);
+                    out += 1;
+                }
+            }
+            let _ = SAVED_ARGS.remove(&key);
+        }
+    }
+    emit(
+        EventKind::Phase,
+        PhaseEvent {
+            header: header_at(EventKind::Phase, now),
+            point: point as u32,
+            flags: PHASE_RETURN,
+            args: values,
+            ret: ctx.ret::<u64>(),
+        },
+    );
+    0
+}

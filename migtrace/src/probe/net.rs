@@ -1,0 +1,40 @@
+//! Guest packets at the lab's taps: the tc classifier on tap ingress.
+
+use aya::programs::{SchedClassifier, TcAttachType, tc};
+
+use super::{ProbeError, Probes};
+use crate::lab::netns::{self, NetError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetProbeError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("attaching the tc classifier to {tap}: {source}")]
+    Attach {
+        tap: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+impl Probes {
+    /// Attaches `tap_ingress` to each of `taps` inside namespace `ns` (ingress on a tap
+    /// is what the guest sends). Returns (tap, ifindex) pairs.
+    pub fn attach_taps(&mut self, ns: &str, taps: &[&str]) -> Result<Vec<(String, u32)>, NetProbeError> {
+        let mut attached = Vec::new();
+        for tap in taps {
+            let index = netns::ifindex(ns, tap)?;
+            let program: &mut SchedClassifier = self.program("tap_ingress")?;
+            netns::with_ns(ns, || {
+                // Needed for netlink attachment on kernels before 6.6; harmless with TCX.
+                let _ = tc::qdisc_add_clsact(tap);
+                program.attach(tap, TcAttachType::Ingress)
+            })?
+            .map_err(|source| NetProbeError::Attach { tap: (*tap).to_owned(), source })?;
+            attached.push(((*tap).to_owned(), index));
+        }
+        Ok(attached)
+    }
+}

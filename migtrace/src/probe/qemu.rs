@@ -1,0 +1,219 @@
+//! QEMU phase probes: which functions, how they are attached, per QEMU process.
+//!
+//! Symbols are resolved at run time against the binary the process runs
+//! (`/proc/<pid>/exe`); a symbol missing in a QEMU build is reported by name and its
+//! phase falls back to QMP events: it never fails the attach.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    UProbe,
+    uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+};
+use migtrace_common::event::{PhasePoint, Role, cookie};
+
+use super::{ProbeError, Probes, symbols};
+
+/// One probed function: the symbol names it may have (first found wins, each with the
+/// mask of pointer arguments its return probe dereferences), and which ends are probed.
+#[derive(Clone, Copy, Debug)]
+pub struct PointSpec {
+    pub point: PhasePoint,
+    pub symbols: &'static [(&'static str, u8)],
+    pub entry: bool,
+    pub ret: bool,
+    /// Aggregated per vCPU thread in the kernel; never streamed.
+    pub aggregate: bool,
+}
+
+impl PointSpec {
+    pub fn name(&self) -> &'static str {
+        self.symbols[0].0
+    }
+}
+
+macro_rules! points {
+    ($( $point:ident: [$($sym:literal $(deref $mask:literal)?),+] $(entry $entry:literal)? $(ret $ret:literal)? $(aggregate $agg:literal)?; )*) => {
+        &[$(PointSpec {
+            point: PhasePoint::$point,
+            symbols: &[$(($sym, 0 $(| $mask)?)),+],
+            entry: true $(&& $entry)?,
+            ret: false $(|| $ret)?,
+            aggregate: false $(|| $agg)?,
+        }),*]
+    };
+}
+
+/// Every QEMU function migtrace probes. The order of calls seen in a real migration
+/// (QEMU 7.2) is in DESIGN.md; the timeline assembler relies on these points.
+pub const POINTS: &[PointSpec] = points! {
+    MigrateSetState: ["migrate_set_state"];
+    SavevmStateSetup: ["qemu_savevm_state_setup"] ret true;
+    DirtyLogStart: ["memory_global_dirty_log_start"];
+    DirtyLogSync: ["memory_global_dirty_log_sync"] ret true;
+    DirtyLogStop: ["memory_global_dirty_log_stop"];
+    VmStopForceState: ["vm_stop_force_state"] ret true;
+    PauseAllVcpus: ["pause_all_vcpus"] ret true;
+    SavevmStateCompletePrecopy: ["qemu_savevm_state_complete_precopy"] ret true;
+    SavevmStateCleanup: ["qemu_savevm_state_cleanup"] ret true;
+    // QEMU ≤ 7.2: (f, threshold, *precopy, *compatible, *postcopy); 8.0+: (*must, *can).
+    SavevmStatePending: ["qemu_savevm_state_pending" deref 0b11100, "qemu_savevm_state_pending_exact" deref 0b00011] ret true;
+    LoadvmState: ["qemu_loadvm_state"] ret true;
+    VmPrepareStart: ["vm_prepare_start"];
+    VmStart: ["vm_start"];
+    ResumeAllVcpus: ["resume_all_vcpus"] ret true;
+    AnnounceSelf: ["qemu_announce_self"];
+    VmStateNotify: ["vm_state_notify"];
+    CpuExec: ["cpu_exec"] ret true aggregate true;
+};
+
+pub fn spec_of(point: PhasePoint) -> Option<&'static PointSpec> {
+    POINTS.iter().find(|p| p.point == point)
+}
+
+/// Probes attached to one QEMU process.
+#[derive(Debug, Default)]
+pub struct QemuProbes {
+    pub pid: u32,
+    pub binary: PathBuf,
+    /// Points attached, with the symbol that provided each.
+    pub attached: BTreeMap<PhasePoint, &'static str>,
+    /// Points whose symbols this QEMU build does not export (by first symbol name).
+    pub missing: Vec<&'static str>,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// Symbol offsets per binary, resolved once.
+#[derive(Default)]
+pub struct SymbolCache {
+    by_binary: HashMap<PathBuf, symbols::Resolved>,
+}
+
+impl SymbolCache {
+    fn resolve(&mut self, binary: &Path) -> Result<&symbols::Resolved, ProbeError> {
+        if !self.by_binary.contains_key(binary) {
+            let names: Vec<&str> = POINTS.iter().flat_map(|p| p.symbols.iter().map(|(s, _)| *s)).collect();
+            let resolved = symbols::resolve(binary, &names)?;
+            self.by_binary.insert(binary.to_owned(), resolved);
+        }
+        Ok(&self.by_binary[binary])
+    }
+}
+
+impl Probes {
+    /// Attaches the phase probes to QEMU process `pid` and adds it to the kernel-side
+    /// filter (KVM ioctls and vCPU runs of this process are aggregated from now on).
+    pub fn attach_qemu(&mut self, pid: u32, cache: &mut SymbolCache) -> Result<QemuProbes, ProbeError> {
+        let binary = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_err(|source| symbols::SymbolError::Read { path: format!("/proc/{pid}/exe").into(), source })?;
+        let resolved = cache.resolve(&binary)?.clone();
+        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let mut probes = QemuProbes { pid, binary: binary.clone(), ..QemuProbes::default() };
+        self.add_target(pid, Role::Hypervisor)?;
+        for spec in POINTS {
+            let Some((symbol, deref)) = spec.symbols.iter().find(|(s, _)| resolved.offsets.contains_key(*s)) else {
+                probes.missing.push(spec.name());
+                continue;
+            };
+            let offset = resolved.offsets[*symbol];
+            let save_args = *deref != 0;
+            let c = cookie::make(spec.point, save_args, *deref, spec.aggregate);
+            for (program, wanted) in [("qemu_enter", spec.entry || save_args), ("qemu_return", spec.ret)] {
+                if !wanted {
+                    continue;
+                }
+                let uprobe: &mut UProbe = self.program(program)?;
+                let point =
+                    UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(c) };
+                let link = uprobe
+                    .attach(point, &binary, scope)
+                    .map_err(|source| ProbeError::Program { name: program, source })?;
+                probes.links.push((program, link));
+            }
+            probes.attached.insert(spec.point, symbol);
+        }
+        Ok(probes)
+    }
+
+    /// Detaches the phase probes of a QEMU process (e.g. once it has exited) and drops
+    /// its kernel-side state.
+    pub fn detach_qemu(&mut self, probes: QemuProbes) -> Result<(), ProbeError> {
+        for (program, link) in probes.links {
+            let uprobe: &mut UProbe = self.program(program)?;
+            // A link of an exited process may already be gone; that is fine.
+            let _ = uprobe.detach(link);
+        }
+        self.forget_process(probes.pid)
+    }
+}
+
+/// QEMU's `MigrationStatus` values by name, for the numbers `migrate_set_state` passes.
+/// QEMU 9.1 inserted `postcopy-recover-setup`, shifting everything after it.
+pub fn migration_status_name(value: u64, qemu_version: (u32, u32)) -> &'static str {
+    const UP_TO_9_0: &[&str] = &[
+        "none",
+        "setup",
+        "cancelling",
+        "cancelled",
+        "active",
+        "postcopy-active",
+        "postcopy-paused",
+        "postcopy-recover",
+        "completed",
+        "failed",
+        "colo",
+        "pre-switchover",
+        "device",
+        "wait-unplug",
+    ];
+    const FROM_9_1: &[&str] = &[
+        "none",
+        "setup",
+        "cancelling",
+        "cancelled",
+        "active",
+        "postcopy-active",
+        "postcopy-paused",
+        "postcopy-recover-setup",
+        "postcopy-recover",
+        "completed",
+        "failed",
+        "colo",
+        "pre-switchover",
+        "device",
+        "wait-unplug",
+    ];
+    let table = if qemu_version >= (9, 1) { FROM_9_1 } else { UP_TO_9_0 };
+    table.get(value as usize).copied().unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_point_is_probed_once_and_has_a_symbol() {
+        for p in PhasePoint::ALL {
+            assert_eq!(POINTS.iter().filter(|s| s.point == p).count(), 1, "{p:?}");
+        }
+        let pending = spec_of(PhasePoint::SavevmStatePending).expect("pending");
+        assert_eq!(
+            pending.symbols,
+            &[("qemu_savevm_state_pending", 0b11100), ("qemu_savevm_state_pending_exact", 0b00011)]
+        );
+        assert!(spec_of(PhasePoint::CpuExec).is_some_and(|s| s.aggregate && s.ret));
+    }
+
+    #[test]
+    fn status_numbers_follow_the_qemu_version() {
+        assert_eq!(migration_status_name(1, (7, 2)), "setup");
+        assert_eq!(migration_status_name(4, (7, 2)), "active");
+        assert_eq!(migration_status_name(8, (7, 2)), "completed");
+        assert_eq!(migration_status_name(9, (9, 1)), "completed");
+        assert_eq!(migration_status_name(99, (7, 2)), "unknown");
+    }
+}

@@ -1,0 +1,295 @@
+//! A tracing session over a pair of hypervisor processes: everything loaded once,
+//! QEMU processes watched as they come and go, one [`Trace`] per migration.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use migtrace_common::event::{KvmWhat, PHASE_RETURN, PacketKind, PhasePoint, VcpuRun};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Collector, CollectorStats, Event, Loss, ProbeError, Probes,
+    collector::Sink,
+    kvm::KvmCounts,
+    net::NetProbeError,
+    qemu::{QemuProbes, SymbolCache},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Net(#[from] NetProbeError),
+    #[error("starting the event collector: {0}")]
+    Collector(#[source] std::io::Error),
+}
+
+/// What the probes saw of one migration, in a serialisable form (records can keep it,
+/// tests replay it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub source_pid: u32,
+    pub destination_pid: u32,
+    /// QEMU function entries and returns of both processes, in time order.
+    pub phases: Vec<PhaseStamp>,
+    /// Guest packets at the taps, in time order.
+    pub packets: Vec<PacketStamp>,
+    /// KVM activity of the source per round.
+    pub source_kvm: Vec<RoundKvm>,
+    pub source_vcpus: Vec<VcpuStamp>,
+    pub destination_vcpus: Vec<VcpuStamp>,
+    pub health: TraceHealth,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseStamp {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// A [`PhasePoint`] name, e.g. `DirtyLogSync`.
+    pub point: String,
+    /// Return probe (else entry).
+    pub ret: bool,
+    /// Entry: the first arguments. Return: values read through pointer arguments.
+    pub args: [u64; 3],
+    /// Return: the return value. Entry: the process's round counter.
+    pub value: u64,
+}
+
+impl PhaseStamp {
+    pub fn point(&self) -> Option<PhasePoint> {
+        PhasePoint::ALL.into_iter().find(|p| format!("{p:?}") == self.point)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PacketStamp {
+    pub ts_ns: u64,
+    /// Tap name (the host the guest sent from), or the ifindex if unknown.
+    pub tap: String,
+    /// `icmp-echo-reply`, `udp-probe-reply`, `rarp`, `arp`.
+    pub kind: String,
+    pub ident: u16,
+    pub seq: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundKvm {
+    pub round: u32,
+    /// `get-dirty-log`, `clear-dirty-log`, `reset-dirty-rings`, `run`, `dirty-ring-push`, …
+    pub what: String,
+    #[serde(flatten)]
+    pub counts: KvmCounts,
+}
+
+/// When one vCPU thread ran guest code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuStamp {
+    pub tid: u32,
+    pub first_enter_ns: u64,
+    pub last_enter_ns: u64,
+    pub last_exit_ns: u64,
+    pub enters: u64,
+}
+
+pub fn kvm_what_name(what: KvmWhat) -> &'static str {
+    match what {
+        KvmWhat::GetDirtyLog => "get-dirty-log",
+        KvmWhat::ClearDirtyLog => "clear-dirty-log",
+        KvmWhat::ResetDirtyRings => "reset-dirty-rings",
+        KvmWhat::Run => "run",
+        KvmWhat::DirtyRingPush => "dirty-ring-push",
+        KvmWhat::DirtyRingReset => "dirty-ring-reset",
+        KvmWhat::DirtyRingExit => "dirty-ring-exit",
+    }
+}
+
+fn packet_kind_name(kind: u32) -> &'static str {
+    match PacketKind::from_u32(kind) {
+        Some(PacketKind::IcmpEchoReply) => "icmp-echo-reply",
+        Some(PacketKind::UdpProbeReply) => "udp-probe-reply",
+        Some(PacketKind::Rarp) => "rarp",
+        Some(PacketKind::Arp) => "arp",
+        None => "unknown",
+    }
+}
+
+fn vcpu_stamps(runs: BTreeMap<u32, VcpuRun>) -> Vec<VcpuStamp> {
+    runs.into_iter()
+        .map(|(tid, r)| VcpuStamp {
+            tid,
+            first_enter_ns: r.first_enter_ns,
+            last_enter_ns: r.last_enter_ns,
+            last_exit_ns: r.last_exit_ns,
+            enters: r.enters,
+        })
+        .collect()
+}
+
+/// How trustworthy a trace is: losses, and what could not be probed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHealth {
+    /// Records the kernel could not hand over during this migration (ring buffer full).
+    pub lost_records: u64,
+    /// Records that did not decode (userspace and kernel from different builds).
+    pub undecodable_records: u64,
+    /// QEMU functions the source's and destination's QEMU builds do not export.
+    pub missing_source_symbols: Vec<String>,
+    pub missing_destination_symbols: Vec<String>,
+    /// Optional tracepoints this kernel lacks.
+    pub missing_tracepoints: Vec<String>,
+}
+
+pub struct Tracer {
+    probes: Probes,
+    symbols: SymbolCache,
+    collector: Option<Collector>,
+    store: Arc<Mutex<Vec<Event>>>,
+    qemus: HashMap<u32, QemuProbes>,
+    /// (tap name, ifindex) of the lab's taps; empty without a lab network.
+    pub taps: Vec<(String, u32)>,
+    missing_tracepoints: Vec<String>,
+    loss_before: Loss,
+}
+
+impl Tracer {
+    /// Loads the programs, attaches the KVM tracepoints and, given a lab namespace, the
+    /// tap classifiers, and starts collecting. Must be called within a tokio runtime.
+    pub fn start(lab_net: Option<(&str, &[&str])>) -> Result<Self, TraceError> {
+        let mut probes = Probes::load()?;
+        let missing_tracepoints = probes.attach_kvm()?;
+        let taps = match lab_net {
+            Some((ns, taps)) => probes.attach_taps(ns, taps)?,
+            None => Vec::new(),
+        };
+        let store = Arc::new(Mutex::new(Vec::new()));
+        let collector =
+            Collector::spawn_into(probes.take_events()?, Sink::Store(store.clone())).map_err(TraceError::Collector)?;
+        let loss_before = probes.loss()?;
+        Ok(Self {
+            probes,
+            symbols: SymbolCache::default(),
+            collector: Some(collector),
+            store,
+            qemus: HashMap::new(),
+            taps,
+            missing_tracepoints,
+            loss_before,
+        })
+    }
+
+    /// Attaches the phase probes to QEMU process `pid`; returns the symbols it lacks.
+    pub fn watch(&mut self, pid: u32) -> Result<Vec<&'static str>, TraceError> {
+        if let Some(q) = self.qemus.get(&pid) {
+            return Ok(q.missing.clone());
+        }
+        let probes = self.probes.attach_qemu(pid, &mut self.symbols)?;
+        let missing = probes.missing.clone();
+        self.qemus.insert(pid, probes);
+        Ok(missing)
+    }
+
+    /// Detaches from a QEMU process that is gone or no longer of interest.
+    pub fn unwatch(&mut self, pid: u32) -> Result<(), TraceError> {
+        if let Some(q) = self.qemus.remove(&pid) {
+            self.probes.detach_qemu(q)?;
+        }
+        Ok(())
+    }
+
+    /// Pids currently watched.
+    pub fn watched(&self) -> Vec<u32> {
+        self.qemus.keys().copied().collect()
+    }
+
+    /// Marks the start of a migration: per-round counters from zero, events from now.
+    pub async fn begin(&mut self, source: u32, destination: u32) -> Result<(), TraceError> {
+        self.probes.reset_process(source)?;
+        self.probes.reset_process(destination)?;
+        if let Some(c) = &self.collector {
+            c.flush().await;
+        }
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.loss_before = self.probes.loss()?;
+        Ok(())
+    }
+
+    /// Ends a migration: everything the kernel recorded since [`Tracer::begin`].
+    pub async fn finish(&mut self, source: u32, destination: u32) -> Result<Trace, TraceError> {
+        if let Some(c) = &self.collector {
+            c.flush().await;
+        }
+        let events = std::mem::take(&mut *self.store.lock().unwrap_or_else(|p| p.into_inner()));
+        let loss = self.probes.loss()?.since(&self.loss_before);
+        let missing = |pid| -> Vec<String> {
+            self.qemus.get(&pid).map(|q| q.missing.iter().map(|s| s.to_string()).collect()).unwrap_or_default()
+        };
+        let tap_name = |ifindex: u32| {
+            self.taps.iter().find(|(_, i)| *i == ifindex).map_or_else(|| ifindex.to_string(), |(n, _)| n.clone())
+        };
+        let mut phases = Vec::new();
+        let mut packets = Vec::new();
+        for event in events {
+            match event {
+                Event::Phase(e) if e.header.tgid == source || e.header.tgid == destination => {
+                    let Some(point) = PhasePoint::from_u16(e.point as u16) else { continue };
+                    phases.push(PhaseStamp {
+                        ts_ns: e.header.ts_ns,
+                        tgid: e.header.tgid,
+                        tid: e.header.tid,
+                        point: format!("{point:?}"),
+                        ret: e.flags & PHASE_RETURN != 0,
+                        args: e.args,
+                        value: e.ret,
+                    });
+                }
+                Event::Packet(e) => packets.push(PacketStamp {
+                    ts_ns: e.header.ts_ns,
+                    tap: tap_name(e.ifindex),
+                    kind: packet_kind_name(e.kind).to_owned(),
+                    ident: e.ident,
+                    seq: e.seq,
+                }),
+                _ => {}
+            }
+        }
+        phases.sort_by_key(|p| p.ts_ns);
+        packets.sort_by_key(|p| p.ts_ns);
+        let source_kvm = self
+            .probes
+            .kvm_stats(source)?
+            .into_iter()
+            .map(|((round, what), counts)| RoundKvm { round, what: kvm_what_name(what).to_owned(), counts })
+            .collect();
+        Ok(Trace {
+            source_pid: source,
+            destination_pid: destination,
+            phases,
+            packets,
+            source_kvm,
+            source_vcpus: vcpu_stamps(self.probes.vcpu_runs(source)?),
+            destination_vcpus: vcpu_stamps(self.probes.vcpu_runs(destination)?),
+            health: TraceHealth {
+                lost_records: loss.total(),
+                undecodable_records: self.collector.as_ref().map_or(0, Collector::undecodable),
+                missing_source_symbols: missing(source),
+                missing_destination_symbols: missing(destination),
+                missing_tracepoints: self.missing_tracepoints.clone(),
+            },
+        })
+    }
+
+    /// Stops collecting and detaches everything.
+    pub async fn stop(mut self) -> Result<CollectorStats, TraceError> {
+        for pid in self.watched() {
+            let _ = self.unwatch(pid);
+        }
+        match self.collector.take() {
+            Some(c) => c.stop().await.map_err(TraceError::Collector),
+            None => Ok(CollectorStats::default()),
+        }
+    }
+}

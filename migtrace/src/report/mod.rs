@@ -1,0 +1,27 @@
+//! Rendering measurements for people: timeline tables, method comparisons.
+
+pub mod compare;
+pub mod timeline;
+
+/// A table in the style every migtrace report uses.
+pub fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.iter().map(comfy_table::Cell::new));
+    t
+}
+
+/// Right-aligns the given columns.
+pub fn align_right(t: &mut comfy_table::Table, columns: &[usize]) {
+    for &c in columns {
+        if let Some(col) = t.column_mut(c) {
+            col.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+}
+
+/// `12.345` or `-` for a missing value.
+pub fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}

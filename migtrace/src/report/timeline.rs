@@ -1,0 +1,106 @@
+//! `migtrace timeline`: one migration's phases and rounds as a table.
+
+use std::fmt::Write as _;
+
+use super::{align_right, ms, table};
+use crate::measure::record::MigrationRecord;
+
+/// The timeline of a record as text.
+pub fn render(r: &MigrationRecord) -> String {
+    let mut out = String::new();
+    let o = &r.outcome;
+    let _ = writeln!(
+        out,
+        "migration {} of {} ({}): {:?}, {} ms; QEMU total-time {} ms, downtime {} ms",
+        r.repetition,
+        r.treatment,
+        o.direction,
+        o.status,
+        ms(r.migration_time_ms.command),
+        o.stats.total_time.map_or("-".into(), |v| v.to_string()),
+        o.stats.downtime.map_or("-".into(), |v| v.to_string()),
+    );
+    if let Some(e) = &o.error {
+        let _ = writeln!(out, "error: {e}");
+    }
+    let Some(t) = &r.timeline else {
+        let _ = writeln!(out, "(no timeline in this record)");
+        return out;
+    };
+    let mut phases = table(&["phase", "host", "start ms", "duration ms", "from", "detail"]);
+    for p in &t.phases {
+        let detail = if p.parallel { "beside the main chain" } else { "" };
+        phases.add_row(vec![
+            p.name.clone(),
+            format!("{:?}", p.host).to_lowercase(),
+            format!("{:.3}", p.start_ms),
+            format!("{:.3}", p.duration_ms),
+            format!("{:?}", p.evidence).to_lowercase(),
+            detail.into(),
+        ]);
+    }
+    align_right(&mut phases, &[2, 3]);
+    let _ = writeln!(out, "{phases}");
+    if !t.rounds.is_empty() {
+        let mut rounds =
+            table(&["round", "start ms", "duration ms", "sync ms", "remaining MiB", "KVM dirty-log ioctls"]);
+        for x in &t.rounds {
+            let kvm: Vec<String> = x
+                .kvm
+                .iter()
+                .filter(|k| k.what != "run")
+                .map(|k| format!("{} ×{} ({:.3} ms)", k.what, k.counts.count, k.counts.total_ns as f64 / 1e6))
+                .collect();
+            rounds.add_row(vec![
+                format!("{}{}", x.round, if x.final_round { " (final, VM stopped)" } else { "" }),
+                format!("{:.3}", x.start_ms),
+                format!("{:.3}", x.duration_ms),
+                ms(x.sync_ms),
+                x.remaining_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / (1 << 20) as f64)),
+                if kvm.is_empty() { "-".into() } else { kvm.join(", ") },
+            ]);
+        }
+        align_right(&mut rounds, &[1, 2, 3, 4]);
+        let _ = writeln!(out, "{rounds}");
+    }
+    let d = &r.downtime_ms;
+    let _ = writeln!(
+        out,
+        "downtime ms: ping {} | ping largest gap {} | probe gap {}{} | vCPU {} | QEMU {}",
+        ms(d.ping),
+        ms(d.ping_max_gap),
+        ms(d.probe_gap),
+        r.probe
+            .as_ref()
+            .and_then(|p| Some(format!(" ({} → {})", p.last_host_before.as_deref()?, p.first_host_after.as_deref()?)))
+            .unwrap_or_default(),
+        ms(d.vcpu),
+        ms(d.reported),
+    );
+    let m = &r.migration_time_ms;
+    let _ = writeln!(
+        out,
+        "migration time ms: command {} | QEMU {} | traced {} | traced to resume {}",
+        ms(m.command),
+        ms(m.reported),
+        ms(m.traced),
+        ms(m.traced_to_resume)
+    );
+    if let Some(h) = &r.trace_health {
+        let _ = writeln!(out, "probe records lost: {}", h.lost_records);
+        if !h.missing_source_symbols.is_empty() || !h.missing_destination_symbols.is_empty() {
+            let _ = writeln!(
+                out,
+                "QEMU symbols not exported (QMP events used instead): source {:?}, destination {:?}",
+                h.missing_source_symbols, h.missing_destination_symbols
+            );
+        }
+    }
+    for f in &t.fallbacks {
+        let _ = writeln!(out, "fallback: {f}");
+    }
+    for m in &r.missing {
+        let _ = writeln!(out, "missing: {m}");
+    }
+    out
+}
