@@ -83,21 +83,20 @@ pub enum PhasePoint {
     PauseAllVcpus = 7,
     SavevmStateCompletePrecopy = 8,
     SavevmStateCleanup = 9,
-    SavevmStateIterate = 10,
     /// `qemu_savevm_state_pending` (QEMU ≤ 7.2) or `…_pending_exact` (8.0+): pending bytes.
-    SavevmStatePending = 11,
-    LoadvmState = 12,
-    VmPrepareStart = 13,
-    VmStart = 14,
-    ResumeAllVcpus = 15,
-    AnnounceSelf = 16,
-    VmStateNotify = 17,
+    SavevmStatePending = 10,
+    LoadvmState = 11,
+    VmPrepareStart = 12,
+    VmStart = 13,
+    ResumeAllVcpus = 14,
+    AnnounceSelf = 15,
+    VmStateNotify = 16,
     /// TCG's `cpu_exec`: aggregated per vCPU thread in the kernel, never streamed.
-    CpuExec = 18,
+    CpuExec = 17,
 }
 
 impl PhasePoint {
-    pub const ALL: [PhasePoint; 18] = [
+    pub const ALL: [PhasePoint; 17] = [
         Self::MigrateSetState,
         Self::SavevmStateSetup,
         Self::DirtyLogStart,
@@ -107,7 +106,6 @@ impl PhasePoint {
         Self::PauseAllVcpus,
         Self::SavevmStateCompletePrecopy,
         Self::SavevmStateCleanup,
-        Self::SavevmStateIterate,
         Self::SavevmStatePending,
         Self::LoadvmState,
         Self::VmPrepareStart,
@@ -203,6 +201,9 @@ pub struct PacketEvent {
     /// IPv4 source and destination (network order), or ARP sender/target addresses.
     pub saddr: u32,
     pub daddr: u32,
+    /// The first 8 payload bytes as a big-endian u64: migtrace's probe sender puts its
+    /// send stamp (CLOCK_MONOTONIC ns) there, and the guest echoes it back.
+    pub payload_stamp: u64,
 }
 
 /// KVM ioctls migtrace counts (values of `_IO*(KVMIO, …)`).
@@ -317,7 +318,7 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<SelftestEvent>(), 40);
         assert_eq!(size_of::<PhaseEvent>(), 24 + 8 + 24 + 8);
-        assert_eq!(size_of::<PacketEvent>(), 24 + 4 + 4 + 2 + 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<PacketEvent>(), 24 + 4 + 4 + 2 + 2 + 4 + 4 + 4 + 8);
         assert_eq!(size_of::<KvmStatKey>(), 16);
         assert_eq!(size_of::<KvmStat>(), 24);
         assert_eq!(size_of::<VcpuRun>(), 40);

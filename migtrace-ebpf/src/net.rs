@@ -53,6 +53,7 @@ fn classify(ctx: &TcContext) -> Option<PacketEvent> {
                     event.kind = PacketKind::IcmpEchoReply as u32;
                     event.ident = be16(ctx, l4 + 4)?;
                     event.seq = be16(ctx, l4 + 6)?;
+                    event.payload_stamp = ctx.load::<u64>(l4 + 8).map(u64::from_be).unwrap_or(0);
                 }
                 IPPROTO_UDP => {
                     let sport = be16(ctx, l4)?;
@@ -62,6 +63,7 @@ fn classify(ctx: &TcContext) -> Option<PacketEvent> {
                     event.kind = PacketKind::UdpProbeReply as u32;
                     event.ident = be16(ctx, l4 + 2)?;
                     event.seq = be16(ctx, l4 + 8)?;
+                    event.payload_stamp = ctx.load::<u64>(l4 + 10).map(u64::from_be).unwrap_or(0);
                 }
                 _ => return None,
             }

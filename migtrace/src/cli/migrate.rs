@@ -81,6 +81,10 @@ pub struct MeasureArgs {
     /// Seconds to keep observing after a migration completes (announce, late replies).
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     pub settle: f64,
+    /// With probes on, keep observing past --settle until the guest answers again, up to
+    /// this many seconds after completion.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub settle_max: f64,
     /// Keep the raw eBPF trace in every record (large).
     #[arg(long)]
     pub keep_trace: bool,
@@ -97,14 +101,15 @@ impl MeasureArgs {
         if self.probe_rate < 0.0 || self.probe_rate.is_nan() || self.probe_rate > 100_000.0 {
             bail!("--probe-rate must be between 0 (off) and 100000 Hz");
         }
-        if self.settle < 0.0 || self.settle.is_nan() {
-            bail!("--settle must not be negative");
+        if self.settle < 0.0 || self.settle.is_nan() || self.settle_max.is_nan() || self.settle_max < self.settle {
+            bail!("--settle must not be negative, and --settle-max not below --settle");
         }
         Ok(MeasureOptions {
             trace: !self.no_probes,
             ping_interval: (self.ping_interval > 0.0).then(|| Duration::from_secs_f64(self.ping_interval / 1e3)),
             probe_interval: (self.probe_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / self.probe_rate)),
             settle: Duration::from_secs_f64(self.settle),
+            settle_max: Duration::from_secs_f64(self.settle_max),
             keep_trace: self.keep_trace,
             ..MeasureOptions::default()
         })
@@ -181,5 +186,11 @@ pub fn summary_line(r: &MigrationRecord) -> String {
             .as_ref()
             .filter(|h| h.lost_records > 0)
             .map_or(String::new(), |h| format!(" ({} records lost)", h.lost_records)),
-    )
+    ) + &match &r.guest {
+        Some(g) if g.crashed => {
+            format!(" — GUEST CRASHED after the migration: {}", g.console.first().map_or("", String::as_str))
+        }
+        Some(g) if g.rebooted => " — GUEST REBOOTED after the migration".into(),
+        _ => String::new(),
+    }
 }

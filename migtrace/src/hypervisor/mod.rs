@@ -58,6 +58,24 @@ impl MigrationOutcome {
     }
 }
 
+/// What the guest itself said after a migration (its console, for the lab).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestCheck {
+    /// The guest kernel reported a panic, an oops or a BUG after the migration.
+    pub crashed: bool,
+    /// The guest booted again (its agent started anew).
+    pub rebooted: bool,
+    /// The first lines of the report, for the record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub console: Vec<String>,
+}
+
+impl GuestCheck {
+    pub fn healthy(&self) -> bool {
+        !self.crashed && !self.rebooted
+    }
+}
+
 /// A source and a destination host that can migrate one VM back and forth.
 #[allow(async_fn_in_trait)]
 pub trait HostPair {
@@ -77,6 +95,10 @@ pub trait HostPair {
     /// that fails, times out or loses its destination is an `Ok` outcome with that status
     /// and the error; `Err` means it could not even be started.
     async fn migrate(&mut self, params: &MigrationParams) -> Result<MigrationOutcome, Self::Error>;
+
+    /// How the guest is doing after the last migration, if the hosts can tell (None:
+    /// they cannot see the guest's console).
+    fn guest_check(&self) -> Option<GuestCheck>;
 
     /// After a completed migration: make the old source ready to receive the VM back.
     async fn prepare_next(&mut self) -> Result<(), Self::Error>;

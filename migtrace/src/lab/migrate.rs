@@ -110,7 +110,45 @@ impl HostPair for Lab {
         })
     }
 
+    fn guest_check(&self) -> Option<crate::hypervisor::GuestCheck> {
+        // The destination's console holds only what the guest printed after it arrived.
+        let dest = self.destination.as_ref()?;
+        Some(check_console(&std::fs::read(&dest.console).unwrap_or_default()))
+    }
+
     async fn prepare_next(&mut self) -> Result<(), LabError> {
         self.swap_roles().await
+    }
+}
+
+/// Reads a guest console for signs of a crash or a reboot.
+pub fn check_console(bytes: &[u8]) -> crate::hypervisor::GuestCheck {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let crash_at = lines.iter().position(|l| {
+        ["Kernel panic", "BUG: ", "Oops: ", "general protection fault", "watchdog: BUG"].iter().any(|m| l.contains(m))
+    });
+    let rebooted = lines.iter().any(|l| l.starts_with("migtrace-agent: ") && l.contains(r#""event":"start""#));
+    let console = crash_at.map(|i| lines[i..].iter().take(6).map(|l| l.trim().to_owned()).collect()).unwrap_or_default();
+    crate::hypervisor::GuestCheck { crashed: crash_at.is_some(), rebooted, console }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_a_panic_and_a_reboot() {
+        // Excerpt of a destination console after a migration under TCG (QEMU 7.2).
+        let console = b"[    6.301765] BUG: kernel NULL pointer dereference, address: 0000000000000001\n\
+            [    6.304592] #PF: supervisor instruction fetch in kernel mode\n\
+            [    6.313990] Kernel panic - not syncing: Fatal exception in interrupt\n\
+            migtrace-guest: eth0 up with 10.77.0.2/24\n\
+            migtrace-agent: {\"event\":\"start\",\"spec\":\"idle\"}\n";
+        let c = check_console(console);
+        assert!(c.crashed && c.rebooted);
+        assert!(c.console[0].contains("BUG: kernel NULL pointer dereference"));
+        let healthy = check_console(b"migtrace-agent: {\"gen\":\"dirty\",\"pages\":1}\n");
+        assert!(healthy.healthy() && healthy.console.is_empty());
     }
 }

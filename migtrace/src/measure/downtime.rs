@@ -46,6 +46,10 @@ pub struct ProbeSummary {
     /// The gap around the switchover, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap_ms: Option<f64>,
+    /// The guest never answered a request sent after it resumed before observation
+    /// ended: the downtime is at least this long (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_gap_ms: Option<f64>,
     /// When it began: ms from the migration command to the last reply before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap_start_ms: Option<f64>,
@@ -62,14 +66,15 @@ fn ms_between(a: u64, b: u64) -> f64 {
     b.saturating_sub(a) as f64 / 1e6
 }
 
-/// The gap between probe replies that contains `switchover` (the largest gap if none
-/// does), from the tc stamps of replies to `prober`'s requests.
-pub fn probe_gap(
-    prober: &ProberReport,
-    packets: &[PacketStamp],
-    switchover: Option<u64>,
-    origin_ns: u64,
-) -> ProbeSummary {
+/// The longest gap between probe replies around the switchover, from the tc stamps of
+/// replies to `prober`'s requests.
+///
+/// With the switchover known (`paused`, `resumed`), the candidates are the gaps that end
+/// after the source paused and begin before the guest first answered a request sent
+/// after it resumed (replies it had queued before the stop do not count as recovery).
+/// If it never did within the observation, the gap is open: `gap_ms` stays empty and
+/// `open_gap_ms` holds the lower bound.
+pub fn probe_gap(prober: &ProberReport, packets: &[PacketStamp], switchover: Option<(u64, u64)>, origin_ns: u64) -> ProbeSummary {
     let mut replies: Vec<&PacketStamp> = packets
         .iter()
         .filter(|p| p.kind == "icmp-echo-reply" && p.ident == prober.ident && p.ts_ns >= prober.first_sent_ns)
@@ -85,11 +90,19 @@ pub fn probe_gap(
     };
     let gaps = replies.windows(2).map(|w| (w[0], w[1]));
     let chosen = match switchover {
-        Some(t) => gaps
-            .clone()
-            .find(|(a, b)| a.ts_ns <= t && t <= b.ts_ns)
-            .or_else(|| gaps.clone().max_by_key(|(a, b)| b.ts_ns - a.ts_ns)),
-        None => gaps.clone().max_by_key(|(a, b)| b.ts_ns - a.ts_ns),
+        Some((paused, resumed)) => {
+            let Some(recovery) = replies.iter().find(|p| p.ts_ns >= resumed && p.sent_ns >= resumed).map(|p| p.ts_ns) else {
+                // Observation ends 50 ms after the last request (the sender's final wait).
+                let end = prober.last_sent_ns + 50_000_000;
+                if let Some(last) = replies.iter().rev().find(|p| p.ts_ns <= end) {
+                    summary.open_gap_ms = Some(ms_between(last.ts_ns, end));
+                    summary.last_host_before = Some(last.tap.clone());
+                }
+                return summary;
+            };
+            gaps.filter(|(a, b)| b.ts_ns >= paused && a.ts_ns <= recovery).max_by_key(|(a, b)| b.ts_ns - a.ts_ns)
+        }
+        None => gaps.max_by_key(|(a, b)| b.ts_ns - a.ts_ns),
     };
     if let Some((a, b)) = chosen {
         summary.gap_ms = Some(ms_between(a.ts_ns, b.ts_ns));
@@ -126,8 +139,14 @@ pub fn compute(
     let probe_gap = match probe {
         Some(summary) if summary.error.is_none() && summary.gap_ms.is_some() => summary.gap_ms,
         Some(summary) => {
-            let why = summary.error.clone().unwrap_or_else(|| "fewer than two probe replies seen at the taps".into());
-            missing.push(format!("downtime_ms.probe_gap: probe sender failed: {why}"));
+            let why = match (&summary.error, summary.open_gap_ms) {
+                (Some(e), _) => format!("probe sender failed: {e}"),
+                (None, Some(lb)) => format!(
+                    "the guest answered no probe sent after it resumed before observation ended; downtime > {lb:.0} ms (raise --settle)"
+                ),
+                (None, None) => "fewer than two probe replies seen at the taps".into(),
+            };
+            missing.push(format!("downtime_ms.probe_gap: {why}"));
             None
         }
         None => {

@@ -2,7 +2,10 @@
 //! namespace; downtime = lost replies × interval (plus the largest reply gap).
 
 use std::{
+    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -11,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PingReport {
     pub interval_ms: f64,
-    /// Requests up to the last answered one (in-flight requests at the end are not lost).
+    /// Echo requests sent (ping's "packets transmitted").
     pub sent: u64,
     pub received: u64,
     pub lost: u64,
@@ -29,11 +32,13 @@ impl PingReport {
     }
 }
 
-/// A running `ping`.
+/// A running `ping`, its output read as it comes.
 pub struct Ping {
     child: Option<Child>,
     interval: Duration,
     error: Option<String>,
+    replies: Option<mpsc::Receiver<()>>,
+    reader: Option<JoinHandle<String>>,
 }
 
 impl Ping {
@@ -49,58 +54,81 @@ impl Ping {
             None => Command::new("ping"),
         };
         cmd.args(["-D", "-n", "-i", &secs, target]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        match cmd.spawn() {
-            Ok(child) => Self { child: Some(child), interval, error: None },
-            Err(e) => Self { child: None, interval, error: Some(format!("cannot run ping (iputils-ping): {e}")) },
-        }
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return Self {
+                    child: None,
+                    interval,
+                    error: Some(format!("cannot run ping (iputils-ping): {e}")),
+                    replies: None,
+                    reader: None,
+                };
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let Some(stdout) = stdout else { return text };
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("icmp_seq=") {
+                    let _ = tx.send(());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        Self { child: Some(child), interval, error: None, replies: Some(rx), reader: Some(reader) }
     }
 
-    /// Interrupts ping (as Ctrl-C would) and parses what it printed.
+    /// Interrupts ping (as Ctrl-C would) and parses what it printed. The interrupt goes
+    /// right after a reply, so no request is in flight and the loss count is exact.
     pub fn stop(mut self) -> PingReport {
         let interval_ms = self.interval.as_secs_f64() * 1e3;
         let Some(child) = self.child.take() else {
             return PingReport { interval_ms, error: self.error, ..PingReport::default() };
         };
+        if let Some(rx) = &self.replies {
+            while rx.try_recv().is_ok() {}
+            let _ = rx.recv_timeout(self.interval * 2);
+        }
         // SAFETY: signalling the ping process we started (ip netns exec execs ping).
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        match child.wait_with_output() {
-            Ok(out) => {
-                let mut report = parse(&String::from_utf8_lossy(&out.stdout), interval_ms);
-                if report.sent == 0 {
-                    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-                    report.error = Some(if stderr.is_empty() { "ping printed no replies".into() } else { stderr });
-                }
-                report
-            }
-            Err(e) => {
-                PingReport { interval_ms, error: Some(format!("waiting for ping: {e}")), ..PingReport::default() }
-            }
+        let stderr = match child.wait_with_output() {
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => return PingReport { interval_ms, error: Some(format!("waiting for ping: {e}")), ..Default::default() },
+        };
+        let stdout = self.reader.take().and_then(|r| r.join().ok()).unwrap_or_default();
+        let mut report = parse(&stdout, interval_ms);
+        if report.sent == 0 {
+            report.error = Some(if stderr.is_empty() { "ping sent nothing".into() } else { stderr });
         }
+        report
     }
 }
 
-/// Parses `ping -D` output: `[1795604323.282513] 64 bytes from …: icmp_seq=5 ttl=64 time=0.4 ms`.
+/// Parses `ping -D` output: reply lines
+/// `[1795604323.282513] 64 bytes from …: icmp_seq=5 ttl=64 time=0.4 ms` and the summary
+/// `N packets transmitted, M received, …`.
 pub fn parse(output: &str, interval_ms: f64) -> PingReport {
-    let mut replies: Vec<(u64, i64)> = output
+    let mut stamps: Vec<i64> = output
         .lines()
-        .filter_map(|line| {
-            let stamp = unix_us(line.strip_prefix('[')?.split(']').next()?)?;
-            let seq = line.split_whitespace().find_map(|w| w.strip_prefix("icmp_seq="))?.parse::<u64>().ok()?;
-            Some((seq, stamp))
-        })
+        .filter(|l| l.contains("icmp_seq="))
+        .filter_map(|line| unix_us(line.strip_prefix('[')?.split(']').next()?))
         .collect();
-    replies.sort_by_key(|r| r.0);
-    replies.dedup_by_key(|r| r.0);
-    let Some(&(last_seq, _)) = replies.last() else {
-        return PingReport { interval_ms, ..PingReport::default() };
-    };
-    let first_seq = replies[0].0.min(1);
-    let sent = last_seq - first_seq + 1;
-    let received = replies.len() as u64;
-    let mut stamps: Vec<i64> = replies.iter().map(|r| r.1).collect();
     stamps.sort_unstable();
+    let summary = output.lines().find(|l| l.contains("packets transmitted"));
+    let number_before = |needle: &str| -> Option<u64> {
+        let words: Vec<&str> = summary?.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+        let i = words.iter().position(|w| *w == needle)?;
+        words.get(i.checked_sub(1)?)?.parse().ok()
+    };
+    let sent = number_before("packets").unwrap_or(0);
+    let received = number_before("received").unwrap_or(stamps.len() as u64);
     let max_gap_ms = stamps.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e3).max_by(f64::total_cmp);
-    PingReport { interval_ms, sent, received, lost: sent - received, max_gap_ms, error: None }
+    PingReport { interval_ms, sent, received, lost: sent.saturating_sub(received), max_gap_ms, error: None }
 }
 
 /// `1795604323.282513` → Unix µs, without going through a lossy float.
@@ -115,25 +143,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lost_is_counted_up_to_the_last_reply_and_gap_from_stamps() {
-        // iputils ping -D output (format of iputils 20221126), seq 4–6 lost.
+    fn counts_from_the_summary_and_gap_from_stamps() {
+        // iputils ping -D output (iputils 20221126), seq 4–6 lost.
         let out = "PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.\n\
             [1795604323.000000] 64 bytes from 10.77.0.2: icmp_seq=1 ttl=64 time=0.41 ms\n\
             [1795604323.050000] 64 bytes from 10.77.0.2: icmp_seq=2 ttl=64 time=0.40 ms\n\
             [1795604323.100000] 64 bytes from 10.77.0.2: icmp_seq=3 ttl=64 time=0.39 ms\n\
             [1795604323.251000] 64 bytes from 10.77.0.2: icmp_seq=7 ttl=64 time=0.52 ms\n\
             [1795604323.300000] 64 bytes from 10.77.0.2: icmp_seq=8 ttl=64 time=0.40 ms\n\
-            \n--- 10.77.0.2 ping statistics ---\n9 packets transmitted, 5 received, 44% packet loss, time 400ms\n";
+            \n--- 10.77.0.2 ping statistics ---\n8 packets transmitted, 5 received, 37.5% packet loss, time 350ms\n\
+            rtt min/avg/max/mdev = 0.390/0.424/0.520/0.049 ms\n";
         let r = parse(out, 50.0);
         assert_eq!((r.sent, r.received, r.lost), (8, 5, 3));
         assert_eq!(r.downtime_ms(), 150.0);
-        assert!((r.max_gap_ms.expect("gap") - 151.0).abs() < 1e-6);
+        assert_eq!(r.max_gap_ms, Some(151.0));
     }
 
     #[test]
-    fn no_replies_is_empty() {
-        let r = parse("PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.\n", 50.0);
-        assert_eq!((r.sent, r.lost), (0, 0));
+    fn no_replies_is_all_lost() {
+        let out = "PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.\n\n--- 10.77.0.2 ping statistics ---\n\
+            4 packets transmitted, 0 received, 100% packet loss, time 150ms\n";
+        let r = parse(out, 50.0);
+        assert_eq!((r.sent, r.received, r.lost), (4, 0, 4));
         assert_eq!(r.max_gap_ms, None);
     }
 }

@@ -38,6 +38,8 @@ pub struct ProberReport {
 pub struct Prober {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<ProberReport>,
+    /// ICMP identifier of this sender's requests.
+    pub ident: u16,
 }
 
 impl Prober {
@@ -57,7 +59,7 @@ impl Prober {
             }
             report
         });
-        Self { stop, thread }
+        Self { stop, thread, ident }
     }
 
     pub fn stop(self) -> ProberReport {
@@ -105,6 +107,8 @@ fn run(
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        // Tests inject a failing sender here (see tests/tracing.rs).
+        fail::fail_point!("prober-send", |_| Err(io::Error::other("injected send failure")));
         let packet = echo_request(ident, seq, monotonic_ns());
         // SAFETY: packet and addr are valid for the call.
         let n = unsafe {

@@ -15,7 +15,7 @@ use super::{
     timeline::Timeline,
 };
 use crate::{
-    hypervisor::{MigrationOutcome, MigrationParams},
+    hypervisor::{GuestCheck, MigrationOutcome, MigrationParams},
     probe::tracer::{Trace, TraceHealth},
 };
 
@@ -54,6 +54,10 @@ pub struct MigrationRecord {
     /// Loss counters and what could not be probed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_health: Option<TraceHealth>,
+    /// The guest's own view after the migration (console); a crashed guest makes every
+    /// downtime figure of this migration meaningless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestCheck>,
     /// Measures that are missing, each with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
@@ -76,6 +80,7 @@ impl MigrationRecord {
             probe: None,
             timeline: None,
             trace_health: None,
+            guest: None,
             missing: Vec::new(),
             trace: None,
         }

@@ -31,6 +31,9 @@ pub struct MeasureOptions {
     pub preroll: Duration,
     /// Observation after it completes (announce rounds, first packets, late replies).
     pub settle: Duration,
+    /// With the probe sender and tracing on, observation continues past `settle` until
+    /// the guest answers a probe sent after the migration, up to this long in all.
+    pub settle_max: Duration,
     /// Keep the raw trace in the record.
     pub keep_trace: bool,
 }
@@ -43,6 +46,7 @@ impl Default for MeasureOptions {
             probe_interval: Some(Duration::from_millis(1)),
             preroll: Duration::from_millis(300),
             settle: Duration::from_millis(1000),
+            settle_max: Duration::from_secs(10),
             keep_trace: false,
         }
     }
@@ -110,8 +114,16 @@ impl Session {
         tokio::time::sleep(self.options.preroll).await;
 
         let result = pair.migrate(params).await;
-        if result.is_ok() {
+        if let Ok(outcome) = &result {
             tokio::time::sleep(self.options.settle).await;
+            // A guest can stay silent long after its vCPUs resumed: keep watching until
+            // it answers a request sent after the migration ended, or settle_max.
+            if let (Some(t), Some(p), Some(end)) = (self.tracer.as_ref(), prober.as_ref(), outcome.end_ns) {
+                let deadline = tokio::time::Instant::now() + self.options.settle_max.saturating_sub(self.options.settle);
+                while !t.answered_since(p.ident, end).await && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
         let prober = prober.map(|p| tokio::task::block_in_place(|| p.stop()));
         let ping = ping.map(|p| tokio::task::block_in_place(|| p.stop()));
@@ -130,7 +142,10 @@ impl Session {
             probe_ident: prober.as_ref().map(|p| p.ident),
         });
         let probe: Option<ProbeSummary> = prober.as_ref().map(|p| match &trace {
-            Some(t) => downtime::probe_gap(p, &t.packets, timeline.marks.source_paused_ns, outcome.start_ns),
+            Some(t) => {
+                let m = &timeline.marks;
+                downtime::probe_gap(p, &t.packets, m.source_paused_ns.zip(m.destination_resumed_ns), outcome.start_ns)
+            }
             None => ProbeSummary {
                 interval_us: p.interval_us,
                 sent: p.sent,
@@ -146,6 +161,7 @@ impl Session {
         record.ping = ping;
         record.probe = probe;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
+        record.guest = pair.guest_check();
         record.timeline = Some(timeline);
         record.missing = missing;
         if self.options.keep_trace {

@@ -74,6 +74,14 @@ pub struct PacketStamp {
     pub kind: String,
     pub ident: u16,
     pub seq: u16,
+    /// The first 8 payload bytes (big-endian): for migtrace's probe replies, the echoed
+    /// send stamp of the request (monotonic ns); meaningless for other packets.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sent_ns: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +225,21 @@ impl Tracer {
         Ok(())
     }
 
+    /// Whether the guest has answered a probe request sent at or after `since_ns` (an
+    /// echo reply with identifier `ident` whose echoed send stamp is that late).
+    pub async fn answered_since(&self, ident: u16, since_ns: u64) -> bool {
+        if let Some(c) = &self.collector {
+            c.flush().await;
+        }
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.iter().rev().any(|e| match e {
+            Event::Packet(p) => {
+                p.kind == PacketKind::IcmpEchoReply as u32 && p.ident == ident && p.payload_stamp >= since_ns
+            }
+            _ => false,
+        })
+    }
+
     /// Ends a migration: everything the kernel recorded since [`Tracer::begin`].
     pub async fn finish(&mut self, source: u32, destination: u32) -> Result<Trace, TraceError> {
         if let Some(c) = &self.collector {
@@ -252,6 +275,7 @@ impl Tracer {
                     kind: packet_kind_name(e.kind).to_owned(),
                     ident: e.ident,
                     seq: e.seq,
+                    sent_ns: e.payload_stamp,
                 }),
                 _ => {}
             }

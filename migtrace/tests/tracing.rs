@@ -1,0 +1,161 @@
+//! Root, QEMU (TCG here), eBPF: measured migrations in the lab. The timeline is complete
+//! and consistent with QMP, the downtime methods relate as physics says they must, and a
+//! failing probe sender costs only its own measure. Run with `cargo xtask test`.
+
+use std::time::Duration;
+
+use migtrace::{
+    hypervisor::{HostPair, MigrationParams, Status},
+    lab::{Lab, LabConfig, netns},
+    measure::{
+        record::MigrationRecord,
+        session::{MeasureOptions, Network, Session},
+    },
+    probe::tracer::Tracer,
+};
+use workloads::spec::Spec;
+
+fn network(lab: &Lab) -> Network {
+    Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() }
+}
+
+fn params() -> MigrationParams {
+    MigrationParams { timeout_s: 120.0, ..MigrationParams::default() }
+}
+
+/// Boots a lab with `workload`, runs `count` measured migrations, tears everything down.
+async fn measured(workload: &str, count: u32, options: MeasureOptions) -> Vec<MigrationRecord> {
+    let config = LabConfig { workload: Spec::parse(workload).expect("spec"), ..LabConfig::default() };
+    let mut lab = Lab::up(config).await.expect("lab up");
+    let mut session = Session::start(network(&lab), options).expect("probes");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut records = Vec::new();
+    for rep in 0..count {
+        let record = session.migrate(&mut lab, &params(), rep, workload).await.expect("measured migration");
+        assert_eq!(record.outcome.status, Status::Completed, "{:?}", record.outcome.error);
+        records.push(record);
+        if rep + 1 < count {
+            lab.prepare_next().await.expect("next destination");
+        }
+    }
+    session.stop().await.expect("stop probes");
+    lab.down().await;
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU: traced lab migrations (run `cargo xtask test`)"]
+async fn traced_timeline_is_complete_ordered_and_consistent_with_qmp() {
+    let records = measured("wset=32M,rate=5000", 2, MeasureOptions::default()).await;
+    for r in &records {
+        let t = r.timeline.as_ref().expect("timeline");
+        let names: Vec<&str> = t.chain().map(|p| p.name.as_str()).collect();
+        for want in ["setup", "pre-copy round 1", "vm-stop", "stop-and-copy", "destination load", "resume", "first guest packet"] {
+            assert!(names.contains(&want), "phase {want} missing from {names:?}");
+        }
+        assert!(t.phase("announce").is_some() && t.phase("cleanup").is_some());
+        let chain: Vec<_> = t.chain().collect();
+        for w in chain.windows(2) {
+            let end = w[0].start_ms + w[0].duration_ms;
+            assert!((w[1].start_ms - end).abs() < 1e-3, "{} → {}: not contiguous", w[0].name, w[1].name);
+        }
+        let m = &t.marks;
+        let order = [m.setup_ns, m.active_ns, m.vm_stop_ns, m.source_completed_ns, m.destination_resumed_ns, m.first_packet_ns];
+        let order: Vec<u64> = order.into_iter().map(|x| x.expect("mark present")).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "marks strictly ordered: {order:?}");
+        let traced = r.migration_time_ms.traced.expect("traced");
+        let total = r.migration_time_ms.reported.expect("total-time");
+        assert!((traced - total).abs() < 5.0, "traced setup→completed {traced} ms vs QMP total-time {total} ms");
+        let syncs = r.outcome.stats.ram.as_ref().and_then(|x| x.dirty_sync_count).expect("dirty-sync-count");
+        assert_eq!(t.rounds.len() as u64, syncs, "one round per dirty-log sync");
+        let health = r.trace_health.as_ref().expect("health");
+        assert_eq!(health.lost_records, 0, "no ring-buffer loss");
+        assert_eq!(health.undecodable_records, 0);
+        assert!(health.missing_source_symbols.is_empty(), "Debian's QEMU exports every probed symbol");
+        assert!(t.fallbacks.is_empty(), "{:?}", t.fallbacks);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU: traced lab migrations (run `cargo xtask test`)"]
+async fn downtime_methods_relate_idle_and_dirty() {
+    for workload in ["idle", "wset=64M,rate=20000"] {
+        for r in measured(workload, 2, MeasureOptions::default()).await {
+            let d = &r.downtime_ms;
+            let ping = r.ping.as_ref().expect("ping report");
+            let probe = r.probe.as_ref().expect("probe report");
+            assert!(r.missing.is_empty(), "{workload}: missing {:?}", r.missing);
+            let m = &r.migration_time_ms;
+            assert!(m.command.is_some() && m.reported.is_some() && m.traced.is_some() && m.traced_to_resume.is_some());
+            let (gap, vcpu) = (d.probe_gap.expect("probe gap"), d.vcpu.expect("vcpu"));
+            let (ping_dt, ping_gap) = (d.ping.expect("ping"), d.ping_max_gap.expect("ping gap"));
+            assert!(d.reported.is_some());
+            let probe_ms = probe.interval_us as f64 / 1e3;
+            let i = ping.interval_ms;
+            assert!(gap + probe_ms >= vcpu, "{workload}: probe gap {gap} ≥ vCPU blackout {vcpu} within {probe_ms} ms");
+            let quanta = ping_dt / i;
+            assert!((quanta - quanta.round()).abs() < 1e-9, "{workload}: ping downtime {ping_dt} is a multiple of {i}");
+            // The ping's largest gap holds the outage plus up to one regular interval on
+            // each side: gap < G < gap + 2I, i.e. G − I agrees with the probe gap within I.
+            assert!(ping_gap > gap - 2.0 * probe_ms, "{workload}: ping gap {ping_gap} vs probe gap {gap}");
+            assert!(((ping_gap - i) - gap).abs() <= i + 2.0 * probe_ms, "{workload}: ping gap {ping_gap} − {i} vs probe gap {gap}");
+            assert_eq!(probe.last_host_before.as_deref(), Some(r.outcome.direction.split(" → ").next().unwrap_or("")));
+            eprintln!("{workload}: ping {ping_dt} | ping gap {ping_gap:.1} | probe gap {gap:.1} | vCPU {vcpu:.1} | QEMU {:?}", d.reported);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU: traced lab migrations (run `cargo xtask test`)"]
+async fn failing_probe_sender_costs_only_its_own_measure() {
+    let scenario = fail::FailScenario::setup();
+    // The sender dies ~100 ms into the migration (300 ms pre-roll at 1 kHz).
+    fail::cfg("prober-send", "400*off->return").expect("failpoint");
+    let records = measured("idle", 1, MeasureOptions::default()).await;
+    scenario.teardown();
+    let r = &records[0];
+    assert_eq!(r.downtime_ms.probe_gap, None);
+    assert!(
+        r.missing.iter().any(|m| m.starts_with("downtime_ms.probe_gap: probe sender failed: injected send failure")),
+        "{:?}",
+        r.missing
+    );
+    assert_eq!(r.missing.len(), 1, "only the probe gap is missing: {:?}", r.missing);
+    assert!(r.downtime_ms.ping.is_some() && r.downtime_ms.vcpu.is_some() && r.downtime_ms.reported.is_some());
+    assert!(r.timeline.as_ref().is_some_and(|t| t.phase("stop-and-copy").is_some()));
+}
+
+// A stand-in "QEMU" exporting two of the probed functions: attaching must report the
+// rest as missing, not fail, and the two must deliver.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn migrate_set_state(state: *mut i32, old: i32, new: i32) {
+    std::hint::black_box((state, old, new));
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn vm_start() -> i32 {
+    std::hint::black_box(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: loads eBPF programs (run `cargo xtask test`)"]
+async fn binary_without_some_symbols_degrades_instead_of_failing() {
+    let pid = std::process::id();
+    let mut tracer = Tracer::start(None).expect("tracer");
+    let missing = tracer.watch(pid).expect("attach to a binary lacking most symbols");
+    assert!(missing.contains(&"qemu_loadvm_state") && missing.contains(&"memory_global_dirty_log_sync"));
+    assert!(!missing.contains(&"migrate_set_state") && !missing.contains(&"vm_start"));
+    tracer.begin(pid, pid).await.expect("begin");
+    let mut state = 0;
+    migrate_set_state(&mut state, 1, 4);
+    vm_start();
+    let trace = tracer.finish(pid, pid).await.expect("finish");
+    let points: Vec<(&str, bool, u64, u64)> =
+        trace.phases.iter().map(|p| (p.point.as_str(), p.ret, p.args[1], p.args[2])).collect();
+    assert!(points.contains(&("MigrateSetState", false, 1, 4)), "{points:?}");
+    assert!(points.iter().any(|p| p.0 == "VmStart"));
+    assert!(trace.health.missing_source_symbols.iter().any(|s| s == "qemu_loadvm_state"));
+    tracer.stop().await.expect("stop");
+}
