@@ -79,7 +79,7 @@ async fn traced_timeline_is_complete_ordered_and_consistent_with_qmp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and QEMU: traced lab migrations (run `cargo xtask test`)"]
 async fn downtime_methods_relate_idle_and_dirty() {
-    for workload in ["idle", "wset=64M,rate=20000"] {
+    for workload in ["idle", "wset=32M,rate=5000"] {
         for r in measured(workload, 2, MeasureOptions::default()).await {
             let d = &r.downtime_ms;
             let ping = r.ping.as_ref().expect("ping report");
