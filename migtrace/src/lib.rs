@@ -6,6 +6,7 @@
 //! - [`measure`]: a measured migration, its timeline, downtime every way, the record.
 //! - [`report`]: tables for people.
 pub mod clock;
+pub mod experiment;
 pub mod hypervisor;
 pub mod lab;
 pub mod measure;

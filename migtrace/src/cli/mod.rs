@@ -28,6 +28,17 @@ enum Command {
     Lab(lab::LabCommand),
     /// Migrate a VM back and forth N times and write one JSON record per migration.
     Migrate(migrate::MigrateArgs),
+    /// Run (or resume) an experiment: a spec of factors and levels, many migrations.
+    ///
+    /// Example: migtrace run specs/default.toml
+    Run(RunArgs),
+    /// Recompute an experiment's summaries from its records and print Table II.
+    ///
+    /// Example: migtrace report results/default
+    Report {
+        /// An experiment directory (results/<name>).
+        dir: PathBuf,
+    },
     /// Print the phase timeline of recorded migrations as a table.
     ///
     /// Example: migtrace timeline results/try --rep 2
@@ -65,6 +76,18 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Lab(cmd) => lab::run(cmd).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Run(args) => run_experiment(args).await,
+        Command::Report { dir } => {
+            let text = std::fs::read_to_string(dir.join("spec.toml"))
+                .map_err(|e| anyhow::anyhow!("{}: not an experiment directory ({e})", dir.display()))?;
+            let spec = migtrace::experiment::spec::ExperimentSpec::parse(&text)?;
+            let root = dir.parent().map(PathBuf::from).unwrap_or_default();
+            let store = migtrace::experiment::store::Store::open(&root, &spec, &text, false)?;
+            let summary = store.write_summaries(&spec)?;
+            print!("{}", migtrace::report::experiment::render(&spec.raw.name, &summary));
+            println!("results in {}", store.dir.display());
+            Ok(())
+        }
         Command::Timeline { records, rep, treatment } => {
             let all = migtrace::measure::record::read(&records)?;
             let chosen: Vec<_> = all
@@ -105,6 +128,72 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The default experiment of `cargo xtask run`.
+const DEFAULT_SPEC: &str = include_str!("../../../specs/default.toml");
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The experiment spec (TOML); see specs/ for examples.
+    #[arg(required_unless_present = "default")]
+    spec: Option<PathBuf>,
+    /// Run the built-in default experiment (specs/default.toml).
+    #[arg(long, conflicts_with = "spec")]
+    default: bool,
+    /// Where experiment directories go.
+    #[arg(long, default_value = "results", value_name = "DIR")]
+    results: PathBuf,
+    /// Start over if the spec changed since the results were started (old results are
+    /// moved aside, not deleted).
+    #[arg(long)]
+    force_new: bool,
+    /// Override the spec's repetitions per treatment (quick runs, tests).
+    #[arg(long, value_name = "N")]
+    repetitions: Option<u32>,
+    /// Override the spec's name (and so its results directory).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+async fn run_experiment(args: RunArgs) -> Result<()> {
+    use migtrace::experiment::{runner, spec::ExperimentSpec};
+    let (text, origin) = match &args.spec {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (DEFAULT_SPEC.to_owned(), "the default spec".to_owned()),
+    };
+    let mut spec = ExperimentSpec::parse(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let mut text = text;
+    if args.repetitions.is_some() || args.name.is_some() {
+        let mut raw = spec.raw.clone();
+        if let Some(n) = args.repetitions {
+            raw.repetitions = n;
+        }
+        if let Some(name) = &args.name {
+            raw.name = name.clone();
+        }
+        text = toml::to_string(&raw)?;
+        spec = ExperimentSpec::from_raw(raw)?;
+    }
+    let treatments = migtrace::experiment::design::expand(&spec).len();
+    eprintln!(
+        "experiment {}: {treatments} treatments × {} repetitions = {} migrations",
+        spec.raw.name,
+        spec.raw.repetitions,
+        treatments * spec.raw.repetitions as usize
+    );
+    let report = runner::run(&spec, &text, &runner::RunOptions { results: args.results.clone(), force_new: args.force_new }).await?;
+    print!("{}", migtrace::report::experiment::render(&spec.raw.name, &report.summary));
+    println!(
+        "{} migrations run, {} already recorded; results in {} (migrations.jsonl, summary.json, treatments.csv, migrations.csv, report.txt)",
+        report.ran,
+        report.skipped,
+        report.dir.display()
+    );
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM, with the signal's name.

@@ -116,6 +116,7 @@ impl RecordWriter {
         let path = dir.join(RECORDS_FILE);
         let err = |source| RecordError::Io { path: path.clone(), source };
         fs::create_dir_all(dir).map_err(err)?;
+        repair_torn_tail(&path).map_err(err)?;
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
         Ok(Self { path, file })
     }
@@ -134,6 +135,20 @@ impl RecordWriter {
         self.file.write_all(&line).map_err(err)?;
         self.file.sync_data().map_err(err)
     }
+}
+
+/// A process killed while writing leaves a last line without its newline; appending
+/// after it would glue two records together. Cut such a tail off (it was never a
+/// complete record) before appending.
+fn repair_torn_tail(path: &Path) -> io::Result<()> {
+    let Ok(bytes) = fs::read(path) else { return Ok(()) };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(keep as u64)?;
+    file.sync_all()
 }
 
 /// Reads the records of a JSON-lines file or of a directory's `migrations.jsonl`. A
@@ -156,4 +171,28 @@ pub fn read(path: &Path) -> Result<Vec<MigrationRecord>, RecordError> {
         }
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_repaired_before_appending() {
+        let dir = std::env::temp_dir().join(format!("migtrace-records-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut w = RecordWriter::open(&dir).expect("open");
+        w.append(&serde_json::json!({"a": 1})).expect("append");
+        drop(w);
+        // A crash in the middle of the second record.
+        let path = dir.join(RECORDS_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(br#"{"a": 2, "tr"#).expect("write");
+        drop(f);
+        let mut w = RecordWriter::open(&dir).expect("reopen repairs");
+        w.append(&serde_json::json!({"a": 3})).expect("append");
+        let text = fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "{\"a\":1}\n{\"a\":3}\n");
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -1,6 +1,8 @@
 //! Rendering measurements for people: timeline tables, method comparisons.
 
 pub mod compare;
+pub mod experiment;
+pub mod stats;
 pub mod timeline;
 
 /// A table in the style every migtrace report uses.

@@ -1,0 +1,432 @@
+//! The experiment spec: a TOML file (or CLI flags for quick runs).
+//!
+//! ```toml
+//! name = "default"
+//! backend = "lab"
+//! design = "factorial"          # or "sweep": one factor at a time, others at base
+//! repetitions = 5               # migrations per treatment (the paper used 20)
+//! order = "sequential"          # or "random" (treatment order, with `seed`)
+//! seed = 1
+//! warmup = "2s"                 # workload runs this long before the first migration
+//!
+//! [factors]                     # each a list of levels
+//! vmsize = ["256M", "512M"]     # guest memory
+//! wset = ["32M", "96M"]         # locked working set
+//! rate = [0, 2000, 10000]       # dirtied pages/s (or period + bpc)
+//!
+//! [base]                        # sweep only: the level of every factor not swept
+//! rate = 0
+//! ```
+//!
+//! Factors: `vmsize`, `vcpus`, `accel`, `load`, `wset`, `rate`, `period`, `bpc`, `fill`,
+//! `max_bandwidth` (MiB/s), `downtime_limit` (ms). Measurement knobs live in `[measure]`
+//! and migration knobs in `[migration]`.
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use workloads::spec::{parse_duration, parse_size};
+
+/// A factor: what it is called in specs, and what its levels mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Factor {
+    Vmsize,
+    Vcpus,
+    Accel,
+    Load,
+    Wset,
+    Rate,
+    Period,
+    Bpc,
+    Fill,
+    MaxBandwidth,
+    DowntimeLimit,
+}
+
+impl Factor {
+    pub const ALL: [Factor; 11] = [
+        Factor::Vmsize,
+        Factor::Vcpus,
+        Factor::Accel,
+        Factor::Load,
+        Factor::Wset,
+        Factor::Rate,
+        Factor::Period,
+        Factor::Bpc,
+        Factor::Fill,
+        Factor::MaxBandwidth,
+        Factor::DowntimeLimit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Factor::Vmsize => "vmsize",
+            Factor::Vcpus => "vcpus",
+            Factor::Accel => "accel",
+            Factor::Load => "load",
+            Factor::Wset => "wset",
+            Factor::Rate => "rate",
+            Factor::Period => "period",
+            Factor::Bpc => "bpc",
+            Factor::Fill => "fill",
+            Factor::MaxBandwidth => "max_bandwidth",
+            Factor::DowntimeLimit => "downtime_limit",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name.to_ascii_lowercase().replace('-', "_"))
+    }
+
+    fn expects(self) -> &'static str {
+        match self {
+            Factor::Vmsize | Factor::Wset => "a size such as \"512M\" or a number of MiB",
+            Factor::Vcpus | Factor::Bpc => "a whole number",
+            Factor::Accel => "\"kvm\", \"tcg\" or \"auto\"",
+            Factor::Load | Factor::Fill => "a percentage 0–100",
+            Factor::Rate => "pages per second (0 or more)",
+            Factor::Period => "a duration such as \"10ms\"",
+            Factor::MaxBandwidth => "MiB/s (more than 0)",
+            Factor::DowntimeLimit => "milliseconds (0 or more)",
+        }
+    }
+}
+
+impl fmt::Display for Factor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One level of one factor, normalised.
+#[derive(Clone, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Level {
+    Number(f64),
+    Text(String),
+}
+
+impl Level {
+    pub fn as_f64(&self) -> f64 {
+        match self {
+            Level::Number(n) => *n,
+            Level::Text(_) => f64::NAN,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Level::Number(n) if n.fract() == 0.0 => write!(f, "{n:.0}"),
+            Level::Number(n) => write!(f, "{n}"),
+            Level::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Design {
+    Sweep,
+    #[default]
+    Factorial,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    #[default]
+    Sequential,
+    Random,
+}
+
+/// `[measure]`: how each migration is observed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeasureSection {
+    pub probes: bool,
+    pub ping_interval_ms: f64,
+    pub probe_rate_hz: f64,
+    pub settle_s: f64,
+    pub settle_max_s: f64,
+}
+
+impl Default for MeasureSection {
+    fn default() -> Self {
+        Self { probes: true, ping_interval_ms: 50.0, probe_rate_hz: 1000.0, settle_s: 1.0, settle_max_s: 10.0 }
+    }
+}
+
+/// `[migration]`: knobs that are not factors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationSection {
+    pub timeout_s: f64,
+    pub boot_timeout_s: f64,
+}
+
+impl Default for MigrationSection {
+    fn default() -> Self {
+        Self { timeout_s: 300.0, boot_timeout_s: 90.0 }
+    }
+}
+
+/// The spec as written in TOML.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub name: String,
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    #[serde(default)]
+    pub design: Design,
+    pub repetitions: u32,
+    #[serde(default)]
+    pub order: Order,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_warmup")]
+    pub warmup: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub factors: BTreeMap<String, Vec<toml::Value>>,
+    #[serde(default)]
+    pub base: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub measure: MeasureSection,
+    #[serde(default)]
+    pub migration: MigrationSection,
+}
+
+fn default_backend() -> String {
+    "lab".into()
+}
+
+fn default_warmup() -> String {
+    "2s".into()
+}
+
+/// A validated spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentSpec {
+    pub raw: RawSpec,
+    pub factors: BTreeMap<Factor, Vec<Level>>,
+    pub base: BTreeMap<Factor, Level>,
+    pub warmup: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("spec is not valid TOML or has a misspelled field: {0}")]
+    Toml(String),
+    #[error("unknown factor {0:?}: use one of vmsize, vcpus, accel, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit")]
+    UnknownFactor(String),
+    #[error("factor {0} has no levels: give at least one, e.g. {0} = [...]")]
+    EmptyLevels(Factor),
+    #[error("{factor} level {value}: expected {expects}")]
+    BadLevel { factor: Factor, value: String, expects: &'static str },
+    #[error("unknown backend {0:?}: only \"lab\" is available (libvirt comes later)")]
+    Backend(String),
+    #[error("repetitions must be at least 1")]
+    Repetitions,
+    #[error("name {0:?} must be a plain directory name (letters, digits, '-', '_', '.')")]
+    Name(String),
+    #[error("give either rate or period and bpc as factors, not both")]
+    RateAndPeriod,
+    #[error("period and bpc go together: add the missing one")]
+    PeriodWithoutBpc,
+    #[error("[base] {0}: not a factor of this spec")]
+    BaseNotAFactor(String),
+    #[error("[base] {factor} = {value} is not one of its levels")]
+    BaseNotALevel { factor: Factor, value: String },
+    #[error("warmup {0:?}: expected a duration such as \"2s\"")]
+    Warmup(String),
+    #[error("{0}")]
+    Treatment(String),
+    #[error("[measure] {0}")]
+    Measure(String),
+}
+
+fn normalise(factor: Factor, value: &toml::Value) -> Result<Level, SpecError> {
+    let bad = || SpecError::BadLevel { factor, value: value.to_string(), expects: factor.expects() };
+    let number = || match value {
+        toml::Value::Integer(i) => Some(*i as f64),
+        toml::Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    let level = match factor {
+        Factor::Vmsize | Factor::Wset => {
+            let mib = match value {
+                toml::Value::String(s) => parse_size(if factor == Factor::Wset { "wset" } else { "vmsize" }, s)
+                    .map_err(|_| bad())
+                    .map(|b| b as f64 / (1u64 << 20) as f64)?,
+                _ => number().ok_or_else(bad)?,
+            };
+            if mib < 0.0 || mib.fract() != 0.0 {
+                return Err(bad());
+            }
+            Level::Number(mib)
+        }
+        Factor::Vcpus | Factor::Bpc => {
+            let n = number().ok_or_else(bad)?;
+            if n < 0.0 || n.fract() != 0.0 || (factor == Factor::Vcpus && n < 1.0) {
+                return Err(bad());
+            }
+            Level::Number(n)
+        }
+        Factor::Load | Factor::Fill => {
+            let n = number().ok_or_else(bad)?;
+            if !(0.0..=100.0).contains(&n) {
+                return Err(bad());
+            }
+            Level::Number(n)
+        }
+        Factor::Rate | Factor::DowntimeLimit => {
+            let n = number().ok_or_else(bad)?;
+            if n < 0.0 || !n.is_finite() {
+                return Err(bad());
+            }
+            Level::Number(n)
+        }
+        Factor::MaxBandwidth => {
+            let n = number().ok_or_else(bad)?;
+            if n <= 0.0 || !n.is_finite() {
+                return Err(bad());
+            }
+            Level::Number(n)
+        }
+        Factor::Period => {
+            let toml::Value::String(s) = value else { return Err(bad()) };
+            parse_duration("period", s).map_err(|_| bad())?;
+            Level::Text(s.clone())
+        }
+        Factor::Accel => {
+            let toml::Value::String(s) = value else { return Err(bad()) };
+            if !["kvm", "tcg", "auto"].contains(&s.as_str()) {
+                return Err(bad());
+            }
+            Level::Text(s.clone())
+        }
+    };
+    Ok(level)
+}
+
+impl ExperimentSpec {
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Toml(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    pub fn from_raw(raw: RawSpec) -> Result<Self, SpecError> {
+        if raw.backend != "lab" {
+            return Err(SpecError::Backend(raw.backend.clone()));
+        }
+        if raw.repetitions == 0 {
+            return Err(SpecError::Repetitions);
+        }
+        if raw.name.is_empty()
+            || raw.name.starts_with('.')
+            || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(SpecError::Name(raw.name.clone()));
+        }
+        let warmup = parse_duration("warmup", &raw.warmup).map_err(|_| SpecError::Warmup(raw.warmup.clone()))?;
+        let mut factors = BTreeMap::new();
+        for (name, values) in &raw.factors {
+            let factor = Factor::from_name(name).ok_or_else(|| SpecError::UnknownFactor(name.clone()))?;
+            if values.is_empty() {
+                return Err(SpecError::EmptyLevels(factor));
+            }
+            let levels = values.iter().map(|v| normalise(factor, v)).collect::<Result<Vec<_>, _>>()?;
+            factors.insert(factor, levels);
+        }
+        let has = |f| factors.contains_key(&f);
+        if has(Factor::Rate) && (has(Factor::Period) || has(Factor::Bpc)) {
+            return Err(SpecError::RateAndPeriod);
+        }
+        if has(Factor::Period) != has(Factor::Bpc) {
+            return Err(SpecError::PeriodWithoutBpc);
+        }
+        let mut base = BTreeMap::new();
+        for (name, value) in &raw.base {
+            let factor = Factor::from_name(name)
+                .filter(|f| factors.contains_key(f))
+                .ok_or_else(|| SpecError::BaseNotAFactor(name.clone()))?;
+            let level = normalise(factor, value)?;
+            if !factors[&factor].contains(&level) {
+                return Err(SpecError::BaseNotALevel { factor, value: level.to_string() });
+            }
+            base.insert(factor, level);
+        }
+        for (factor, levels) in &factors {
+            base.entry(*factor).or_insert_with(|| levels[0].clone());
+        }
+        let m = &raw.measure;
+        if m.ping_interval_ms < 0.0 || (m.ping_interval_ms > 0.0 && m.ping_interval_ms < 2.0) {
+            return Err(SpecError::Measure("ping_interval_ms must be 0 (off) or at least 2".into()));
+        }
+        if !(0.0..=100_000.0).contains(&m.probe_rate_hz) {
+            return Err(SpecError::Measure("probe_rate_hz must be between 0 (off) and 100000".into()));
+        }
+        if m.settle_s < 0.0 || m.settle_max_s < m.settle_s {
+            return Err(SpecError::Measure("settle_s must not be negative, settle_max_s not below it".into()));
+        }
+        let spec = Self { raw, factors, base, warmup };
+        // Every treatment must make a valid guest: checked now, not an hour into the run.
+        for t in super::design::expand(&spec) {
+            t.validate()?;
+        }
+        Ok(spec)
+    }
+
+    /// A digest of what decides the results: a changed spec must not resume old results.
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let canonical = serde_json::to_string(&self.raw).unwrap_or_default();
+        sha2::Sha256::digest(canonical.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = include_str!("../../../specs/default.toml");
+
+    #[test]
+    fn the_default_spec_parses() {
+        let s = ExperimentSpec::parse(DEFAULT).expect("default spec");
+        assert_eq!(s.raw.name, "default");
+        assert_eq!(s.factors[&Factor::Vmsize], vec![Level::Number(256.0), Level::Number(512.0)]);
+    }
+
+    fn err(text: &str) -> String {
+        ExperimentSpec::parse(text).expect_err(text).to_string()
+    }
+
+    #[test]
+    fn bad_specs_name_the_field_and_the_fix() {
+        let head = "name = \"t\"\nrepetitions = 2\n";
+        assert!(err(&format!("{head}[factors]\ncolour = [1]\n")).contains("unknown factor \"colour\""));
+        assert!(err(&format!("{head}[factors]\nwset = []\n")).contains("factor wset has no levels"));
+        assert!(err(&format!("{head}[factors]\nvmsize = [\"256M\"]\nwset = [\"256M\"]\n")).contains("wset"));
+        assert!(err(&format!("{head}[factors]\nrate = [-5]\nwset = [\"16M\"]\n")).contains("rate level -5"));
+        assert!(err(&format!("{head}backend = \"xen\"\n[factors]\nvcpus = [1]\n")).contains("unknown backend \"xen\""));
+        assert!(err("name = \"t\"\nrepetitions = 0\n[factors]\nvcpus = [1]\n").contains("repetitions"));
+        assert!(err(&format!("{head}[factors]\nrate = [1]\nperiod = [\"10ms\"]\nbpc = [1]\n")).contains("not both"));
+        assert!(err(&format!("{head}[factors]\nfill = [120]\n")).contains("percentage"));
+        assert!(err(&format!("{head}colour = 1\n[factors]\nvcpus = [1]\n")).contains("misspelled"));
+        assert!(err(&format!("{head}[factors]\nvcpus = [1]\n[base]\nrate = 1\n")).contains("[base] rate"));
+        assert!(err("name = \"../x\"\nrepetitions = 1\n[factors]\nvcpus = [1]\n").contains("plain directory name"));
+    }
+
+    #[test]
+    fn digest_changes_with_the_spec() {
+        let a = ExperimentSpec::parse(DEFAULT).expect("spec");
+        let b = ExperimentSpec::parse(&DEFAULT.replace("repetitions = 5", "repetitions = 6")).expect("spec");
+        assert_eq!(a.digest(), ExperimentSpec::parse(DEFAULT).expect("spec").digest());
+        assert_ne!(a.digest(), b.digest());
+    }
+}
