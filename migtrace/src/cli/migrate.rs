@@ -191,6 +191,7 @@ pub fn summary_line(r: &MigrationRecord) -> String {
             format!(" — GUEST CRASHED after the migration: {}", g.console.first().map_or("", String::as_str))
         }
         Some(g) if g.rebooted => " — GUEST REBOOTED after the migration".into(),
+        Some(g) if g.unreachable => " — GUEST UNREACHABLE after the migration (hung?)".into(),
         _ => String::new(),
     }
 }

@@ -126,21 +126,22 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
             progress.inc(1);
             let status = record.outcome.status;
             let crashed = record.guest.as_ref().is_some_and(|g| !g.healthy());
+            let dead = record.guest.as_ref().is_some_and(|g| g.dead());
             if status != Status::Completed || crashed {
                 say(format!(
                     "{name} repetition {rep}: {}",
-                    if crashed { "the guest crashed after the migration (recorded, excluded from statistics)".to_owned() }
+                    if crashed { "the guest crashed or hung after the migration (recorded, excluded from statistics)".to_owned() }
                     else { format!("{status:?}: {}", record.outcome.error.clone().unwrap_or_default()) }
                 ));
             }
             if k + 1 == pending.len() {
                 break;
             }
-            if status == Status::Completed {
+            if status == Status::Completed && !dead {
                 lab.prepare_next().await.map_err(lab_err)?;
             } else {
-                // The pair may be broken (e.g. a dead destination): start the treatment's
-                // lab afresh for its remaining repetitions.
+                // The pair may be broken (a dead destination) or the guest gone: start
+                // the treatment's lab afresh for its remaining repetitions.
                 let _ = session.stop().await;
                 lab.down().await;
                 lab = Lab::up(config.clone()).await.map_err(lab_err)?;

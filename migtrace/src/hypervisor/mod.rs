@@ -65,6 +65,9 @@ pub struct GuestCheck {
     pub crashed: bool,
     /// The guest booted again (its agent started anew).
     pub rebooted: bool,
+    /// The guest answered no probe sent after it resumed (hung, or its network is dead).
+    #[serde(default)]
+    pub unreachable: bool,
     /// The first lines of the report, for the record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub console: Vec<String>,
@@ -72,7 +75,12 @@ pub struct GuestCheck {
 
 impl GuestCheck {
     pub fn healthy(&self) -> bool {
-        !self.crashed && !self.rebooted
+        !self.crashed && !self.rebooted && !self.unreachable
+    }
+
+    /// The guest is gone for good (not even rebooted): later migrations of it are moot.
+    pub fn dead(&self) -> bool {
+        (self.crashed || self.unreachable) && !self.rebooted
     }
 }
 

@@ -130,7 +130,7 @@ pub fn check_console(bytes: &[u8]) -> crate::hypervisor::GuestCheck {
     });
     let rebooted = lines.iter().any(|l| l.starts_with("migtrace-agent: ") && l.contains(r#""event":"start""#));
     let console = crash_at.map(|i| lines[i..].iter().take(6).map(|l| l.trim().to_owned()).collect()).unwrap_or_default();
-    crate::hypervisor::GuestCheck { crashed: crash_at.is_some(), rebooted, console }
+    crate::hypervisor::GuestCheck { crashed: crash_at.is_some(), rebooted, unreachable: false, console }
 }
 
 #[cfg(test)]

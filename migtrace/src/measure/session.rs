@@ -161,7 +161,14 @@ impl Session {
         record.ping = ping;
         record.probe = probe;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
-        record.guest = pair.guest_check();
+        record.guest = pair.guest_check().map(|mut g| {
+            // Silence on the network after the switchover, with no console report to
+            // explain it, is a hung guest.
+            g.unreachable = record.probe.as_ref().is_some_and(|p| {
+                p.error.is_none() && (p.open_gap_ms.is_some() || (p.gap_ms.is_none() && p.sent > 0))
+            });
+            g
+        });
         record.timeline = Some(timeline);
         record.missing = missing;
         if self.options.keep_trace {
