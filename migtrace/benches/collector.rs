@@ -70,7 +70,9 @@ fn main() {
         let drained_for = start.elapsed();
         let lost = probes.loss().expect("loss").total();
         let got = received.load(Ordering::Relaxed);
-        println!("collector throughput, {seconds} s, {producers} producer thread(s), getppid tracepoint, 40-byte records");
+        println!(
+            "collector throughput, {seconds} s, {producers} producer thread(s), getppid tracepoint, 40-byte records"
+        );
         println!("| triggers | records drained | lost | drained/s | trigger rate/s |");
         println!("| ---: | ---: | ---: | ---: | ---: |");
         println!(
@@ -79,7 +81,10 @@ fn main() {
             calls as f64 / produced_for.as_secs_f64()
         );
         if got + lost != calls {
-            eprintln!("note: {} triggers unaccounted (records from other threads of this process?)", calls as i64 - (got + lost) as i64);
+            eprintln!(
+                "note: {} triggers unaccounted (records from other threads of this process?)",
+                calls as i64 - (got + lost) as i64
+            );
         }
     });
 }

@@ -62,7 +62,8 @@ fn resume_after_kill_by_pid_loses_and_duplicates_nothing() {
     let spec = root.join("spec.toml");
     fs::write(&spec, SPEC).expect("spec");
     let dir = root.join("resume-test");
-    let mut child = migtrace().arg("run").arg(&spec).arg("--results").arg(&root).stderr(Stdio::null()).spawn().expect("run");
+    let mut child =
+        migtrace().arg("run").arg(&spec).arg("--results").arg(&root).stderr(Stdio::null()).spawn().expect("run");
     wait_for_records(&dir, 2, &mut child);
     let pid = child.id();
     // SAFETY: killing the migtrace process this test started, by pid.
@@ -101,7 +102,8 @@ fn interrupt_ends_cleanly_and_keeps_records() {
     let spec = root.join("spec.toml");
     fs::write(&spec, SPEC.replace("resume-test", "sigint-test")).expect("spec");
     let dir = root.join("sigint-test");
-    let mut child = migtrace().arg("run").arg(&spec).arg("--results").arg(&root).stderr(Stdio::null()).spawn().expect("run");
+    let mut child =
+        migtrace().arg("run").arg(&spec).arg("--results").arg(&root).stderr(Stdio::null()).spawn().expect("run");
     wait_for_records(&dir, 1, &mut child);
     let pid = child.id();
     // SAFETY: interrupting the migtrace process this test started, as Ctrl-C would.

@@ -48,7 +48,14 @@ fn dirty_log_ioctls_are_counted_exactly() {
     let size = PAGES * 4096;
     // SAFETY: anonymous mapping for the memslot.
     let mem = unsafe {
-        libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     assert_ne!(mem, libc::MAP_FAILED);
     // struct kvm_userspace_memory_region { slot; flags; guest_phys_addr; memory_size; userspace_addr }
@@ -88,7 +95,11 @@ fn dirty_log_ioctls_are_counted_exactly() {
     assert!(get.total_ns > 0 && get.max_ns > 0 && get.max_ns <= get.total_ns);
     assert_eq!(stats.get(&(0, KvmWhat::ClearDirtyLog)).map_or(0, |s| s.count), clears);
     assert_eq!(stats.keys().filter(|(_, w)| *w == KvmWhat::Run).count(), 0);
-    eprintln!("GET_DIRTY_LOG ×{} mean {:.1} µs; CLEAR_DIRTY_LOG ×{clears}", get.count, get.total_ns as f64 / get.count as f64 / 1e3);
+    eprintln!(
+        "GET_DIRTY_LOG ×{} mean {:.1} µs; CLEAR_DIRTY_LOG ×{clears}",
+        get.count,
+        get.total_ns as f64 / get.count as f64 / 1e3
+    );
 
     // Forgetting the process drops its kernel-side state.
     probes.forget_process(pid).expect("forget");

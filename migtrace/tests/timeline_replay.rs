@@ -1,5 +1,5 @@
 //! The timeline assembler and the downtime measures on a recorded event stream: one
-//! real lab migration (QEMU 7.2 under TCG, 256 MiB guest, 32 MiB dirtied at 5,000
+//! real lab migration (QEMU 7.2 under TCG, 256 MiB guest, 32 MiB dirtied at 2,000
 //! pages/s), recorded with `migtrace migrate --lab --keep-trace`.
 
 use migtrace::{
@@ -12,7 +12,7 @@ use migtrace::{
 };
 
 fn recorded() -> MigrationRecord {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tcg-dirty-5000.jsonl");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tcg-dirty-2000.jsonl");
     record::read(std::path::Path::new(path)).expect("fixture").remove(0)
 }
 
@@ -23,7 +23,10 @@ fn reassemble(r: &MigrationRecord, trace: Option<&migtrace::probe::tracer::Trace
         qemu_version: (7, 2),
         clock: WallClock::from_pair(r.outcome.start_ns, r.outcome.start_unix_us),
         destination_tap: Some("tap-b"),
-        probe_ident: r.trace.as_ref().and_then(|t| t.packets.iter().find(|p| p.kind == "icmp-echo-reply").map(|p| p.ident)),
+        probe_ident: r
+            .trace
+            .as_ref()
+            .and_then(|t| t.packets.iter().find(|p| p.kind == "icmp-echo-reply").map(|p| p.ident)),
     })
 }
 
@@ -57,7 +60,13 @@ fn main_chain_is_complete_contiguous_and_ordered() {
     let chain: Vec<_> = t.chain().collect();
     for pair in chain.windows(2) {
         let end = pair[0].start_ms + pair[0].duration_ms;
-        assert!((pair[1].start_ms - end).abs() < 1e-3, "{} ends at {end}, {} starts at {}", pair[0].name, pair[1].name, pair[1].start_ms);
+        assert!(
+            (pair[1].start_ms - end).abs() < 1e-3,
+            "{} ends at {end}, {} starts at {}",
+            pair[0].name,
+            pair[1].name,
+            pair[1].start_ms
+        );
     }
     assert!(chain.iter().all(|p| p.evidence != Evidence::Qmp), "all from probes");
     // Rounds: one per dirty-log sync, the last with the VM stopped.
@@ -114,13 +123,23 @@ fn downtime_measures_relate_as_they_must() {
     // Recomputing the probe gap from the raw packets gives the recorded one.
     let prober = migtrace::measure::prober::ProberReport {
         interval_us: r.probe.as_ref().map_or(0, |p| p.interval_us),
-        ident: r.trace.as_ref().and_then(|t| t.packets.iter().find(|p| p.kind == "icmp-echo-reply")).map_or(0, |p| p.ident),
+        ident: r
+            .trace
+            .as_ref()
+            .and_then(|t| t.packets.iter().find(|p| p.kind == "icmp-echo-reply"))
+            .map_or(0, |p| p.ident),
         sent: r.probe.as_ref().map_or(0, |p| p.sent),
         first_sent_ns: 0,
+        last_sent_ns: u64::MAX / 2,
         ..Default::default()
     };
     let packets = &r.trace.as_ref().expect("trace").packets;
-    let again = downtime::probe_gap(&prober, packets, r.timeline.as_ref().and_then(|t| t.marks.source_paused_ns), r.outcome.start_ns);
+    let again = downtime::probe_gap(
+        &prober,
+        packets,
+        r.timeline.as_ref().and_then(|t| t.marks.source_paused_ns.zip(t.marks.destination_resumed_ns)),
+        r.outcome.start_ns,
+    );
     assert_eq!(again.gap_ms, d.probe_gap);
     assert_eq!((again.last_host_before.as_deref(), again.first_host_after.as_deref()), (Some("tap-a"), Some("tap-b")));
 }

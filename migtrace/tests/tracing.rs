@@ -50,7 +50,15 @@ async fn traced_timeline_is_complete_ordered_and_consistent_with_qmp() {
     for r in &records {
         let t = r.timeline.as_ref().expect("timeline");
         let names: Vec<&str> = t.chain().map(|p| p.name.as_str()).collect();
-        for want in ["setup", "pre-copy round 1", "vm-stop", "stop-and-copy", "destination load", "resume", "first guest packet"] {
+        for want in [
+            "setup",
+            "pre-copy round 1",
+            "vm-stop",
+            "stop-and-copy",
+            "destination load",
+            "resume",
+            "first guest packet",
+        ] {
             assert!(names.contains(&want), "phase {want} missing from {names:?}");
         }
         assert!(t.phase("announce").is_some() && t.phase("cleanup").is_some());
@@ -60,7 +68,8 @@ async fn traced_timeline_is_complete_ordered_and_consistent_with_qmp() {
             assert!((w[1].start_ms - end).abs() < 1e-3, "{} → {}: not contiguous", w[0].name, w[1].name);
         }
         let m = &t.marks;
-        let order = [m.setup_ns, m.active_ns, m.vm_stop_ns, m.source_completed_ns, m.destination_resumed_ns, m.first_packet_ns];
+        let order =
+            [m.setup_ns, m.active_ns, m.vm_stop_ns, m.source_completed_ns, m.destination_resumed_ns, m.first_packet_ns];
         let order: Vec<u64> = order.into_iter().map(|x| x.expect("mark present")).collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "marks strictly ordered: {order:?}");
         let traced = r.migration_time_ms.traced.expect("traced");
@@ -98,9 +107,15 @@ async fn downtime_methods_relate_idle_and_dirty() {
             // The ping's largest gap holds the outage plus up to one regular interval on
             // each side: gap < G < gap + 2I, i.e. G − I agrees with the probe gap within I.
             assert!(ping_gap > gap - 2.0 * probe_ms, "{workload}: ping gap {ping_gap} vs probe gap {gap}");
-            assert!(((ping_gap - i) - gap).abs() <= i + 2.0 * probe_ms, "{workload}: ping gap {ping_gap} − {i} vs probe gap {gap}");
+            assert!(
+                ((ping_gap - i) - gap).abs() <= i + 2.0 * probe_ms,
+                "{workload}: ping gap {ping_gap} − {i} vs probe gap {gap}"
+            );
             assert_eq!(probe.last_host_before.as_deref(), Some(r.outcome.direction.split(" → ").next().unwrap_or("")));
-            eprintln!("{workload}: ping {ping_dt} | ping gap {ping_gap:.1} | probe gap {gap:.1} | vCPU {vcpu:.1} | QEMU {:?}", d.reported);
+            eprintln!(
+                "{workload}: ping {ping_dt} | ping gap {ping_gap:.1} | probe gap {gap:.1} | vCPU {vcpu:.1} | QEMU {:?}",
+                d.reported
+            );
         }
     }
 }

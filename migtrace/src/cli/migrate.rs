@@ -15,7 +15,6 @@ use migtrace::{
 
 use super::MachineArgs;
 
-/// Example: migtrace migrate --lab --count 5 --workload wset=64M,rate=20000 --out results/try
 #[derive(Args)]
 pub struct MigrateArgs {
     /// Use the embedded two-host lab (the only backend so far).

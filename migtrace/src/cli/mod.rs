@@ -27,6 +27,12 @@ enum Command {
     #[command(subcommand)]
     Lab(lab::LabCommand),
     /// Migrate a VM back and forth N times and write one JSON record per migration.
+    ///
+    /// Every migration is measured every way: the paper's 50 ms ping, migtrace's probe
+    /// sender timed at the taps, the vCPU blackout and the phase timeline from eBPF
+    /// probes, and QEMU's own figures.
+    ///
+    /// Example: migtrace migrate --lab --count 5 --workload wset=64M,rate=2000 --out results/try
     Migrate(migrate::MigrateArgs),
     /// Run (or resume) an experiment: a spec of factors and levels, many migrations.
     ///
@@ -185,7 +191,9 @@ async fn run_experiment(args: RunArgs) -> Result<()> {
         spec.raw.repetitions,
         treatments * spec.raw.repetitions as usize
     );
-    let report = runner::run(&spec, &text, &runner::RunOptions { results: args.results.clone(), force_new: args.force_new }).await?;
+    let report =
+        runner::run(&spec, &text, &runner::RunOptions { results: args.results.clone(), force_new: args.force_new })
+            .await?;
     print!("{}", migtrace::report::experiment::render(&spec.raw.name, &report.summary));
     println!(
         "{} migrations run, {} already recorded; results in {} (migrations.jsonl, summary.json, treatments.csv, migrations.csv, report.txt)",

@@ -57,8 +57,9 @@ impl Treatment {
 
     /// Checks that this combination makes a valid guest.
     pub fn validate(&self) -> Result<(), SpecError> {
-        let workload = Spec::parse(&self.workload())
-            .map_err(|e| SpecError::Treatment(format!("treatment {}: workload {}: {e}", self.name(), self.workload())))?;
+        let workload = Spec::parse(&self.workload()).map_err(|e| {
+            SpecError::Treatment(format!("treatment {}: workload {}: {e}", self.name(), self.workload()))
+        })?;
         if let Some(w) = workload.wset
             && (w >> 20) >= self.vmsize_mib() as u64
         {

@@ -110,12 +110,18 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
         let params = treatment.migration_params(spec.raw.migration.timeout_s);
         progress.set_message(format!("treatment {}/{} {name}: booting", index + 1, treatments.len()));
         let mut lab = Lab::up(config.clone()).await.map_err(lab_err)?;
-        let network = |lab: &Lab| Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
+        let network =
+            |lab: &Lab| Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
         let mut session = Session::start(network(&lab), measure_options(spec))
             .map_err(|source| RunError::Trace { treatment: name.clone(), source })?;
         tokio::time::sleep(spec.warmup).await;
         for (k, rep) in pending.iter().enumerate() {
-            progress.set_message(format!("treatment {}/{} {name}: repetition {}/{reps}", index + 1, treatments.len(), rep + 1));
+            progress.set_message(format!(
+                "treatment {}/{} {name}: repetition {}/{reps}",
+                index + 1,
+                treatments.len(),
+                rep + 1
+            ));
             let record = match session.migrate(&mut lab, &params, *rep, &name).await {
                 Ok(r) => r,
                 Err(SessionError::Trace(source)) => return Err(RunError::Trace { treatment: name.clone(), source }),
@@ -130,8 +136,11 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
             if status != Status::Completed || crashed {
                 say(format!(
                     "{name} repetition {rep}: {}",
-                    if crashed { "the guest crashed or hung after the migration (recorded, excluded from statistics)".to_owned() }
-                    else { format!("{status:?}: {}", record.outcome.error.clone().unwrap_or_default()) }
+                    if crashed {
+                        "the guest crashed or hung after the migration (recorded, excluded from statistics)".to_owned()
+                    } else {
+                        format!("{status:?}: {}", record.outcome.error.clone().unwrap_or_default())
+                    }
                 ));
             }
             if k + 1 == pending.len() {

@@ -221,7 +221,9 @@ pub struct ExperimentSpec {
 pub enum SpecError {
     #[error("spec is not valid TOML or has a misspelled field: {0}")]
     Toml(String),
-    #[error("unknown factor {0:?}: use one of vmsize, vcpus, accel, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit")]
+    #[error(
+        "unknown factor {0:?}: use one of vmsize, vcpus, accel, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit"
+    )]
     UnknownFactor(String),
     #[error("factor {0} has no levels: give at least one, e.g. {0} = [...]")]
     EmptyLevels(Factor),

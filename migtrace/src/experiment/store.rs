@@ -62,7 +62,12 @@ impl Store {
             && old.digest != spec.digest()
         {
             if !force_new {
-                return Err(StoreError::SpecChanged { name: spec.raw.name.clone(), dir, old: old.digest, new: spec.digest() });
+                return Err(StoreError::SpecChanged {
+                    name: spec.raw.name.clone(),
+                    dir,
+                    old: old.digest,
+                    new: spec.digest(),
+                });
             }
             let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let aside = PathBuf::from(format!("{}.old-{stamp}", dir.display()));
@@ -75,7 +80,9 @@ impl Store {
                 digest: spec.digest(),
                 treatments: design::expand(spec).len(),
                 repetitions: spec.raw.repetitions,
-                created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                created_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
                 migtrace_version: env!("CARGO_PKG_VERSION").into(),
             };
             write_atomic(&dir.join("spec.toml"), spec_text.as_bytes())?;
@@ -114,10 +121,16 @@ impl Store {
             .map(|t| (t.name(), t.levels.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect()))
             .collect();
         let summary = stats::summarize(&records, &levels_of);
-        write_atomic(&self.dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+        write_atomic(
+            &self.dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes(),
+        )?;
         write_atomic(&self.dir.join("treatments.csv"), treatments_csv(&summary).as_bytes())?;
         write_atomic(&self.dir.join("migrations.csv"), migrations_csv(&records, &levels_of).as_bytes())?;
-        write_atomic(&self.dir.join("report.txt"), crate::report::experiment::render(&spec.raw.name, &summary).as_bytes())?;
+        write_atomic(
+            &self.dir.join("report.txt"),
+            crate::report::experiment::render(&spec.raw.name, &summary).as_bytes(),
+        )?;
         Ok(summary)
     }
 }
@@ -153,7 +166,8 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
         for m in MEASURES {
             match t.measures.get(m.name) {
                 Some(st) => row.extend(
-                    [st.mean, st.sd, st.min, st.p50, st.p99, st.p999, st.max, st.ci95.0, st.ci95.1].map(|v| format!("{v:.3}")),
+                    [st.mean, st.sd, st.min, st.p50, st.p99, st.p999, st.max, st.ci95.0, st.ci95.1]
+                        .map(|v| format!("{v:.3}")),
                 ),
                 None => row.extend(std::iter::repeat_n(String::new(), 9)),
             }
@@ -205,7 +219,11 @@ mod tests {
         assert!(err.contains("changed") && err.contains("--force-new"), "{err}");
         let fresh = Store::open(&root, &changed, &changed_text, true).expect("forced");
         assert_eq!(fs::read_to_string(fresh.dir.join("spec.toml")).expect("spec"), changed_text);
-        let aside = fs::read_dir(&root).expect("root").filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".old-")).count();
+        let aside = fs::read_dir(&root)
+            .expect("root")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".old-"))
+            .count();
         assert_eq!(aside, 1, "old results moved aside, not deleted");
         fs::remove_dir_all(&root).expect("cleanup");
     }

@@ -129,7 +129,8 @@ pub fn check_console(bytes: &[u8]) -> crate::hypervisor::GuestCheck {
         ["Kernel panic", "BUG: ", "Oops: ", "general protection fault", "watchdog: BUG"].iter().any(|m| l.contains(m))
     });
     let rebooted = lines.iter().any(|l| l.starts_with("migtrace-agent: ") && l.contains(r#""event":"start""#));
-    let console = crash_at.map(|i| lines[i..].iter().take(6).map(|l| l.trim().to_owned()).collect()).unwrap_or_default();
+    let console =
+        crash_at.map(|i| lines[i..].iter().take(6).map(|l| l.trim().to_owned()).collect()).unwrap_or_default();
     crate::hypervisor::GuestCheck { crashed: crash_at.is_some(), rebooted, unreachable: false, console }
 }
 

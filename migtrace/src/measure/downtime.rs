@@ -38,6 +38,9 @@ pub struct MigrationTimes {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProbeSummary {
     pub interval_us: u64,
+    /// ICMP identifier of the sender's requests (replies carry it).
+    #[serde(default)]
+    pub ident: u16,
     pub sent: u64,
     /// Requests without a reply seen at a tap.
     pub lost: u64,
@@ -74,7 +77,12 @@ fn ms_between(a: u64, b: u64) -> f64 {
 /// after it resumed (replies it had queued before the stop do not count as recovery).
 /// If it never did within the observation, the gap is open: `gap_ms` stays empty and
 /// `open_gap_ms` holds the lower bound.
-pub fn probe_gap(prober: &ProberReport, packets: &[PacketStamp], switchover: Option<(u64, u64)>, origin_ns: u64) -> ProbeSummary {
+pub fn probe_gap(
+    prober: &ProberReport,
+    packets: &[PacketStamp],
+    switchover: Option<(u64, u64)>,
+    origin_ns: u64,
+) -> ProbeSummary {
     let mut replies: Vec<&PacketStamp> = packets
         .iter()
         .filter(|p| p.kind == "icmp-echo-reply" && p.ident == prober.ident && p.ts_ns >= prober.first_sent_ns)
@@ -82,6 +90,7 @@ pub fn probe_gap(prober: &ProberReport, packets: &[PacketStamp], switchover: Opt
     replies.sort_by_key(|p| p.ts_ns);
     let mut summary = ProbeSummary {
         interval_us: prober.interval_us,
+        ident: prober.ident,
         sent: prober.sent,
         lost: prober.sent.saturating_sub(replies.len() as u64),
         replies: replies.len() as u64,
@@ -91,7 +100,8 @@ pub fn probe_gap(prober: &ProberReport, packets: &[PacketStamp], switchover: Opt
     let gaps = replies.windows(2).map(|w| (w[0], w[1]));
     let chosen = match switchover {
         Some((paused, resumed)) => {
-            let Some(recovery) = replies.iter().find(|p| p.ts_ns >= resumed && p.sent_ns >= resumed).map(|p| p.ts_ns) else {
+            let Some(recovery) = replies.iter().find(|p| p.ts_ns >= resumed && p.sent_ns >= resumed).map(|p| p.ts_ns)
+            else {
                 // Observation ends 50 ms after the last request (the sender's final wait).
                 let end = prober.last_sent_ns + 50_000_000;
                 if let Some(last) = replies.iter().rev().find(|p| p.ts_ns <= end) {

@@ -98,7 +98,9 @@ impl Ping {
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         let stderr = match child.wait_with_output() {
             Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            Err(e) => return PingReport { interval_ms, error: Some(format!("waiting for ping: {e}")), ..Default::default() },
+            Err(e) => {
+                return PingReport { interval_ms, error: Some(format!("waiting for ping: {e}")), ..Default::default() };
+            }
         };
         let stdout = self.reader.take().and_then(|r| r.join().ok()).unwrap_or_default();
         let mut report = parse(&stdout, interval_ms);
@@ -121,7 +123,8 @@ pub fn parse(output: &str, interval_ms: f64) -> PingReport {
     stamps.sort_unstable();
     let summary = output.lines().find(|l| l.contains("packets transmitted"));
     let number_before = |needle: &str| -> Option<u64> {
-        let words: Vec<&str> = summary?.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> =
+            summary?.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
         let i = words.iter().position(|w| *w == needle)?;
         words.get(i.checked_sub(1)?)?.parse().ok()
     };

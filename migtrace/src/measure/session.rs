@@ -119,7 +119,8 @@ impl Session {
             // A guest can stay silent long after its vCPUs resumed: keep watching until
             // it answers a request sent after the migration ended, or settle_max.
             if let (Some(t), Some(p), Some(end)) = (self.tracer.as_ref(), prober.as_ref(), outcome.end_ns) {
-                let deadline = tokio::time::Instant::now() + self.options.settle_max.saturating_sub(self.options.settle);
+                let deadline =
+                    tokio::time::Instant::now() + self.options.settle_max.saturating_sub(self.options.settle);
                 while !t.answered_since(p.ident, end).await && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -148,6 +149,7 @@ impl Session {
             }
             None => ProbeSummary {
                 interval_us: p.interval_us,
+                ident: p.ident,
                 sent: p.sent,
                 error: Some("tracing is off: replies are stamped at the taps by the eBPF classifier".into()),
                 ..ProbeSummary::default()
@@ -164,9 +166,10 @@ impl Session {
         record.guest = pair.guest_check().map(|mut g| {
             // Silence on the network after the switchover, with no console report to
             // explain it, is a hung guest.
-            g.unreachable = record.probe.as_ref().is_some_and(|p| {
-                p.error.is_none() && (p.open_gap_ms.is_some() || (p.gap_ms.is_none() && p.sent > 0))
-            });
+            g.unreachable = record
+                .probe
+                .as_ref()
+                .is_some_and(|p| p.error.is_none() && (p.open_gap_ms.is_some() || (p.gap_ms.is_none() && p.sent > 0)));
             g
         });
         record.timeline = Some(timeline);

@@ -26,7 +26,8 @@ pub fn render(name: &str, s: &ExperimentSummary) -> String {
         failed,
         crashed
     );
-    let mut t = table(&["measure", "n", "mean ms", "max:min means", "max:min all", "max treatment SD ms", "overall SD ms"]);
+    let mut t =
+        table(&["measure", "n", "mean ms", "max:min means", "max:min all", "max treatment SD ms", "overall SD ms"]);
     for r in &s.table2 {
         t.add_row(vec![
             r.measure.clone(),

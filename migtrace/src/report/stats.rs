@@ -71,7 +71,8 @@ impl Stats {
             return None;
         }
         let mean = values.iter().sum::<f64>() / n as f64;
-        let sd = if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+        let sd =
+            if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
         let half = if n > 1 {
             let t = StudentsT::new(0.0, 1.0, (n - 1) as f64).map(|d| d.inverse_cdf(0.975)).unwrap_or(1.96);
             t * sd / (n as f64).sqrt()
@@ -210,7 +211,14 @@ pub fn summarize(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<Str
             let mut levels: Vec<String> = levels_of.iter().filter_map(|(_, l)| l.get(&factor).cloned()).collect();
             levels.dedup();
             let mut seen = Vec::new();
-            levels.retain(|l| if seen.contains(l) { false } else { seen.push(l.clone()); true });
+            levels.retain(|l| {
+                if seen.contains(l) {
+                    false
+                } else {
+                    seen.push(l.clone());
+                    true
+                }
+            });
             if levels.len() < 2 {
                 return None;
             }
