@@ -248,8 +248,3 @@ pub async fn set_migration_parameters(
     let params = q::MigrateSetParameters { max_bandwidth, downtime_limit: downtime_limit_ms, ..Default::default() };
     qemu.qmp.execute(q::migrate_set_parameters(params)).await.map(|_| ())
 }
-
-/// Deadline helper.
-pub fn deadline(after: Duration) -> Instant {
-    Instant::now() + after
-}
