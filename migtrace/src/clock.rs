@@ -1,8 +1,6 @@
 //! Clocks. Every stamp migtrace takes is CLOCK_MONOTONIC nanoseconds, the clock of
 //! `bpf_ktime_get_ns()`; wall-clock time is derived once, for display and records.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 /// CLOCK_MONOTONIC now, in nanoseconds.
 pub fn monotonic_ns() -> u64 {
     read(libc::CLOCK_MONOTONIC)
@@ -37,11 +35,6 @@ impl WallClock {
         Self { offset_ns: unix_us as i128 * 1000 - monotonic_ns as i128 }
     }
 
-    pub fn to_system_time(&self, monotonic_ns: u64) -> SystemTime {
-        let wall = monotonic_ns as i128 + self.offset_ns;
-        UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64)
-    }
-
     /// Unix time in microseconds, the resolution of QMP event stamps.
     pub fn to_unix_us(&self, monotonic_ns: u64) -> i64 {
         ((monotonic_ns as i128 + self.offset_ns) / 1000) as i64
@@ -55,6 +48,8 @@ impl WallClock {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
     use super::*;
 
     #[test]

@@ -122,9 +122,12 @@ async fn guest_that_never_comes_up_times_out_with_console_tail() {
     let config = LabConfig { boot_timeout: Duration::from_millis(300), ..LabConfig::default() };
     let before = registry::list().len();
     match Lab::up(config).await {
-        Err(LabError::Qemu(QemuError::BootTimeout { tail, .. })) => {
+        Err(e @ LabError::Qemu(QemuError::BootTimeout { .. })) => {
             // Whatever the guest printed so far (possibly nothing yet) is in the error.
-            let _ = tail;
+            let LabError::Qemu(QemuError::BootTimeout { tail, .. }) = &e else { unreachable!() };
+            let message = e.to_string();
+            assert!(message.contains("did not come up within") && message.contains("last console lines"), "{message}");
+            assert!(message.ends_with(tail.as_str()), "the console tail is in the error: {message}");
         }
         Err(e) => panic!("expected a boot timeout, got {e}"),
         Ok(_) => panic!("a guest cannot be up in 300 ms under this test"),

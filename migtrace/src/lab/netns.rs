@@ -100,10 +100,6 @@ impl LabNet {
         &self.ns
     }
 
-    pub fn ns_path(&self) -> PathBuf {
-        ns_path(&self.ns)
-    }
-
     /// Deletes the namespace now (idempotent).
     pub fn delete(&mut self) -> Result<(), NetError> {
         if !self.deleted {
@@ -194,15 +190,4 @@ pub fn ifindex(ns: &str, name: &str) -> Result<u32, NetError> {
         return Err(NetError::Enter { ns: ns.into(), source: io::Error::other(format!("no interface {name}")) });
     }
     Ok(index)
-}
-
-/// Runs `f` on a new thread inside network namespace `ns` and returns its result.
-pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetError> {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        enter(&ns)?;
-        Ok(f())
-    })
-    .join()
-    .unwrap_or_else(|_| Err(NetError::Enter { ns: "?".into(), source: io::Error::other("thread panicked") }))
 }

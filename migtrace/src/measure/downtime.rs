@@ -126,12 +126,12 @@ pub fn probe_gap(
 /// Everything measured of one migration, with what is missing and why.
 pub fn compute(
     outcome: &MigrationOutcome,
-    timeline: Option<&Timeline>,
+    timeline: &Timeline,
     ping: Option<&PingReport>,
     probe: Option<&ProbeSummary>,
 ) -> (Downtimes, MigrationTimes, Vec<String>) {
     let mut missing = Vec::new();
-    let marks = timeline.map(|t| &t.marks);
+    let marks = &timeline.marks;
     let mark_span = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| ms_between(a, b));
 
     let ping_dt = match ping {
@@ -164,7 +164,7 @@ pub fn compute(
             None
         }
     };
-    let vcpu = marks.and_then(|m| mark_span(m.source_paused_ns, m.destination_resumed_ns));
+    let vcpu = mark_span(marks.source_paused_ns, marks.destination_resumed_ns);
     if vcpu.is_none() {
         missing.push("downtime_ms.vcpu: no pause/resume stamps (probes off and no QMP STOP/RESUME)".into());
     }
@@ -172,8 +172,8 @@ pub fn compute(
     if reported.is_none() {
         missing.push("downtime_ms.reported: the hypervisor reported no downtime".into());
     }
-    let traced = marks.and_then(|m| mark_span(m.setup_ns, m.source_completed_ns));
-    let traced_to_resume = marks.and_then(|m| mark_span(m.setup_ns, m.destination_resumed_ns));
+    let traced = mark_span(marks.setup_ns, marks.source_completed_ns);
+    let traced_to_resume = mark_span(marks.setup_ns, marks.destination_resumed_ns);
     if traced.is_none() {
         missing.push("migration_time_ms.traced: no setup/completion stamps".into());
     }

@@ -156,7 +156,7 @@ impl Session {
             },
         });
         let (downtime_ms, migration_time_ms, missing) =
-            downtime::compute(&outcome, Some(&timeline), ping.as_ref(), probe.as_ref());
+            downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
         let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
         record.downtime_ms = downtime_ms;
         record.migration_time_ms = migration_time_ms;
@@ -164,8 +164,8 @@ impl Session {
         record.probe = probe;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
         record.guest = pair.guest_check().map(|mut g| {
-            // Silence on the network after the switchover, with no console report to
-            // explain it, is a hung guest.
+            // No answer to any probe sent after the guest resumed: hung, or its network
+            // is dead (the console check above tells a crash apart).
             g.unreachable = record
                 .probe
                 .as_ref()

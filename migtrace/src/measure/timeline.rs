@@ -81,7 +81,9 @@ pub struct Marks {
     pub active_ns: Option<u64>,
     pub vm_stop_ns: Option<u64>,
     /// Source vCPUs stopped: the last guest exit of a source vCPU thread (KVM_RUN or
-    /// TCG's cpu_exec), else `pause_all_vcpus` returning, else the STOP event.
+    /// TCG's cpu_exec) clamped to [VM stop, `pause_all_vcpus` returning] (a vCPU idle
+    /// in the guest when the stop came stopped at the stop), else `pause_all_vcpus`
+    /// returning, else the STOP event.
     pub source_paused_ns: Option<u64>,
     pub source_completed_ns: Option<u64>,
     pub destination_loaded_ns: Option<u64>,

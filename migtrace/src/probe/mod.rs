@@ -19,7 +19,7 @@ use aya::{
     programs::ProgramError,
 };
 pub use collector::{Collector, CollectorStats, Event};
-use migtrace_common::event::{EventKind, LOSS_MAP_LEN, Role};
+use migtrace_common::event::{LOSS_MAP_LEN, Role};
 
 /// The eBPF object built by `cargo xtask build`; empty when built without it.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migtrace.bpf.o"));
@@ -142,10 +142,6 @@ pub struct Loss {
 impl Loss {
     pub fn total(&self) -> u64 {
         self.by_kind.iter().sum()
-    }
-
-    pub fn of(&self, kind: EventKind) -> u64 {
-        self.by_kind[kind as usize]
     }
 
     /// Losses since `earlier`.

@@ -152,7 +152,7 @@ impl Probes {
 }
 
 /// QEMU's `MigrationStatus` values by name, for the numbers `migrate_set_state` passes.
-/// QEMU 9.1 inserted `postcopy-recover-setup`, shifting everything after it.
+/// QEMU 9.1 inserted `postcopy-recover-setup` at 7, shifting everything after it.
 pub fn migration_status_name(value: u64, qemu_version: (u32, u32)) -> &'static str {
     const UP_TO_9_0: &[&str] = &[
         "none",
@@ -170,25 +170,12 @@ pub fn migration_status_name(value: u64, qemu_version: (u32, u32)) -> &'static s
         "device",
         "wait-unplug",
     ];
-    const FROM_9_1: &[&str] = &[
-        "none",
-        "setup",
-        "cancelling",
-        "cancelled",
-        "active",
-        "postcopy-active",
-        "postcopy-paused",
-        "postcopy-recover-setup",
-        "postcopy-recover",
-        "completed",
-        "failed",
-        "colo",
-        "pre-switchover",
-        "device",
-        "wait-unplug",
-    ];
-    let table = if qemu_version >= (9, 1) { FROM_9_1 } else { UP_TO_9_0 };
-    table.get(value as usize).copied().unwrap_or("unknown")
+    let index = match (qemu_version >= (9, 1), value) {
+        (true, 7) => return "postcopy-recover-setup",
+        (true, v) if v > 7 => v - 1,
+        (_, v) => v,
+    };
+    UP_TO_9_0.get(index as usize).copied().unwrap_or("unknown")
 }
 
 #[cfg(test)]
@@ -214,6 +201,9 @@ mod tests {
         assert_eq!(migration_status_name(4, (7, 2)), "active");
         assert_eq!(migration_status_name(8, (7, 2)), "completed");
         assert_eq!(migration_status_name(9, (9, 1)), "completed");
+        assert_eq!(migration_status_name(7, (9, 1)), "postcopy-recover-setup");
+        assert_eq!(migration_status_name(6, (9, 1)), "postcopy-paused");
+        assert_eq!(migration_status_name(14, (9, 1)), "wait-unplug");
         assert_eq!(migration_status_name(99, (7, 2)), "unknown");
     }
 }
