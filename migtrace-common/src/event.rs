@@ -93,10 +93,13 @@ pub enum PhasePoint {
     VmStateNotify = 16,
     /// TCG's `cpu_exec`: aggregated per vCPU thread in the kernel, never streamed.
     CpuExec = 17,
+    /// `qemu_savevm_state_pending_estimate` (QEMU 8.0+): pending bytes each iteration;
+    /// `…_exact` (a dirty sync) runs only when the estimate is under the threshold.
+    SavevmStatePendingEstimate = 18,
 }
 
 impl PhasePoint {
-    pub const ALL: [PhasePoint; 17] = [
+    pub const ALL: [PhasePoint; 18] = [
         Self::MigrateSetState,
         Self::SavevmStateSetup,
         Self::DirtyLogStart,
@@ -114,6 +117,7 @@ impl PhasePoint {
         Self::AnnounceSelf,
         Self::VmStateNotify,
         Self::CpuExec,
+        Self::SavevmStatePendingEstimate,
     ];
 
     pub const fn from_u16(v: u16) -> Option<Self> {

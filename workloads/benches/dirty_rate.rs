@@ -43,8 +43,9 @@ fn main() {
         let pattern = DirtyPattern { period: Duration::from_millis(10), rate: target, fill: 100.0 };
         let mut generator = DirtyGen::new(region(1), pattern, 1);
         let mut last = None;
-        generator
-            .run(&stop, Some(Duration::from_secs_f64(seconds)), Duration::from_secs(3600), |r| last = Some(r.clone()));
+        generator.run(&stop, Some(Duration::from_secs_f64(seconds)), Duration::from_secs(3600), None, |r| {
+            last = Some(r.clone())
+        });
         let Some(r) = last else { continue };
         println!("| {target:.0} | {:.0} | {:+.2} % |", r.rate, (r.rate / target - 1.0) * 100.0);
     }

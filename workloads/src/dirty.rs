@@ -4,6 +4,10 @@
 //! through the region; FILL percent of each page is written from pre-computed random
 //! data. With a fractional BPC (a rate that is not a multiple of 1/PERIOD) cycle k writes
 //! `⌊(k+1)·BPC⌋ − ⌊k·BPC⌋` pages, so the long-run rate is exact.
+//!
+//! Each write stamps the page's header with its next generation after checking that the
+//! page still holds the previous one ([`crate::verify`]): the working set stays checkable
+//! and a stale page is counted even when the next write would hide it.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -17,6 +21,7 @@ use crate::{
     clock::sleep_until,
     memory::LockedRegion,
     spec::{DirtyPattern, PAGE_SIZE},
+    verify::{self, CheckDesk, HEADER_BYTES, MemoryCheck},
 };
 
 /// Random source bytes: large enough that consecutive pages get different data.
@@ -36,6 +41,13 @@ pub struct DirtyGen {
     /// Times the schedule was reset because the generator fell far behind (e.g. the
     /// guest was paused by a migration).
     pub resyncs: u64,
+    /// Pages found stale just before being overwritten, over the whole run.
+    pub stale_on_write: u64,
+    /// `stale_on_write` and page writes at the last check, when it was, checks answered.
+    stale_at_last_check: u64,
+    writes_at_last_check: u64,
+    last_check: Instant,
+    checks: u64,
 }
 
 /// A JSON line reporting progress.
@@ -52,6 +64,8 @@ pub struct DirtyReport {
     pub interval_rate: f64,
     pub fill_bytes: usize,
     pub resyncs: u64,
+    /// Pages found stale just before being overwritten (lost writes), over the run.
+    pub stale_on_write: u64,
 }
 
 impl DirtyGen {
@@ -59,7 +73,22 @@ impl DirtyGen {
         let mut random = vec![0u8; RANDOM_BYTES + PAGE_SIZE];
         SmallRng::seed_from_u64(seed ^ 0x5eed).fill_bytes(&mut random);
         let fill_bytes = ((pattern.fill / 100.0 * PAGE_SIZE as f64).round() as usize).clamp(1, PAGE_SIZE);
-        Self { region, pattern, random, fill_bytes, next_page: 0, random_offset: 0, pages: 0, cycles: 0, resyncs: 0 }
+        Self {
+            region,
+            pattern,
+            random,
+            fill_bytes,
+            next_page: 0,
+            random_offset: 0,
+            pages: 0,
+            cycles: 0,
+            resyncs: 0,
+            stale_on_write: 0,
+            stale_at_last_check: 0,
+            writes_at_last_check: 0,
+            last_check: Instant::now(),
+            checks: 0,
+        }
     }
 
     pub fn region(&self) -> &LockedRegion {
@@ -70,23 +99,46 @@ impl DirtyGen {
         self.fill_bytes
     }
 
-    /// Modifies the next `pages` pages of the working set (wrapping around).
+    /// Modifies the next `pages` pages of the working set (wrapping around): checks the
+    /// page still holds its last generation, then writes the next one and FILL % of
+    /// random data (at least the 16-byte header).
     pub fn modify(&mut self, pages: usize) {
         let total = self.region.pages();
         if total == 0 {
             return;
         }
-        let fill = self.fill_bytes;
-        for _ in 0..pages {
+        let fill = self.fill_bytes.max(HEADER_BYTES);
+        for i in 0..pages {
             let page = self.next_page;
-            let src = &self.random[self.random_offset..self.random_offset + fill];
+            // Sequential writes: the page being written was written once per full pass.
+            let generation = (self.pages + i as u64) / total as u64;
+            let src = &self.random[self.random_offset..self.random_offset + fill - HEADER_BYTES];
             let dst = &mut self.region.bytes_mut()[page * PAGE_SIZE..page * PAGE_SIZE + fill];
-            dst.copy_from_slice(src);
+            if verify::header(dst) != (page as u64, generation) {
+                self.stale_on_write += 1;
+            }
+            verify::stamp(dst, page as u64, generation + 1);
+            dst[HEADER_BYTES..].copy_from_slice(src);
             self.next_page = if page + 1 == total { 0 } else { page + 1 };
             // Step by an odd amount so successive writes of a page differ.
             self.random_offset = (self.random_offset + 4099) % RANDOM_BYTES;
         }
         self.pages += pages as u64;
+    }
+
+    /// Checks the whole working set against the writes made so far.
+    pub fn check(&mut self) -> MemoryCheck {
+        self.checks += 1;
+        let mut check = verify::check_region(&self.region, self.pages);
+        check.mismatches_on_write = self.stale_on_write - self.stale_at_last_check;
+        check.checks = self.checks;
+        let now = Instant::now();
+        let seconds = (now - self.last_check).as_secs_f64();
+        if seconds > 0.0 {
+            check.rate_since_last_check = (self.pages - self.writes_at_last_check) as f64 / seconds;
+        }
+        (self.stale_at_last_check, self.writes_at_last_check, self.last_check) = (self.stale_on_write, self.pages, now);
+        check
     }
 
     /// Pages cycle `k` modifies: `⌊(k+1)·BPC⌋ − ⌊k·BPC⌋`.
@@ -103,12 +155,14 @@ impl DirtyGen {
     }
 
     /// Runs the paced pattern until `stop`, or for `duration`; calls `report` every
-    /// `report_every` and once at the end.
+    /// `report_every` and once at the end; answers memory checks asked at `desk`
+    /// between cycles.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
         duration: Option<Duration>,
         report_every: Duration,
+        desk: Option<&CheckDesk>,
         mut report: impl FnMut(&DirtyReport),
     ) {
         let period = self.pattern.period;
@@ -126,6 +180,9 @@ impl DirtyGen {
                 break;
             }
             self.cycle();
+            if let Some(desk) = desk.filter(|d| d.wanted()) {
+                desk.answer(self.check());
+            }
             let now = Instant::now();
             if now - last_report >= report_every {
                 report(&self.report(start, now, last_report, last_pages));
@@ -156,6 +213,7 @@ impl DirtyGen {
             interval_rate: if interval > 0.0 { (self.pages - last_pages) as f64 / interval } else { 0.0 },
             fill_bytes: self.fill_bytes,
             resyncs: self.resyncs,
+            stale_on_write: self.stale_on_write,
         }
     }
 }
@@ -192,6 +250,29 @@ mod tests {
         g.cycle();
         assert_eq!(g.next_page, 4);
         assert_eq!(g.pages, 14);
+    }
+
+    #[test]
+    fn a_page_that_lost_a_write_is_found_by_the_check_and_by_the_next_write() {
+        let mut g = gen_with(8, 100.0, 10, 100.0);
+        g.modify(13); // pages 0-4 written twice, 5-7 once
+        let clean = g.check();
+        assert_eq!((clean.pages_checked, clean.mismatches, clean.mismatches_on_write), (8, 0, 0));
+        // A migration hands the destination a stale copy of page 3: its last write is lost.
+        let page3 = 3 * PAGE_SIZE;
+        verify::stamp(&mut g.region.bytes_mut()[page3..page3 + PAGE_SIZE], 3, 1);
+        let found = g.check();
+        assert_eq!(found.mismatches, 1);
+        let bad = found.first_bad_page.expect("first bad page");
+        assert_eq!((bad.page, bad.expected_generation, bad.found_index, bad.found_generation), (3, 2, 3, 1));
+        assert_eq!(bad.address, g.region().as_ptr() as u64 + page3 as u64);
+        // Corrupt page 6 (random bytes over its header), then let the writer reach it.
+        g.region.bytes_mut()[6 * PAGE_SIZE..6 * PAGE_SIZE + 16].fill(0x5a);
+        g.modify(3); // pages 5, 6, 7
+        let after = g.check();
+        assert_eq!(after.mismatches_on_write, 1, "the stale page 6 was counted before it was overwritten");
+        assert_eq!(after.mismatches, 1, "page 3 is still stale");
+        assert_eq!(g.check().mismatches_on_write, 0, "counted once, by the check after it");
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod dirty;
 pub mod memory;
 pub mod runner;
 pub mod spec;
+pub mod verify;

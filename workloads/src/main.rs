@@ -14,6 +14,7 @@ use workloads::{
     memory::MemoryError,
     runner::{RunOptions, run},
     spec::{self, Spec},
+    verify::{CHECK_PORT, CHECK_REQUEST, CheckDesk},
 };
 
 #[derive(Parser)]
@@ -70,6 +71,9 @@ enum Cmd {
     Agent {
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: String,
+        /// UDP port for memory-check requests.
+        #[arg(long, default_value_t = CHECK_PORT)]
+        check_port: u16,
     },
 }
 
@@ -100,8 +104,8 @@ fn spec_of(cmd: &Cmd) -> Result<Spec, spec::SpecError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let opts = RunOptions { duration: cli.duration, report_every: cli.report_every, ..RunOptions::default() };
-    if let Cmd::Agent { cmdline } = &cli.command {
-        agent(cmdline, &opts);
+    if let Cmd::Agent { cmdline, check_port } = &cli.command {
+        agent(cmdline, *check_port, &opts);
     }
     let spec = match spec_of(&cli.command) {
         Ok(s) => s,
@@ -138,7 +142,7 @@ fn main() -> ExitCode {
 
 /// The lab guest's agent. It runs as PID 1 of the guest, so it never returns: errors are
 /// reported on the console and the guest stays up (reachable for ping and migration).
-fn agent(cmdline_path: &str, opts: &RunOptions) -> ! {
+fn agent(cmdline_path: &str, check_port: u16, opts: &RunOptions) -> ! {
     let say = |v: serde_json::Value| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "migtrace-agent: {v}");
@@ -146,12 +150,21 @@ fn agent(cmdline_path: &str, opts: &RunOptions) -> ! {
     };
     let cmdline = std::fs::read_to_string(cmdline_path).unwrap_or_default();
     let text = cmdline.split_whitespace().find_map(|w| w.strip_prefix("migtrace.workload=")).unwrap_or("idle");
+    let desk = Arc::new(CheckDesk::default());
+    let listener_desk = desk.clone();
+    std::thread::spawn(move || {
+        if let Err(e) = answer_memory_checks(&listener_desk, check_port) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "migtrace-agent: {}", serde_json::json!({"event": "error", "message": e}));
+        }
+    });
     match Spec::parse(text) {
         Ok(spec) => {
             say(serde_json::json!({"event": "start", "spec": spec.to_string()}));
             let stop = Arc::new(AtomicBool::new(false));
             let mut emit = |v: serde_json::Value| say(v);
-            if let Err(e) = run(&spec, opts, stop, &mut emit) {
+            let opts = RunOptions { checks: Some(desk), ..opts.clone() };
+            if let Err(e) = run(&spec, &opts, stop, &mut emit) {
                 say(serde_json::json!({"event": "error", "message": e.to_string()}));
             }
         }
@@ -159,5 +172,28 @@ fn agent(cmdline_path: &str, opts: &RunOptions) -> ! {
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Answers memory-check requests (`migtrace-memory-check NONCE` on UDP `port`, by
+/// default [`CHECK_PORT`]) with the check of the working set, as JSON, to the sender and
+/// on the console. The workload's own thread runs the check between two cycles.
+fn answer_memory_checks(desk: &CheckDesk, port: u16) -> Result<(), String> {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", port))
+        .map_err(|e| format!("memory checks unavailable: UDP port {port}: {e}"))?;
+    let mut buf = [0u8; 256];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else { continue };
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let Some(nonce) = text.strip_prefix(CHECK_REQUEST) else { continue };
+        let reply = match desk.request(Duration::from_secs(10)) {
+            Some(check) => serde_json::json!({"event": "memory_check", "nonce": nonce.trim(), "memory_check": check}),
+            None => serde_json::json!({"event": "memory_check", "nonce": nonce.trim(),
+                "error": "the workload did not answer within 10 s"}),
+        };
+        let _ = socket.send_to(reply.to_string().as_bytes(), peer);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "migtrace-agent: {reply}");
+        let _ = out.flush();
     }
 }

@@ -1,4 +1,5 @@
-//! The locked working set: allocate, fill with random data, mlock, hold.
+//! The locked working set: allocate, fill with random data (each page stamped with its
+//! index, see [`crate::verify`]), mlock, hold.
 
 use std::{fs, io, ptr::NonNull};
 
@@ -97,6 +98,10 @@ impl LockedRegion {
         // SAFETY: advising our own mapping.
         unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
         SmallRng::seed_from_u64(seed).fill_bytes(region.bytes_mut());
+        // Every page carries its index and generation 0: the working set is checkable.
+        for (index, page) in region.bytes_mut().chunks_exact_mut(PAGE_SIZE).enumerate() {
+            crate::verify::stamp(page, index as u64, 0);
+        }
         // SAFETY: locking our own mapping.
         if unsafe { libc::mlock(addr, len) } != 0 {
             return Err(MemoryError::Lock { bytes, limit: memlock_limit(), source: io::Error::last_os_error() });

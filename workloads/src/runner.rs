@@ -16,6 +16,7 @@ use crate::{
     dirty::DirtyGen,
     memory::{LockedRegion, MemoryError, vm_locked},
     spec::Spec,
+    verify::{self, CheckDesk, MemoryCheck},
 };
 
 #[derive(Clone, Debug)]
@@ -25,11 +26,13 @@ pub struct RunOptions {
     pub report_every: Duration,
     /// Seed for the random fill and the random write data.
     pub seed: u64,
+    /// Where memory checks of the working set are asked for (the guest agent's listener).
+    pub checks: Option<Arc<CheckDesk>>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { duration: None, report_every: Duration::from_secs(1), seed: 0x6d69_6774 }
+        Self { duration: None, report_every: Duration::from_secs(1), seed: 0x6d69_6774, checks: None }
     }
 }
 
@@ -66,7 +69,7 @@ pub fn run(
     match (region, &spec.dirty) {
         (Some(region), Some(pattern)) => {
             let mut generator = DirtyGen::new(region, pattern.clone(), opts.seed);
-            generator.run(&stop, opts.duration, opts.report_every, |r| {
+            generator.run(&stop, opts.duration, opts.report_every, opts.checks.as_deref(), |r| {
                 emit(json!(r));
                 emit_cpu(emit);
             });
@@ -75,8 +78,15 @@ pub fn run(
             // Locked pages and/or CPU load only: hold until stopped, reporting.
             let start = Instant::now();
             let mut next_report = start + opts.report_every;
+            let mut checks = 0;
             while !stop.load(Ordering::Relaxed) && opts.duration.is_none_or(|d| start.elapsed() < d) {
                 std::thread::sleep(Duration::from_millis(20));
+                if let Some(desk) = opts.checks.as_deref().filter(|d| d.wanted()) {
+                    // Nothing writes a locked-only working set: every page holds generation 0.
+                    checks += 1;
+                    let check = region.as_ref().map(|r| verify::check_region(r, 0)).unwrap_or_default();
+                    desk.answer(MemoryCheck { checks, ..check });
+                }
                 if Instant::now() >= next_report {
                     emit_cpu(emit);
                     next_report += opts.report_every;

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fs, path::Path, process::Command};
 
-use migtrace_common::host::{self, ProgType, kernel};
+use migtrace_common::host::{self, ProgType, kernel, qemu};
 
 use crate::toolchain;
 
@@ -43,6 +43,11 @@ pub enum Distro {
     Other {
         pretty: String,
     },
+}
+
+/// Debian 12, whose backports carry QEMU 10.0 (setup fetches it into the cache).
+pub fn is_bookworm() -> bool {
+    fs::read_to_string("/etc/os-release").is_ok_and(|t| t.lines().any(|l| l == "VERSION_CODENAME=bookworm"))
 }
 
 pub fn distro() -> Distro {
@@ -177,15 +182,32 @@ pub fn all(workspace: &Path) -> Vec<Line> {
             format!("{}: cannot tell its LLVM version (statically linked?)", p.display()),
         )),
     }
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output().ok().filter(|o| o.status.success());
-    lines.push(match qemu {
-        Some(o) => Line::new(
-            true,
-            "qemu-system-x86_64",
-            String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned(),
-        ),
-        None => Line::new(false, "qemu-system-x86_64", "missing (package qemu-system-x86)"),
-    });
+    let builds = qemu::all();
+    if qemu::system().is_none() {
+        lines.push(Line::new(false, "qemu-system-x86_64", "missing (package qemu-system-x86)"));
+    }
+    for b in &builds {
+        let what = match b.origin {
+            qemu::Origin::System => "qemu-system-x86_64".to_owned(),
+            _ => format!("QEMU {}.{} (cache)", b.version.major, b.version.minor),
+        };
+        let tcg = if b.has_tcg_dirty_bug() {
+            "; under TCG the lab gives guests VMSIZE + 8 KiB of RAM (QEMU < 9.0 loses dirty pages of 256 KiB-aligned RAM blocks)"
+        } else {
+            ""
+        };
+        lines.push(Line::new(true, what, format!("{} at {}{tcg}", b.description, b.binary.display())));
+    }
+    if is_bookworm() && !builds.iter().any(|b| b.version.major >= 10) {
+        lines.push(
+            Line::new(
+                false,
+                "QEMU 10.0 (cache)",
+                format!("not fetched (cargo xtask setup unpacks it from {})", qemu::BACKPORTS_SUITE),
+            )
+            .optional(),
+        );
+    }
     lines.push(match guest_kernel() {
         Some((k, origin)) => {
             Line::new(true, "guest kernel", format!("{} ({origin}, {} modules)", k.release, k.modules.len()))

@@ -3,7 +3,7 @@
 use std::{process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
-use migtrace_common::host::{self, kernel};
+use migtrace_common::host::{self, kernel, qemu};
 
 use crate::{
     checks::{self, BASE_PACKAGES, BPF_LINKER_VERSION, DEBIAN_RUST_PACKAGES, DEBIAN_RUSTC_WEB_LLVM, Distro},
@@ -76,7 +76,21 @@ pub fn run() -> Result<()> {
         println!("  cached {} in {}", k.release, k.image.parent().map(|p| p.display().to_string()).unwrap_or_default());
     }
 
-    // 5. tracefs, which tracepoint attachment reads.
+    // 5. A QEMU without the TCG dirty-page bug beside the system's, for comparisons.
+    if checks::is_bookworm() && !qemu::cached().iter().any(|b| b.version.major >= 10) {
+        step(&format!(
+            "fetching QEMU from {} into {} (host apt sources untouched)",
+            qemu::BACKPORTS_SUITE,
+            qemu::cache_root().display()
+        ));
+        let (build, libraries) = qemu::fetch_backports().context("fetching QEMU from bookworm-backports")?;
+        if !libraries.is_empty() {
+            println!("  installed its libraries: {}", libraries.join(" "));
+        }
+        println!("  cached {}", build.label());
+    }
+
+    // 6. tracefs, which tracepoint attachment reads.
     if host::tracefs_root().is_none() {
         step("mounting tracefs at /sys/kernel/tracing");
         host::ensure_tracefs().context("mounting tracefs")?;

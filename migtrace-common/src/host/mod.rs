@@ -4,6 +4,7 @@
 //! Used by `cargo xtask` (before anything is built) and by `migtrace` itself.
 
 pub mod kernel;
+pub mod qemu;
 
 use std::{
     ffi::CString,

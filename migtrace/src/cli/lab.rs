@@ -90,6 +90,12 @@ async fn up(machine: MachineArgs) -> Result<()> {
     let lab = Lab::up(config).await?;
     let (src, dst) = (lab.source.as_ref().map_or(0, |q| q.pid), lab.destination.as_ref().map_or(0, |q| q.pid));
     println!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel);
+    let machine = lab.machine_info();
+    println!("  qemu       {} ({})", machine.description, machine.binary);
+    println!("  guest RAM  {} KiB", machine.ram_bytes / 1024);
+    for w in &machine.workarounds {
+        println!("  workaround {w}");
+    }
     println!("  netns      {}   (ip netns exec {} ping {GUEST_IP})", lab.ns(), lab.ns());
     println!("  guest      {GUEST_IP}, probe sender {PROBE_IP}");
     println!("  source     pid {src}, destination pid {dst} (waiting for a migration)");

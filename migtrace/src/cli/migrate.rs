@@ -87,6 +87,9 @@ pub struct MeasureArgs {
     /// Keep the raw eBPF trace in every record (large).
     #[arg(long)]
     pub keep_trace: bool,
+    /// Do not ask the guest agent to check its working set after each migration.
+    #[arg(long)]
+    pub no_memory_check: bool,
 }
 
 impl MeasureArgs {
@@ -110,6 +113,7 @@ impl MeasureArgs {
             settle: Duration::from_secs_f64(self.settle),
             settle_max: Duration::from_secs_f64(self.settle_max),
             keep_trace: self.keep_trace,
+            memory_check: (!self.no_memory_check).then(|| Duration::from_secs(5)),
             ..MeasureOptions::default()
         })
     }
@@ -185,12 +189,18 @@ pub fn summary_line(r: &MigrationRecord) -> String {
             .as_ref()
             .filter(|h| h.lost_records > 0)
             .map_or(String::new(), |h| format!(" ({} records lost)", h.lost_records)),
-    ) + &match &r.guest {
+    ) + &match r.guest.as_ref().and_then(|g| g.memory_check.as_ref()) {
+        Some(m) if m.pages_checked > 0 || m.corrupted_pages() > 0 => {
+            format!("; memory check: {} of {} pages bad", m.corrupted_pages(), m.pages_checked)
+        }
+        _ => String::new(),
+    } + &match &r.guest {
         Some(g) if g.crashed => {
             format!(" — GUEST CRASHED after the migration: {}", g.console.first().map_or("", String::as_str))
         }
         Some(g) if g.rebooted => " — GUEST REBOOTED after the migration".into(),
         Some(g) if g.unreachable => " — GUEST UNREACHABLE after the migration (hung?)".into(),
+        Some(g) if g.corrupted() => " — GUEST MEMORY CORRUPTED by the migration (pages lost writes)".into(),
         _ => String::new(),
     }
 }

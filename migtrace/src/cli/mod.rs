@@ -245,6 +245,14 @@ pub struct MachineArgs {
     /// Give up if the guest is not up after this many seconds.
     #[arg(long, default_value_t = 90, value_name = "SECONDS")]
     pub boot_timeout: u64,
+    /// QEMU build for both hosts: `system` (qemu-system-x86_64 on PATH), a version such
+    /// as `10.0` (the system's or one `cargo xtask setup` cached), or a path to a binary.
+    #[arg(long, default_value = "system", value_name = "QEMU")]
+    pub qemu: String,
+    /// Do not apply the TCG dirty-page workaround on QEMU < 9.0 (guest RAM VMSIZE + 8 KiB):
+    /// reproduces QEMU's lost-dirty-page bug (guests crash or their memory check fails).
+    #[arg(long)]
+    pub no_tcg_dirty_workaround: bool,
 }
 
 impl MachineArgs {
@@ -267,6 +275,8 @@ impl MachineArgs {
             workload,
             kernel: self.kernel.clone(),
             boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
+            qemu: Some(self.qemu.clone()),
+            tcg_dirty_workaround: !self.no_tcg_dirty_workaround,
         })
     }
 }

@@ -76,7 +76,15 @@ impl Treatment {
         Ok(())
     }
 
-    pub fn lab_config(&self, boot_timeout: Duration) -> Result<LabConfig, SpecError> {
+    /// The QEMU selector of this treatment (`qemu` factor), if it has one.
+    pub fn qemu(&self) -> Option<&str> {
+        match self.levels.get(&Factor::Qemu) {
+            Some(Level::Text(q)) => Some(q),
+            _ => None,
+        }
+    }
+
+    pub fn lab_config(&self, boot_timeout: Duration, tcg_dirty_workaround: bool) -> Result<LabConfig, SpecError> {
         let workload = Spec::parse(&self.workload()).map_err(|e| SpecError::Treatment(e.to_string()))?;
         let accel = match self.levels.get(&Factor::Accel) {
             Some(Level::Text(a)) if a == "kvm" => Some(Accel::Kvm),
@@ -90,6 +98,8 @@ impl Treatment {
             workload,
             kernel: None,
             boot_timeout,
+            qemu: self.qemu().map(str::to_owned),
+            tcg_dirty_workaround,
         })
     }
 
@@ -181,6 +191,30 @@ mod tests {
         let s = ExperimentSpec::parse(&text).expect("paper spec parses");
         assert_eq!(expand(&s).len(), 528);
         assert_eq!(s.raw.repetitions, 20);
+    }
+
+    #[test]
+    fn the_papers_design_scaled_to_the_lab_keeps_its_528_treatments_and_fits_every_guest() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../specs/paper-lab.toml"))
+            .expect("paper-lab spec");
+        let s = ExperimentSpec::parse(&text).expect("paper-lab spec parses (every treatment validated)");
+        assert_eq!(expand(&s).len(), 528);
+        let max = |f: Factor| s.factors[&f].iter().map(Level::as_f64).fold(0.0, f64::max);
+        // 1/8 of the paper's 8192 MB, 1200 MB and 200,000 pages/s.
+        assert_eq!((max(Factor::Vmsize), max(Factor::Wset), max(Factor::Rate)), (1024.0, 144.0, 25_000.0));
+    }
+
+    #[test]
+    fn the_qemu_factor_selects_the_build_per_treatment() {
+        let s = spec(
+            "[factors]
+qemu = [\"system\", \"10.0\"]\nrate = [0]\n",
+        );
+        let t = expand(&s);
+        assert_eq!(t.iter().filter_map(Treatment::qemu).collect::<Vec<_>>(), ["system", "10.0"]);
+        let config = t[1].lab_config(Duration::from_secs(1), true).expect("config");
+        assert_eq!(config.qemu.as_deref(), Some("10.0"));
+        assert!(t[1].name().contains("qemu=10.0"), "{}", t[1].name());
     }
 
     #[test]

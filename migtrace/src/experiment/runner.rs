@@ -67,15 +67,22 @@ fn measure_options(spec: &ExperimentSpec) -> MeasureOptions {
         probe_interval: (m.probe_rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / m.probe_rate_hz)),
         settle: Duration::from_secs_f64(m.settle_s),
         settle_max: Duration::from_secs_f64(m.settle_max_s),
+        memory_check: m.memory_check.then(|| Duration::from_secs(5)),
         ..MeasureOptions::default()
     }
 }
 
 /// Runs (or resumes) `spec`; `spec_text` is stored as run.
 pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> Result<RunReport, RunError> {
+    let treatments = design::expand(spec);
+    // Every QEMU the spec names must exist here: refused now, not an hour into the run.
+    let mut selectors: Vec<&str> = treatments.iter().filter_map(Treatment::qemu).collect();
+    selectors.dedup();
+    for q in selectors {
+        migtrace_common::host::qemu::select(q).map_err(|e| SpecError::Treatment(format!("qemu = {q:?}: {e}")))?;
+    }
     let store = Store::open(&opts.results, spec, spec_text, opts.force_new)?;
     let done = store.done()?;
-    let treatments = design::expand(spec);
     let reps = spec.raw.repetitions;
     let todo: Vec<(usize, &Treatment, Vec<u32>)> = treatments
         .iter()
@@ -106,7 +113,10 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
     for (index, treatment, pending) in todo {
         let name = treatment.name();
         let lab_err = |source| RunError::Lab { treatment: name.clone(), source };
-        let config = treatment.lab_config(Duration::from_secs_f64(spec.raw.migration.boot_timeout_s))?;
+        let config = treatment.lab_config(
+            Duration::from_secs_f64(spec.raw.migration.boot_timeout_s),
+            spec.raw.lab.tcg_dirty_workaround,
+        )?;
         let params = treatment.migration_params(spec.raw.migration.timeout_s);
         progress.set_message(format!("treatment {}/{} {name}: booting", index + 1, treatments.len()));
         let mut lab = Lab::up(config.clone()).await.map_err(lab_err)?;
@@ -137,7 +147,19 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
                 say(format!(
                     "{name} repetition {rep}: {}",
                     if crashed {
-                        "the guest crashed or hung after the migration (recorded, excluded from statistics)".to_owned()
+                        let corrupted = record
+                            .guest
+                            .as_ref()
+                            .and_then(|g| g.memory_check.as_ref())
+                            .map_or(0, |m| m.corrupted_pages());
+                        if corrupted > 0 {
+                            format!(
+                                "the guest's memory check found {corrupted} page(s) that lost writes (recorded, excluded from statistics)"
+                            )
+                        } else {
+                            "the guest crashed or hung after the migration (recorded, excluded from statistics)"
+                                .to_owned()
+                        }
                     } else {
                         format!("{status:?}: {}", record.outcome.error.clone().unwrap_or_default())
                     }

@@ -42,10 +42,11 @@ pub enum Factor {
     Fill,
     MaxBandwidth,
     DowntimeLimit,
+    Qemu,
 }
 
 impl Factor {
-    pub const ALL: [Factor; 11] = [
+    pub const ALL: [Factor; 12] = [
         Factor::Vmsize,
         Factor::Vcpus,
         Factor::Accel,
@@ -57,6 +58,7 @@ impl Factor {
         Factor::Fill,
         Factor::MaxBandwidth,
         Factor::DowntimeLimit,
+        Factor::Qemu,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +74,7 @@ impl Factor {
             Factor::Fill => "fill",
             Factor::MaxBandwidth => "max_bandwidth",
             Factor::DowntimeLimit => "downtime_limit",
+            Factor::Qemu => "qemu",
         }
     }
 
@@ -89,6 +92,7 @@ impl Factor {
             Factor::Period => "a duration such as \"10ms\"",
             Factor::MaxBandwidth => "MiB/s (more than 0)",
             Factor::DowntimeLimit => "milliseconds (0 or more)",
+            Factor::Qemu => "a QEMU build: \"system\", a version such as \"10.0\", or a path to a binary",
         }
     }
 }
@@ -151,11 +155,20 @@ pub struct MeasureSection {
     pub probe_rate_hz: f64,
     pub settle_s: f64,
     pub settle_max_s: f64,
+    /// Ask the guest to check its working set after each migration.
+    pub memory_check: bool,
 }
 
 impl Default for MeasureSection {
     fn default() -> Self {
-        Self { probes: true, ping_interval_ms: 50.0, probe_rate_hz: 1000.0, settle_s: 1.0, settle_max_s: 10.0 }
+        Self {
+            probes: true,
+            ping_interval_ms: 50.0,
+            probe_rate_hz: 1000.0,
+            settle_s: 1.0,
+            settle_max_s: 10.0,
+            memory_check: true,
+        }
     }
 }
 
@@ -170,6 +183,21 @@ pub struct MigrationSection {
 impl Default for MigrationSection {
     fn default() -> Self {
         Self { timeout_s: 300.0, boot_timeout_s: 90.0 }
+    }
+}
+
+/// `[lab]`: how the embedded lab builds its machines (not factors).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabSection {
+    /// Under TCG with QEMU < 9.0, give guests VMSIZE + 8 KiB so dirty pages are not lost
+    /// (false reproduces the bug).
+    pub tcg_dirty_workaround: bool,
+}
+
+impl Default for LabSection {
+    fn default() -> Self {
+        Self { tcg_dirty_workaround: true }
     }
 }
 
@@ -198,6 +226,12 @@ pub struct RawSpec {
     pub measure: MeasureSection,
     #[serde(default)]
     pub migration: MigrationSection,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lab: LabSection,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_backend() -> String {
@@ -222,7 +256,7 @@ pub enum SpecError {
     #[error("spec is not valid TOML or has a misspelled field: {0}")]
     Toml(String),
     #[error(
-        "unknown factor {0:?}: use one of vmsize, vcpus, accel, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit"
+        "unknown factor {0:?}: use one of vmsize, vcpus, accel, qemu, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit"
     )]
     UnknownFactor(String),
     #[error("factor {0} has no levels: give at least one, e.g. {0} = [...]")]
@@ -311,6 +345,13 @@ fn normalise(factor: Factor, value: &toml::Value) -> Result<Level, SpecError> {
             }
             Level::Text(s.clone())
         }
+        // Resolved when the experiment runs (`report` must work on hosts without it).
+        Factor::Qemu => match value {
+            toml::Value::String(s) if !s.trim().is_empty() => Level::Text(s.trim().to_owned()),
+            toml::Value::Float(f) => Level::Text(f.to_string()),
+            toml::Value::Integer(i) => Level::Text(i.to_string()),
+            _ => return Err(bad()),
+        },
     };
     Ok(level)
 }
@@ -402,6 +443,10 @@ mod tests {
         let s = ExperimentSpec::parse(DEFAULT).expect("default spec");
         assert_eq!(s.raw.name, "default");
         assert_eq!(s.factors[&Factor::Vmsize], vec![Level::Number(256.0), Level::Number(512.0)]);
+        // The paper's regime: rates up to what the lab guest sustains, working sets up to
+        // half of the smallest VMSIZE.
+        assert_eq!(s.factors[&Factor::Rate].last(), Some(&Level::Number(20_000.0)));
+        assert_eq!(s.factors[&Factor::Wset].last(), Some(&Level::Number(128.0)));
     }
 
     fn err(text: &str) -> String {
@@ -427,7 +472,9 @@ mod tests {
     #[test]
     fn digest_changes_with_the_spec() {
         let a = ExperimentSpec::parse(DEFAULT).expect("spec");
-        let b = ExperimentSpec::parse(&DEFAULT.replace("repetitions = 5", "repetitions = 6")).expect("spec");
+        let mut raw = a.raw.clone();
+        raw.repetitions += 1;
+        let b = ExperimentSpec::from_raw(raw).expect("spec");
         assert_eq!(a.digest(), ExperimentSpec::parse(DEFAULT).expect("spec").digest());
         assert_ne!(a.digest(), b.digest());
     }

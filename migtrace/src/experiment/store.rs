@@ -152,7 +152,7 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
     let factors: Vec<String> = s.treatments.first().map(|t| t.levels.keys().cloned().collect()).unwrap_or_default();
     let mut header: Vec<String> = vec!["treatment".into()];
     header.extend(factors.iter().cloned());
-    header.extend(["migrations", "usable", "failed", "guest_crashed"].map(String::from));
+    header.extend(["migrations", "usable", "failed", "guest_crashed", "corrupted"].map(String::from));
     for m in MEASURES {
         for stat in ["mean", "sd", "min", "p50", "p99", "p999", "max", "ci95_low", "ci95_high"] {
             header.push(format!("{}.{stat}", m.name));
@@ -162,7 +162,7 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
     for t in &s.treatments {
         let mut row = vec![t.treatment.clone()];
         row.extend(factors.iter().map(|f| t.levels.get(f).cloned().unwrap_or_default()));
-        row.extend([t.migrations, t.usable, t.failed, t.guest_crashed].map(|n| n.to_string()));
+        row.extend([t.migrations, t.usable, t.failed, t.guest_crashed, t.corrupted].map(|n| n.to_string()));
         for m in MEASURES {
             match t.measures.get(m.name) {
                 Some(st) => row.extend(
@@ -181,7 +181,7 @@ fn migrations_csv(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<St
     let factors: Vec<String> = levels_of.first().map(|(_, l)| l.keys().cloned().collect()).unwrap_or_default();
     let mut header: Vec<String> = vec!["treatment".into(), "repetition".into()];
     header.extend(factors.iter().cloned());
-    header.extend(["status", "direction", "start_unix_us", "guest_healthy"].map(String::from));
+    header.extend(["status", "direction", "start_unix_us", "guest_healthy", "memory_mismatches"].map(String::from));
     header.extend(MEASURES.iter().map(|m| format!("{}_ms", m.name)));
     let mut out = csv_line(header);
     for r in records {
@@ -192,6 +192,12 @@ fn migrations_csv(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<St
         row.push(r.outcome.direction.clone());
         row.push(r.outcome.start_unix_us.to_string());
         row.push(r.guest.as_ref().is_none_or(|g| g.healthy()).to_string());
+        row.push(
+            r.guest
+                .as_ref()
+                .and_then(|g| g.memory_check.as_ref())
+                .map_or(String::new(), |m| m.corrupted_pages().to_string()),
+        );
         row.extend(MEASURES.iter().map(|m| (m.get)(r).map_or(String::new(), |v| format!("{v:.3}"))));
         out.push_str(&csv_line(row));
     }

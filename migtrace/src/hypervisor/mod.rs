@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use workloads::verify::MemoryCheck;
+
 use crate::lab::qmp::{MigrationStats, QmpEvent};
 
 /// Knobs of one migration.
@@ -15,6 +17,33 @@ pub struct MigrationParams {
     pub downtime_limit_ms: Option<u64>,
     /// Give up (and cancel) after this many seconds.
     pub timeout_s: f64,
+}
+
+/// What both hosts run: the hypervisor build, how it executes the guest, the guest's
+/// size, and any deviation from a plain machine (recorded with every migration).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// `qemu`.
+    pub hypervisor: String,
+    /// Release, e.g. `7.2.22`.
+    pub version: String,
+    /// The build's own description, e.g. `QEMU emulator version 7.2.22 (Debian …)`.
+    pub description: String,
+    pub binary: String,
+    /// `kvm` or `tcg`.
+    pub accelerator: String,
+    /// Why not KVM, when TCG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_reason: Option<String>,
+    /// Guest RAM as configured, bytes.
+    pub ram_bytes: u64,
+    pub vcpus: u32,
+    /// Workarounds applied, each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workarounds: Vec<String>,
+    /// The hosts' kernel release.
+    #[serde(default)]
+    pub host_kernel: String,
 }
 
 /// How a migration ended.
@@ -59,7 +88,7 @@ impl MigrationOutcome {
 }
 
 /// What the guest itself said after a migration (its console, for the lab).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GuestCheck {
     /// The guest kernel reported a panic, an oops or a BUG after the migration.
     pub crashed: bool,
@@ -71,11 +100,20 @@ pub struct GuestCheck {
     /// The first lines of the report, for the record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub console: Vec<String>,
+    /// The guest's check of its working set after the migration (migtrace's guest
+    /// agent): pages that did not hold what was last written to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_check: Option<MemoryCheck>,
 }
 
 impl GuestCheck {
     pub fn healthy(&self) -> bool {
-        !self.crashed && !self.rebooted && !self.unreachable
+        !self.crashed && !self.rebooted && !self.unreachable && !self.corrupted()
+    }
+
+    /// The guest's memory lost writes in the migration.
+    pub fn corrupted(&self) -> bool {
+        self.memory_check.as_ref().is_some_and(|m| m.corrupted_pages() > 0)
     }
 
     /// The guest is gone for good (not even rebooted): later migrations of it are moot.
@@ -98,6 +136,9 @@ pub trait HostPair {
 
     /// The hypervisor's (major, minor) version, when known.
     fn hypervisor_version(&self) -> Option<(u32, u32)>;
+
+    /// What both hosts run (hypervisor build, accelerator, guest RAM, workarounds).
+    fn machine(&self) -> Machine;
 
     /// Migrates the VM from source to destination and returns what happened. A migration
     /// that fails, times out or loses its destination is an `Ok` outcome with that status

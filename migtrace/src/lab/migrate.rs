@@ -31,6 +31,10 @@ impl HostPair for Lab {
         self.qemu_version
     }
 
+    fn machine(&self) -> crate::hypervisor::Machine {
+        self.machine_info()
+    }
+
     async fn migrate(&mut self, params: &MigrationParams) -> Result<MigrationOutcome, LabError> {
         let (Some(src), Some(dst)) = (self.source.as_mut(), self.destination.as_mut()) else {
             return Err(LabError::Qemu(super::qemu::QemuError::EarlyExit {
@@ -131,7 +135,7 @@ pub fn check_console(bytes: &[u8]) -> crate::hypervisor::GuestCheck {
     let rebooted = lines.iter().any(|l| l.starts_with("migtrace-agent: ") && l.contains(r#""event":"start""#));
     let console =
         crash_at.map(|i| lines[i..].iter().take(6).map(|l| l.trim().to_owned()).collect()).unwrap_or_default();
-    crate::hypervisor::GuestCheck { crashed: crash_at.is_some(), rebooted, unreachable: false, console }
+    crate::hypervisor::GuestCheck { crashed: crash_at.is_some(), rebooted, console, ..Default::default() }
 }
 
 #[cfg(test)]

@@ -41,6 +41,11 @@ pub struct LabConfig {
     pub workload: Spec,
     pub kernel: Option<PathBuf>,
     pub boot_timeout: Duration,
+    /// Which QEMU build: `system`, a version (`10.0`) or a path; None: the system's.
+    pub qemu: Option<String>,
+    /// Under TCG with QEMU < 9.0, give the guest VMSIZE + 8 KiB of RAM so QEMU takes its
+    /// slow, correct dirty-bitmap sync (off: reproduce the lost-dirty-page bug).
+    pub tcg_dirty_workaround: bool,
 }
 
 impl Default for LabConfig {
@@ -52,6 +57,8 @@ impl Default for LabConfig {
             workload: Spec::idle(),
             kernel: None,
             boot_timeout: Duration::from_secs(90),
+            qemu: None,
+            tcg_dirty_workaround: true,
         }
     }
 }
@@ -76,6 +83,8 @@ pub enum LabError {
     Qemu(#[from] QemuError),
     #[error(transparent)]
     Qmp(#[from] QmpError),
+    #[error(transparent)]
+    QemuBuild(#[from] host::qemu::SelectError),
     #[error("lab state in {path}: {source}")]
     State {
         path: PathBuf,
@@ -99,7 +108,7 @@ pub struct Lab {
     pub boot_time: Duration,
     /// The guest's agent start line (reports the workload it runs).
     pub agent_line: String,
-    /// QEMU's (major, minor) version, from `query-version`.
+    /// QEMU's (major, minor) version, from the build's `--version`.
     pub qemu_version: Option<(u32, u32)>,
     registry: registry::Entry,
     qemu_serial: u32,
@@ -124,16 +133,31 @@ impl Lab {
         {
             return Err(LabError::WsetTooLarge { wset_mib: w >> 20, vmsize_mib: config.vmsize_mib });
         }
+        let build = host::qemu::select(config.qemu.as_deref().unwrap_or("system"))?;
         let kernel = image::select_kernel(config.kernel.as_deref())?;
         let image = image::build(&kernel)?;
         let accel = config.accel.clone().unwrap_or_else(host::detect_accel);
+        let mut ram_kib = config.vmsize_mib as u64 * 1024;
+        let mut workarounds = Vec::new();
+        if matches!(accel, Accel::Tcg { .. }) && build.has_tcg_dirty_bug() && config.tcg_dirty_workaround {
+            // QEMU < 9.0 syncs 256 KiB-aligned RAM blocks word by word without resetting
+            // TCG's TLB_NOTDIRTY, losing later writes (fixed by 03bfc2188f06 in 9.0).
+            ram_kib += qemu::TCG_DIRTY_WORKAROUND_KIB;
+            workarounds.push(format!(
+                "tcg-dirty-bitmap: guest RAM is VMSIZE + {} KiB so QEMU {} syncs dirty pages on its slow, correct path \
+                 (QEMU < 9.0 loses TCG dirty pages of 256 KiB-aligned RAM blocks; fixed upstream by 03bfc2188f06)",
+                qemu::TCG_DIRTY_WORKAROUND_KIB,
+                build.version
+            ));
+        }
         let id = registry::new_id();
         let registry = registry::Entry::create(&id)?;
         let net = LabNet::create(&id)?;
+        let qemu_version = Some((build.version.major, build.version.minor));
         let machine = MachineSpec {
-            binary: PathBuf::from(qemu::QEMU_BINARY),
+            qemu: build,
             accel: accel.clone(),
-            mem_mib: config.vmsize_mib,
+            ram_kib,
             vcpus: config.vcpus,
             kernel: image.kernel.clone(),
             initramfs: image.initramfs.clone(),
@@ -141,6 +165,7 @@ impl Lab {
                 "console=ttyS0 quiet panic=-1 migtrace.ip={GUEST_IP}/{PREFIX_LEN} migtrace.workload={}",
                 config.workload
             ),
+            workarounds,
         };
         let mut lab = Self {
             id,
@@ -152,7 +177,7 @@ impl Lab {
             destination: None,
             boot_time: Duration::ZERO,
             agent_line: String::new(),
-            qemu_version: None,
+            qemu_version,
             registry,
             qemu_serial: 0,
             net,
@@ -160,14 +185,32 @@ impl Lab {
         let started = Instant::now();
         let mut source = lab.start_qemu(TAPS[0], false).await?;
         source.qmp.execute(q::migrate_set_capabilities { capabilities: vec![events_capability()] }).await?;
-        let version = source.qmp.execute(q::query_version {}).await?;
-        lab.qemu_version = Some((version.qemu.major.max(0) as u32, version.qemu.minor.max(0) as u32));
         lab.agent_line = source.wait_console("migtrace-agent: ", lab.config.boot_timeout).await?;
         lab.boot_time = started.elapsed();
         lab.source = Some(source);
         let destination = lab.start_destination(TAPS[1]).await?;
         lab.destination = Some(destination);
         Ok(lab)
+    }
+
+    /// What both hosts run, for every record.
+    pub fn machine_info(&self) -> crate::hypervisor::Machine {
+        let m = &self.machine;
+        crate::hypervisor::Machine {
+            hypervisor: "qemu".into(),
+            version: m.qemu.version.to_string(),
+            description: m.qemu.description.clone(),
+            binary: m.qemu.binary.display().to_string(),
+            accelerator: m.accel.qemu_name().into(),
+            accelerator_reason: match &m.accel {
+                Accel::Tcg { reason } => Some(reason.clone()),
+                Accel::Kvm => None,
+            },
+            ram_bytes: m.ram_kib * 1024,
+            vcpus: m.vcpus,
+            workarounds: m.workarounds.clone(),
+            host_kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        }
     }
 
     pub fn ns(&self) -> &str {

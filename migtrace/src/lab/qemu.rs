@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use migtrace_common::host::Accel;
+use migtrace_common::host::{Accel, qemu::QemuBuild};
 use tokio::{process::Child, time::Instant};
 
 use super::{
@@ -17,19 +17,24 @@ use super::{
     qmp::{Qmp, QmpError},
 };
 
-pub const QEMU_BINARY: &str = "qemu-system-x86_64";
-
 /// Everything both QEMUs of a lab share: migration needs identical machines.
 #[derive(Clone, Debug)]
 pub struct MachineSpec {
-    pub binary: PathBuf,
+    /// The QEMU build both sides run.
+    pub qemu: QemuBuild,
     pub accel: Accel,
-    pub mem_mib: u32,
+    /// Guest RAM in KiB: VMSIZE, plus 8 KiB under the TCG dirty-page workaround.
+    pub ram_kib: u64,
     pub vcpus: u32,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub append: String,
+    /// Deviations from a plain VMSIZE machine, each with why (recorded per migration).
+    pub workarounds: Vec<String>,
 }
+
+/// Extra guest RAM that moves the RAM block off QEMU < 9.0's 64-page fast path.
+pub const TCG_DIRTY_WORKAROUND_KIB: u64 = 8;
 
 impl MachineSpec {
     fn args(&self, tap: &str) -> Vec<String> {
@@ -38,35 +43,39 @@ impl MachineSpec {
             Accel::Kvm => "host,-arch-capabilities",
             Accel::Tcg { .. } => "qemu64",
         };
-        [
-            "-nodefaults",
-            "-no-user-config",
-            "-machine",
-            "pc",
-            "-accel",
-            self.accel.qemu_name(),
-            "-cpu",
-            cpu,
-            "-m",
-            &self.mem_mib.to_string(),
-            "-smp",
-            &self.vcpus.to_string(),
-            "-kernel",
-            &self.kernel.to_string_lossy(),
-            "-initrd",
-            &self.initramfs.to_string_lossy(),
-            "-append",
-            &self.append,
-            "-display",
-            "none",
-            "-netdev",
-            &format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
-            "-device",
-            &format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args: Vec<String> =
+            self.qemu.data_dirs.iter().flat_map(|d| ["-L".into(), d.display().to_string()]).collect();
+        args.extend(
+            [
+                "-nodefaults",
+                "-no-user-config",
+                "-machine",
+                "pc",
+                "-accel",
+                self.accel.qemu_name(),
+                "-cpu",
+                cpu,
+                "-m",
+                &format!("{}k", self.ram_kib),
+                "-smp",
+                &self.vcpus.to_string(),
+                "-kernel",
+                &self.kernel.to_string_lossy(),
+                "-initrd",
+                &self.initramfs.to_string_lossy(),
+                "-append",
+                &self.append,
+                "-display",
+                "none",
+                "-netdev",
+                &format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+                "-device",
+                &format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args
     }
 }
 
@@ -122,7 +131,10 @@ impl Qemu {
         }
         let stderr =
             fs::File::create(&stderr_log).map_err(|source| QemuError::Io { path: stderr_log.clone(), source })?;
-        let mut cmd = tokio::process::Command::new(&spec.binary);
+        let mut cmd = tokio::process::Command::new(&spec.qemu.binary);
+        if let Some(dir) = &spec.qemu.module_dir {
+            cmd.env("QEMU_MODULE_DIR", dir);
+        }
         cmd.args(["-name", name])
             .args(spec.args(tap))
             .args(["-serial", &format!("file:{}", console.display())])
@@ -149,8 +161,9 @@ impl Qemu {
                 Ok(())
             });
         }
-        let mut child =
-            cmd.spawn().map_err(|source| QemuError::Spawn { binary: spec.binary.display().to_string(), source })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| QemuError::Spawn { binary: spec.qemu.binary.display().to_string(), source })?;
         drop(ns_file);
         let pid = child.id().unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(20);

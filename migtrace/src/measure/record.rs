@@ -15,7 +15,7 @@ use super::{
     timeline::Timeline,
 };
 use crate::{
-    hypervisor::{GuestCheck, MigrationOutcome, MigrationParams},
+    hypervisor::{GuestCheck, Machine, MigrationOutcome, MigrationParams},
     probe::tracer::{Trace, TraceHealth},
 };
 
@@ -34,6 +34,9 @@ pub struct MigrationRecord {
     /// experiments).
     pub treatment: String,
     pub params: MigrationParams,
+    /// What both hosts ran: hypervisor build, accelerator, guest RAM, workarounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
     #[serde(flatten)]
     pub outcome: MigrationOutcome,
     /// Downtime by method (ms); see the README's record reference.
@@ -73,6 +76,7 @@ impl MigrationRecord {
             repetition,
             treatment,
             params,
+            machine: None,
             outcome,
             downtime_ms: Downtimes::default(),
             migration_time_ms: MigrationTimes::default(),

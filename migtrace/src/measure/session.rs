@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     downtime::{self, ProbeSummary},
+    memcheck,
     ping::Ping,
     prober::Prober,
     record::MigrationRecord,
@@ -36,6 +37,9 @@ pub struct MeasureOptions {
     pub settle_max: Duration,
     /// Keep the raw trace in the record.
     pub keep_trace: bool,
+    /// Ask the guest agent to check its working set after each completed migration,
+    /// waiting this long for the answer; None: no check.
+    pub memory_check: Option<Duration>,
 }
 
 impl Default for MeasureOptions {
@@ -48,6 +52,7 @@ impl Default for MeasureOptions {
             settle: Duration::from_millis(1000),
             settle_max: Duration::from_secs(10),
             keep_trace: false,
+            memory_check: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -128,6 +133,15 @@ impl Session {
         }
         let prober = prober.map(|p| tokio::task::block_in_place(|| p.stop()));
         let ping = ping.map(|p| tokio::task::block_in_place(|| p.stop()));
+        // The guest checks its own memory once it has settled on the destination.
+        let memory_check = match (&result, self.options.memory_check) {
+            (Ok(o), Some(timeout)) if o.status == crate::hypervisor::Status::Completed => {
+                Some(tokio::task::block_in_place(|| {
+                    memcheck::request(self.network.ns.as_deref(), self.network.guest, timeout)
+                }))
+            }
+            _ => None,
+        };
         let trace = match self.tracer.as_mut() {
             Some(t) => Some(t.finish(src, dst).await?),
             None => None,
@@ -158,22 +172,30 @@ impl Session {
         let (downtime_ms, migration_time_ms, missing) =
             downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
         let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
+        record.machine = Some(pair.machine());
         record.downtime_ms = downtime_ms;
         record.migration_time_ms = migration_time_ms;
         record.ping = ping;
         record.probe = probe;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
-        record.guest = pair.guest_check().map(|mut g| {
+        let console = pair.guest_check();
+        record.guest = (console.is_some() || memory_check.is_some()).then(|| {
+            let mut g = console.unwrap_or_default();
             // No answer to any probe sent after the guest resumed: hung, or its network
             // is dead (the console check above tells a crash apart).
             g.unreachable = record
                 .probe
                 .as_ref()
                 .is_some_and(|p| p.error.is_none() && (p.open_gap_ms.is_some() || (p.gap_ms.is_none() && p.sent > 0)));
+            match memory_check {
+                Some(Ok(check)) => g.memory_check = Some(check),
+                Some(Err(e)) => record.missing.push(format!("guest.memory_check: {e}")),
+                None => {}
+            }
             g
         });
         record.timeline = Some(timeline);
-        record.missing = missing;
+        record.missing.splice(0..0, missing);
         if self.options.keep_trace {
             record.trace = trace;
         }

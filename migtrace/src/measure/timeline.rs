@@ -261,8 +261,13 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     // happens during setup); pre-copy rounds end at the next sync or the VM stop.
     let stop = vm_stop.or(source_paused);
     let mut rounds = Vec::new();
-    let remaining: Vec<(u64, u64)> =
-        src.all("SavevmStatePending", true).map(|p| (p.ts_ns, p.args.iter().sum::<u64>())).collect();
+    // QEMU 8.0+ estimates every iteration and computes exactly (with a sync) near the end.
+    let mut remaining: Vec<(u64, u64)> = src
+        .all("SavevmStatePending", true)
+        .chain(src.all("SavevmStatePendingEstimate", true))
+        .map(|p| (p.ts_ns, p.args.iter().sum::<u64>()))
+        .collect();
+    remaining.sort_unstable();
     for (i, &(sync_at, sync_ret)) in syncs.iter().enumerate() {
         let n = i as u32 + 1;
         let final_round = stop.is_some_and(|s| sync_at >= s);

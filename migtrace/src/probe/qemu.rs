@@ -28,6 +28,9 @@ pub struct PointSpec {
     pub ret: bool,
     /// Aggregated per vCPU thread in the kernel; never streamed.
     pub aggregate: bool,
+    /// Older QEMU builds do this point's job in this other function: a build that has
+    /// it does not miss this point.
+    pub older: Option<&'static str>,
 }
 
 impl PointSpec {
@@ -36,14 +39,24 @@ impl PointSpec {
     }
 }
 
+macro_rules! optional {
+    () => {
+        None
+    };
+    ($x:literal) => {
+        Some($x)
+    };
+}
+
 macro_rules! points {
-    ($( $point:ident: [$($sym:literal $(deref $mask:literal)?),+] $(entry $entry:literal)? $(ret $ret:literal)? $(aggregate $agg:literal)?; )*) => {
+    ($( $point:ident: [$($sym:literal $(deref $mask:literal)?),+] $(entry $entry:literal)? $(ret $ret:literal)? $(aggregate $agg:literal)? $(older $older:literal)?; )*) => {
         &[$(PointSpec {
             point: PhasePoint::$point,
             symbols: &[$(($sym, 0 $(| $mask)?)),+],
             entry: true $(&& $entry)?,
             ret: false $(|| $ret)?,
             aggregate: false $(|| $agg)?,
+            older: optional!($($older)?),
         }),*]
     };
 }
@@ -62,6 +75,7 @@ pub const POINTS: &[PointSpec] = points! {
     SavevmStateCleanup: ["qemu_savevm_state_cleanup"] ret true;
     // QEMU ≤ 7.2: (f, threshold, *precopy, *compatible, *postcopy); 8.0+: (*must, *can).
     SavevmStatePending: ["qemu_savevm_state_pending" deref 0b11100, "qemu_savevm_state_pending_exact" deref 0b00011] ret true;
+    SavevmStatePendingEstimate: ["qemu_savevm_state_pending_estimate" deref 0b00011] ret true older "qemu_savevm_state_pending";
     LoadvmState: ["qemu_loadvm_state"] ret true;
     VmPrepareStart: ["vm_prepare_start"];
     VmStart: ["vm_start"];
@@ -96,7 +110,8 @@ pub struct SymbolCache {
 impl SymbolCache {
     fn resolve(&mut self, binary: &Path) -> Result<&symbols::Resolved, ProbeError> {
         if !self.by_binary.contains_key(binary) {
-            let names: Vec<&str> = POINTS.iter().flat_map(|p| p.symbols.iter().map(|(s, _)| *s)).collect();
+            let names: Vec<&str> =
+                POINTS.iter().flat_map(|p| p.symbols.iter().map(|(s, _)| *s).chain(p.older)).collect();
             let resolved = symbols::resolve(binary, &names)?;
             self.by_binary.insert(binary.to_owned(), resolved);
         }
@@ -116,7 +131,9 @@ impl Probes {
         self.add_target(pid, Role::Hypervisor)?;
         for spec in POINTS {
             let Some((symbol, deref)) = spec.symbols.iter().find(|(s, _)| resolved.offsets.contains_key(*s)) else {
-                probes.missing.push(spec.name());
+                if !spec.older.is_some_and(|o| resolved.offsets.contains_key(o)) {
+                    probes.missing.push(spec.name());
+                }
                 continue;
             };
             let offset = resolved.offsets[*symbol];

@@ -16,15 +16,18 @@ fn ratio(v: f64) -> String {
 pub fn render(name: &str, s: &ExperimentSummary) -> String {
     let mut out = String::new();
     let crashed: usize = s.treatments.iter().map(|t| t.guest_crashed).sum();
+    let corrupted: usize = s.treatments.iter().map(|t| t.corrupted).sum();
     let failed: usize = s.treatments.iter().map(|t| t.failed).sum();
     let _ = writeln!(
         out,
-        "experiment {name}: {} treatments, {} migrations, {} used ({} failed, {} with a crashed guest excluded)",
+        "experiment {name}: {} treatments, {} migrations, {} used ({} failed, {} with a crashed guest and {} with \
+         corrupted guest memory excluded)",
         s.treatments.len(),
         s.migrations,
         s.usable,
         failed,
-        crashed
+        crashed,
+        corrupted
     );
     let mut t =
         table(&["measure", "n", "mean ms", "max:min means", "max:min all", "max treatment SD ms", "overall SD ms"]);

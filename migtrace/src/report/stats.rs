@@ -104,7 +104,11 @@ pub struct TreatmentSummary {
     /// Completed with a healthy guest: the migrations the statistics are over.
     pub usable: usize,
     pub failed: usize,
+    /// The guest crashed, rebooted or hung after the migration.
     pub guest_crashed: usize,
+    /// The guest's memory check found pages that lost writes (and it did not crash).
+    #[serde(default)]
+    pub corrupted: usize,
     pub measures: BTreeMap<String, Stats>,
     /// HDR histograms (µs, 3 significant digits), V2-deflate serialised, base64.
     pub histograms: BTreeMap<String, String>,
@@ -162,7 +166,16 @@ pub fn summarize(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<Str
             migrations: mine.len(),
             usable: ok.len(),
             failed: mine.iter().filter(|r| r.outcome.status != Status::Completed).count(),
-            guest_crashed: mine.iter().filter(|r| r.guest.as_ref().is_some_and(|g| !g.healthy())).count(),
+            guest_crashed: mine
+                .iter()
+                .filter(|r| r.guest.as_ref().is_some_and(|g| g.crashed || g.rebooted || g.unreachable))
+                .count(),
+            corrupted: mine
+                .iter()
+                .filter(|r| {
+                    r.guest.as_ref().is_some_and(|g| g.corrupted() && !(g.crashed || g.rebooted || g.unreachable))
+                })
+                .count(),
             ..TreatmentSummary::default()
         };
         for m in MEASURES {
