@@ -14,6 +14,9 @@ pub const BASE_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "lab network namespace, bridge and taps"),
     ("iputils-ping", "the paper's 50 ms ping downtime reference"),
     ("libvirt-dev", "libvirt backend (virt crate)"),
+    ("libvirt-daemon", "the libvirt lab's two daemons"),
+    ("libvirt-daemon-driver-qemu", "the libvirt lab's QEMU driver"),
+    ("libvirt-clients", "virsh, for looking at the libvirt lab by hand"),
     ("pkg-config", "finding libvirt at build time"),
     ("libc6-dev", "linking the static guest agent"),
     ("libzstd-dev", "linking bpf-linker against LLVM"),
@@ -89,6 +92,13 @@ pub fn installed(packages: &[&str]) -> BTreeMap<String, bool> {
 /// The guest kernel the lab would use now: the host's, else a cached Debian cloud kernel.
 pub fn guest_kernel() -> Option<(kernel::GuestKernel, &'static str)> {
     kernel::host().map(|k| (k, "host kernel")).or_else(|| kernel::cached().map(|k| (k, "cached Debian cloud kernel")))
+}
+
+/// Whether the `libvirt-qemu` user and group exist (libvirt-daemon-system would create
+/// them; the lab needs only libvirt-daemon).
+pub fn libvirt_qemu_user_exists() -> bool {
+    let has = |file: &str| fs::read_to_string(file).is_ok_and(|t| t.lines().any(|l| l.starts_with("libvirt-qemu:")));
+    has("/etc/passwd") && has("/etc/group")
 }
 
 /// One line of `doctor`.
@@ -208,6 +218,16 @@ pub fn all(workspace: &Path) -> Vec<Line> {
             .optional(),
         );
     }
+    let libvirt_user = libvirt_qemu_user_exists();
+    lines.push(Line::new(
+        libvirt_user,
+        "user libvirt-qemu",
+        if libvirt_user {
+            "exists (libvirt's QEMU driver needs it before it reads qemu.conf)"
+        } else {
+            "missing: libvirt's QEMU driver needs the user and group (cargo xtask setup creates them)"
+        },
+    ));
     lines.push(match guest_kernel() {
         Some((k, origin)) => {
             Line::new(true, "guest kernel", format!("{} ({origin}, {} modules)", k.release, k.modules.len()))

@@ -68,7 +68,25 @@ pub fn run() -> Result<()> {
             .env(format!("LLVM_SYS_{llvm}1_PREFIX"), &prefix))?;
     }
 
-    // 4. The guest kernel, unless the host's own can boot the lab guest.
+    // 4. libvirt's QEMU driver resolves its default user before reading qemu.conf.
+    if !checks::libvirt_qemu_user_exists() {
+        step("creating the system user and group libvirt-qemu (libvirt's QEMU driver needs them)");
+        if !std::fs::read_to_string("/etc/group").is_ok_and(|t| t.lines().any(|l| l.starts_with("libvirt-qemu:"))) {
+            sh(Command::new("groupadd").args(["--system", "libvirt-qemu"]))?;
+        }
+        sh(Command::new("useradd").args([
+            "--system",
+            "-g",
+            "libvirt-qemu",
+            "-d",
+            "/var/lib/libvirt",
+            "-s",
+            "/usr/sbin/nologin",
+            "libvirt-qemu",
+        ]))?;
+    }
+
+    // 4b. The guest kernel, unless the host's own can boot the lab guest.
     if checks::guest_kernel().is_none() {
         step("fetching Debian's cloud kernel for the lab guest (apt-get download)");
         apt.update()?;

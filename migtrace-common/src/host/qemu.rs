@@ -112,6 +112,23 @@ impl QemuBuild {
         Ok(Self { binary: binary.to_owned(), version, description, origin, data_dirs, module_dir })
     }
 
+    /// For a build away from its prefix: its own directories to mount over the system's
+    /// (source, target), in a mount namespace of the process that runs it. QEMU looks
+    /// for modules in its configured directory as well as `QEMU_MODULE_DIR`, and loading
+    /// another release's modules there aborts it (`qom-list-types`, which libvirt's
+    /// capability probe calls, loads them all).
+    pub fn overlay(&self) -> Vec<(PathBuf, PathBuf)> {
+        if self.origin != Origin::Cache {
+            return Vec::new();
+        }
+        let Some(root) = self.binary.ancestors().nth(3) else { return Vec::new() };
+        ["usr/lib/x86_64-linux-gnu/qemu", "usr/share/qemu", "usr/share/seabios"]
+            .iter()
+            .map(|d| (root.join(d), Path::new("/").join(d)))
+            .filter(|(source, target)| source.is_dir() && target.is_dir())
+            .collect()
+    }
+
     /// Whether this build loses TCG dirty pages on 256 KiB-aligned RAM blocks.
     pub fn has_tcg_dirty_bug(&self) -> bool {
         self.version < TCG_DIRTY_FIX

@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use migtrace::lab::{
     Lab, image,
+    libvirt::LibvirtLab,
     netns::{GUEST_IP, PROBE_IP},
     registry,
 };
@@ -15,7 +16,15 @@ pub enum LabCommand {
     /// Start a lab and keep it up until Ctrl-C or `migtrace lab down`.
     ///
     /// Example: migtrace lab up --vmsize 512 --workload wset=64M,rate=10000
-    Up(MachineArgs),
+    /// Example: migtrace lab up --backend libvirt --workload wset=64M,rate=20000
+    Up {
+        #[command(flatten)]
+        machine: MachineArgs,
+        /// `qemu`: two QEMU processes in one namespace; `libvirt`: two libvirt daemons,
+        /// each in its own namespace, and the guest as a libvirt domain.
+        #[arg(long, value_enum, default_value = "qemu")]
+        backend: super::migrate::LabBackend,
+    },
     /// Stop a lab started by `lab up` (its owner tears it down).
     ///
     /// Example: migtrace lab down 3fa2c1
@@ -38,7 +47,8 @@ pub enum LabCommand {
 
 pub async fn run(cmd: LabCommand) -> Result<()> {
     match cmd {
-        LabCommand::Up(machine) => up(machine).await,
+        LabCommand::Up { machine, backend: super::migrate::LabBackend::Qemu } => up(machine).await,
+        LabCommand::Up { machine, backend: super::migrate::LabBackend::Libvirt } => up_libvirt(machine).await,
         LabCommand::Down { id } => down(id).await,
         LabCommand::List => {
             let labs = registry::list();
@@ -104,6 +114,26 @@ async fn up(machine: MachineArgs) -> Result<()> {
     println!("Ctrl-C or `migtrace lab down {}` stops it.", lab.id);
     // Runs until the process is signalled; main's signal handler drops this future, and
     // with it the lab, which kills its QEMUs and deletes the namespace.
+    std::future::pending::<()>().await;
+    lab.down().await;
+    Ok(())
+}
+
+async fn up_libvirt(machine: MachineArgs) -> Result<()> {
+    let config = machine.lab_config()?;
+    println!("libvirt lab: two daemons, booting a {} MiB guest ({})…", config.vmsize_mib, config.workload);
+    let lab = LibvirtLab::up(config, Default::default()).await?;
+    let machine = lab.machine_info();
+    println!("libvirt lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel);
+    for (i, h) in ["a", "b"].iter().enumerate() {
+        if let Some(p) = lab.pair() {
+            println!("  host {h}     {}   (netns {})", p.hosts[i].uri, LibvirtLab::ns(&lab.id, h));
+        }
+    }
+    println!("  domain     {} on host a ({}, {} KiB)", lab.domain, machine.description, machine.ram_bytes / 1024);
+    println!("  client     netns {} (ping {})", LibvirtLab::ns(&lab.id, "c"), migtrace::lab::libvirt::GUEST_IP);
+    println!("  agent      {}", lab.agent_line.trim());
+    println!("Ctrl-C or `migtrace lab down {}` stops it.", lab.id);
     std::future::pending::<()>().await;
     lab.down().await;
     Ok(())

@@ -5,21 +5,47 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use migtrace::{
-    hypervisor::{HostPair, MigrationParams, Status},
-    lab::{Lab, netns},
+    hypervisor::{
+        HostPair, MigrationParams, Status,
+        libvirt::{LibvirtFlags, LibvirtHost, LibvirtPair},
+    },
+    lab::{Lab, libvirt::LibvirtLab, netns},
     measure::{
         record::{MigrationRecord, RecordWriter},
         session::{MeasureOptions, Network, Session},
     },
+    probe::agent::{AgentOptions, HostTracing, start_hosts},
 };
 
 use super::MachineArgs;
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("hosts").required(true).args(["lab", "libvirt"])))]
 pub struct MigrateArgs {
-    /// Use the embedded two-host lab (the only backend so far).
-    #[arg(long, required = true)]
+    /// Use an embedded two-host lab on this machine (see --backend).
+    #[arg(long)]
     lab: bool,
+    /// Which lab: `qemu` (two QEMU processes in a namespace) or `libvirt` (two libvirt
+    /// daemons, each in its own namespace, migrating a libvirt domain).
+    #[arg(long, value_enum, default_value = "qemu", requires = "lab")]
+    backend: LabBackend,
+    /// Two real libvirt hosts: the URIs of the one running the domain and of the other.
+    #[arg(long, num_args = 2, value_names = ["SOURCE_URI", "DESTINATION_URI"], conflicts_with = "lab", requires = "domain")]
+    libvirt: Option<Vec<String>>,
+    /// The libvirt domain to migrate (persistent, running on one of the hosts).
+    #[arg(long, requires = "libvirt")]
+    domain: Option<String>,
+    /// The guest's address, for the ping and the probe sender (--libvirt; without it
+    /// the network measures are missing).
+    #[arg(long, value_name = "IP", requires = "libvirt")]
+    guest_ip: Option<std::net::Ipv4Addr>,
+    /// Network namespace to send the ping and probes from (--libvirt; default: here).
+    #[arg(long, value_name = "NS", requires = "libvirt")]
+    probe_netns: Option<String>,
+    #[command(flatten)]
+    agents: AgentArgs,
+    #[command(flatten)]
+    libvirt_flags: LibvirtFlagArgs,
     /// Number of migrations (ping-pong between the two hosts).
     #[arg(long, default_value_t = 3, value_name = "N")]
     count: u32,
@@ -35,6 +61,64 @@ pub struct MigrateArgs {
     /// Directory for the records (`migrations.jsonl`); default: results/migrate-<time>.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabBackend {
+    Qemu,
+    Libvirt,
+}
+
+/// How the hosts of a libvirt pair are traced.
+#[derive(Args, Clone, Debug)]
+pub struct AgentArgs {
+    /// `auto`: an agent per host (the libvirt lab: in each host's namespace; real hosts:
+    /// over ssh); `local`: in this process (hosts on this machine); `none`: no tracing,
+    /// only libvirt's own figures.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub agents: AgentMode,
+    /// Command that starts the agent on the source host (split like a shell would, but
+    /// run without one); default `ssh HOST migtrace agent`.
+    #[arg(long, value_name = "CMD")]
+    pub agent_source: Option<String>,
+    /// The same for the destination host.
+    #[arg(long, value_name = "CMD")]
+    pub agent_destination: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentMode {
+    Auto,
+    Local,
+    None,
+}
+
+/// libvirt's migration flags.
+#[derive(Args, Clone, Debug, Default)]
+pub struct LibvirtFlagArgs {
+    /// Peer to peer: the source daemon drives the migration.
+    #[arg(long)]
+    pub p2p: bool,
+    /// Tunnel the migration stream through the daemons (implies --p2p).
+    #[arg(long)]
+    pub tunnelled: bool,
+    /// Let QEMU throttle the guest when pre-copy does not converge.
+    #[arg(long)]
+    pub auto_converge: bool,
+    /// Compress the migration stream.
+    #[arg(long)]
+    pub compressed: bool,
+}
+
+impl LibvirtFlagArgs {
+    pub fn flags(&self) -> LibvirtFlags {
+        LibvirtFlags {
+            p2p: self.p2p,
+            tunnelled: self.tunnelled,
+            auto_converge: self.auto_converge,
+            compressed: self.compressed,
+        }
+    }
 }
 
 /// Knobs of the migration itself.
@@ -128,46 +212,163 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    let config = args.machine.lab_config()?;
     let params = args.migration.params()?;
-    let options = args.measure.options()?;
+    let mut options = args.measure.options()?;
     let out = args.out.clone().unwrap_or_else(|| {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
         PathBuf::from("results").join(format!("migrate-{stamp}"))
     });
     let mut writer = RecordWriter::open(&out)?;
+    let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
+    if let Some(uris) = &args.libvirt {
+        let domain = args.domain.clone().unwrap_or_default();
+        let hosts = [LibvirtHost::from_uri(&uris[0], "source"), LibvirtHost::from_uri(&uris[1], "destination")];
+        let flags = args.libvirt_flags.flags();
+        let mut pair = tokio::task::block_in_place(|| LibvirtPair::open(&domain, hosts, flags))?;
+        let tracing = match args.agents.agents {
+            AgentMode::None => HostTracing::Off,
+            AgentMode::Local => HostTracing::Local(pair.hosts.iter().map(|h| (h.name.clone(), None)).collect()),
+            AgentMode::Auto => HostTracing::Agents(
+                pair.hosts
+                    .iter()
+                    .zip([&args.agents.agent_source, &args.agents.agent_destination])
+                    .map(|(h, cmd)| Ok((h.name.clone(), agent_argv(cmd.as_deref(), &h.name)?)))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        // Without migtrace's guest agent in the domain, nobody answers memory checks.
+        if !pair.info().cmdline.as_deref().is_some_and(|c| c.contains("migtrace.workload=")) {
+            options.memory_check = None;
+        }
+        let network = args.guest_ip.map(|ip| Network { ns: args.probe_netns.clone(), guest: ip, taps: Vec::new() });
+        if network.is_none() {
+            options.ping_interval = None;
+            options.probe_interval = None;
+            options.memory_check = None;
+            eprintln!("no --guest-ip: the ping, probe gap and memory check are not measured");
+        }
+        let agent_opts =
+            AgentOptions { domain: domain.clone(), guest_mac: pair.info().mac.clone(), clock_offset_ns: 0 };
+        let hosts = start_hosts(&tracing, &agent_opts).await.context("starting the hosts' tracing agents")?;
+        let network = network.unwrap_or(Network { ns: None, guest: std::net::Ipv4Addr::UNSPECIFIED, taps: Vec::new() });
+        let mut session = Session::with_hosts(network, options, hosts);
+        tokio::time::sleep(warmup).await;
+        let treatment = format!("libvirt:{domain}");
+        let result = migrate_n(&mut pair, &mut session, &params, args.count, &treatment, &mut writer).await;
+        session.stop().await?;
+        return result;
+    }
+    let config = args.machine.lab_config()?;
     let treatment = format!("vmsize={}M,vcpus={},{}", config.vmsize_mib, config.vcpus, config.workload);
     eprintln!("lab: booting a {} MiB, {} vCPU guest ({})…", config.vmsize_mib, config.vcpus, config.workload);
-    let mut lab = Lab::up(config).await?;
-    eprintln!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel);
-    let mut session =
-        Session::start(lab_network(&lab), options).context("starting the eBPF probes (--no-probes runs without)")?;
-    tokio::time::sleep(Duration::from_secs_f64(args.warmup.max(0.0))).await;
-
-    for rep in 0..args.count {
-        let record = session.migrate(&mut lab, &params, rep, &treatment).await?;
-        writer.append(&record).context("writing the migration record")?;
-        eprintln!("migration {}/{} {}", rep + 1, args.count, summary_line(&record));
-        let o = &record.outcome;
-        if o.status != Status::Completed {
-            let error = o.error.clone().unwrap_or_default();
+    match args.backend {
+        LabBackend::Qemu => {
+            let mut lab = Lab::up(config).await?;
+            eprintln!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel);
+            let mut session = Session::start(lab_network(&lab), options)
+                .context("starting the eBPF probes (--no-probes runs without)")?;
+            tokio::time::sleep(warmup).await;
+            let result = migrate_n(&mut lab, &mut session, &params, args.count, &treatment, &mut writer).await;
             session.stop().await?;
             lab.down().await;
+            result
+        }
+        LabBackend::Libvirt => {
+            let mut lab = LibvirtLab::up(config, args.libvirt_flags.flags()).await?;
+            eprintln!(
+                "libvirt lab {} up in {:.1} s (domain {} on host a, {})",
+                lab.id,
+                lab.boot_time.as_secs_f64(),
+                lab.domain,
+                lab.accel
+            );
+            let tracing = libvirt_lab_tracing(&lab, args.agents.agents)?;
+            let agent_opts = AgentOptions {
+                domain: lab.domain.clone(),
+                guest_mac: Some(lab.guest_mac().into()),
+                clock_offset_ns: 0,
+            };
+            let hosts = match start_hosts(&tracing, &agent_opts).await {
+                Ok(h) => h,
+                Err(e) => {
+                    lab.down().await;
+                    return Err(anyhow::Error::new(e).context("starting the hosts' tracing agents"));
+                }
+            };
+            let mut session = Session::with_hosts(lab.network(), options, hosts);
+            tokio::time::sleep(warmup).await;
+            let result = migrate_n(&mut lab, &mut session, &params, args.count, &treatment, &mut writer).await;
+            session.stop().await?;
+            lab.down().await;
+            result
+        }
+    }
+}
+
+/// How the libvirt lab's hosts are traced: agents in their namespaces by default.
+pub fn libvirt_lab_tracing(lab: &LibvirtLab, mode: AgentMode) -> Result<HostTracing> {
+    Ok(match mode {
+        AgentMode::None => HostTracing::Off,
+        AgentMode::Local => HostTracing::Local(
+            ["a", "b"].into_iter().zip(lab.host_namespaces()).map(|(h, ns)| (h.to_owned(), Some(ns))).collect(),
+        ),
+        AgentMode::Auto => {
+            let me = std::env::current_exe().context("locating the migtrace binary for the agents")?;
+            HostTracing::Agents(
+                ["a", "b"].iter().enumerate().map(|(i, h)| ((*h).to_owned(), lab.agent_command(i, &me))).collect(),
+            )
+        }
+    })
+}
+
+/// An agent command line: the one given (split like a shell would, run without one), or
+/// `ssh HOST migtrace agent`.
+fn agent_argv(given: Option<&str>, host: &str) -> Result<Vec<String>> {
+    match given {
+        Some(cmd) => {
+            let argv = shell_words::split(cmd).with_context(|| format!("agent command {cmd:?}"))?;
+            if argv.is_empty() {
+                bail!("agent command {cmd:?} is empty");
+            }
+            Ok(argv)
+        }
+        None => Ok(["ssh", host, "migtrace", "agent"].map(str::to_owned).to_vec()),
+    }
+}
+
+/// `count` measured migrations, ping-pong, each record written as it is taken; stops at
+/// the first that does not complete.
+async fn migrate_n<P: HostPair>(
+    pair: &mut P,
+    session: &mut Session,
+    params: &MigrationParams,
+    count: u32,
+    treatment: &str,
+    writer: &mut RecordWriter,
+) -> Result<()>
+where
+    P::Error: std::error::Error + Send + Sync + 'static,
+{
+    for rep in 0..count {
+        let record = session.migrate(pair, params, rep, treatment).await?;
+        writer.append(&record).context("writing the migration record")?;
+        eprintln!("migration {}/{count} {}", rep + 1, summary_line(&record));
+        let o = &record.outcome;
+        if o.status != Status::Completed {
             bail!(
-                "migration {} {:?}: {error}; {} record(s) in {}",
+                "migration {} {:?}: {}; {} record(s) in {}",
                 rep + 1,
                 o.status,
+                o.error.clone().unwrap_or_default(),
                 rep + 1,
                 writer.path().display()
             );
         }
-        if rep + 1 < args.count {
-            lab.prepare_next().await?;
+        if rep + 1 < count {
+            pair.prepare_next().await?;
         }
     }
-    session.stop().await?;
-    lab.down().await;
-    println!("{} migration record(s) in {}", args.count, writer.path().display());
+    println!("{count} migration record(s) in {}", writer.path().display());
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Subcommands, one module each.
 
 mod lab;
-mod migrate;
+pub mod migrate;
 
 use std::path::PathBuf;
 
@@ -33,7 +33,7 @@ enum Command {
     /// probes, and QEMU's own figures.
     ///
     /// Example: migtrace migrate --lab --count 5 --workload wset=64M,rate=2000 --out results/try
-    Migrate(migrate::MigrateArgs),
+    Migrate(Box<migrate::MigrateArgs>),
     /// Run (or resume) an experiment: a spec of factors and levels, many migrations.
     ///
     /// Example: migtrace run specs/default.toml
@@ -69,6 +69,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Trace this hypervisor host for one domain and answer a coordinating migtrace on
+    /// stdin and stdout (JSON lines); started by `migrate --libvirt` on each host.
+    ///
+    /// Example: ssh host1 migtrace agent --domain web1 --mac 52:54:00:12:34:56
+    Agent {
+        /// The libvirt domain whose QEMU (and tap) to trace on this host.
+        #[arg(long)]
+        domain: String,
+        /// The guest's MAC: its tap on this host is found by it (no packet stamps without).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Test only: report every stamp this much later, as if this host's clock were off.
+        #[arg(long, default_value_t = 0, hide = true, allow_hyphen_values = true)]
+        clock_offset_ns: i64,
+    },
     /// Load the eBPF programs into this kernel, attach a uprobe and a tracepoint to
     /// migtrace itself, and check that their events arrive (needs root).
     Selftest {
@@ -81,7 +96,7 @@ enum Command {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Lab(cmd) => lab::run(cmd).await,
-        Command::Migrate(args) => migrate::run(args).await,
+        Command::Migrate(args) => migrate::run(*args).await,
         Command::Run(args) => run_experiment(args).await,
         Command::Report { dir } => {
             let text = std::fs::read_to_string(dir.join("spec.toml"))
@@ -120,6 +135,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", migtrace::report::compare::render(&groups));
             }
+            Ok(())
+        }
+        Command::Agent { domain, mac, clock_offset_ns } => {
+            let opts = migtrace::probe::agent::AgentOptions { domain, guest_mac: mac, clock_offset_ns };
+            migtrace::probe::agent::serve(opts).await?;
             Ok(())
         }
         Command::Selftest { count } => {
@@ -191,9 +211,12 @@ async fn run_experiment(args: RunArgs) -> Result<()> {
         spec.raw.repetitions,
         treatments * spec.raw.repetitions as usize
     );
-    let report =
-        runner::run(&spec, &text, &runner::RunOptions { results: args.results.clone(), force_new: args.force_new })
-            .await?;
+    let report = runner::run(
+        &spec,
+        &text,
+        &runner::RunOptions { results: args.results.clone(), force_new: args.force_new, migtrace: None },
+    )
+    .await?;
     print!("{}", migtrace::report::experiment::render(&spec.raw.name, &report.summary));
     println!(
         "{} migrations run, {} already recorded; results in {} (migrations.jsonl, summary.json, treatments.csv, migrations.csv, report.txt)",
@@ -247,8 +270,10 @@ pub struct MachineArgs {
     pub boot_timeout: u64,
     /// QEMU build for both hosts: `system` (qemu-system-x86_64 on PATH), a version such
     /// as `10.0` (the system's or one `cargo xtask setup` cached), or a path to a binary.
-    #[arg(long, default_value = "system", value_name = "QEMU")]
-    pub qemu: String,
+    /// Default: the system's (the libvirt lab under TCG prefers a cached build without
+    /// QEMU < 9.0's lost-dirty-page bug).
+    #[arg(long, value_name = "QEMU")]
+    pub qemu: Option<String>,
     /// Do not apply the TCG dirty-page workaround on QEMU < 9.0 (guest RAM VMSIZE + 8 KiB):
     /// reproduces QEMU's lost-dirty-page bug (guests crash or their memory check fails).
     #[arg(long)]
@@ -275,7 +300,7 @@ impl MachineArgs {
             workload,
             kernel: self.kernel.clone(),
             boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
-            qemu: Some(self.qemu.clone()),
+            qemu: self.qemu.clone(),
             tcg_dirty_workaround: !self.no_tcg_dirty_workaround,
         })
     }

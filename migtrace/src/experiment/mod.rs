@@ -10,3 +10,4 @@ pub mod design;
 pub mod runner;
 pub mod spec;
 pub mod store;
+pub mod testbed;

@@ -1,5 +1,6 @@
-//! Runs an experiment: one lab per treatment, its repetitions as ping-pong migrations,
-//! every record appended durably as it finishes, summaries after every treatment.
+//! Runs an experiment: one lab per treatment (or one pair of libvirt hosts for all), its
+//! repetitions as ping-pong migrations, every record appended durably as it finishes,
+//! summaries after every treatment.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -9,13 +10,13 @@ use super::{
     design::{self, Treatment},
     spec::{ExperimentSpec, SpecError},
     store::{Store, StoreError},
+    testbed::{self, Testbed, TestbedError},
 };
 use crate::{
     hypervisor::{HostPair, Status},
-    lab::{Lab, LabError, netns},
     measure::{
         record::RecordError,
-        session::{MeasureOptions, Network, Session, SessionError},
+        session::{MeasureOptions, Session, SessionError},
     },
     probe::tracer::TraceError,
     report::stats::ExperimentSummary,
@@ -30,10 +31,16 @@ pub enum RunError {
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error("treatment {treatment}: {source}")]
-    Lab {
+    Testbed {
         treatment: String,
         #[source]
-        source: LabError,
+        source: TestbedError,
+    },
+    #[error("treatment {treatment}: {source}")]
+    Agent {
+        treatment: String,
+        #[source]
+        source: crate::probe::agent::AgentError,
     },
     #[error("treatment {treatment}: starting the probes: {source}")]
     Trace {
@@ -49,6 +56,8 @@ pub struct RunOptions {
     pub results: PathBuf,
     /// Start over when the spec changed (old results are moved aside).
     pub force_new: bool,
+    /// The migtrace binary tracing agents run as; default this executable.
+    pub migtrace: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -110,21 +119,22 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
     }
     let mut writer = store.writer()?;
     let mut ran = 0;
+    let migtrace = opts.migtrace.clone().unwrap_or_else(testbed::this_binary);
+    // Existing libvirt hosts serve every treatment; labs are made per treatment.
+    let mut kept: Option<(Testbed, Session)> = None;
     for (index, treatment, pending) in todo {
         let name = treatment.name();
-        let lab_err = |source| RunError::Lab { treatment: name.clone(), source };
-        let config = treatment.lab_config(
-            Duration::from_secs_f64(spec.raw.migration.boot_timeout_s),
-            spec.raw.lab.tcg_dirty_workaround,
-        )?;
+        let err = |source| RunError::Testbed { treatment: name.clone(), source };
         let params = treatment.migration_params(spec.raw.migration.timeout_s);
         progress.set_message(format!("treatment {}/{} {name}: booting", index + 1, treatments.len()));
-        let mut lab = Lab::up(config.clone()).await.map_err(lab_err)?;
-        let network =
-            |lab: &Lab| Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
-        let mut session = Session::start(network(&lab), measure_options(spec))
-            .map_err(|source| RunError::Trace { treatment: name.clone(), source })?;
-        tokio::time::sleep(spec.warmup).await;
+        let (mut hosts, mut session) = match kept.take() {
+            Some(k) => k,
+            None => {
+                let up = Testbed::up(spec, treatment, measure_options(spec), &migtrace).await.map_err(err)?;
+                tokio::time::sleep(spec.warmup).await;
+                up
+            }
+        };
         for (k, rep) in pending.iter().enumerate() {
             progress.set_message(format!(
                 "treatment {}/{} {name}: repetition {}/{reps}",
@@ -132,10 +142,11 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
                 treatments.len(),
                 rep + 1
             ));
-            let record = match session.migrate(&mut lab, &params, *rep, &name).await {
+            let record = match session.migrate(&mut hosts, &params, *rep, &name).await {
                 Ok(r) => r,
                 Err(SessionError::Trace(source)) => return Err(RunError::Trace { treatment: name.clone(), source }),
-                Err(SessionError::Hosts(source)) => return Err(lab_err(source)),
+                Err(SessionError::Hosts(source)) => return Err(err(source)),
+                Err(SessionError::Agent(source)) => return Err(RunError::Agent { treatment: name.clone(), source }),
             };
             writer.append(&record)?;
             ran += 1;
@@ -169,21 +180,27 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
                 break;
             }
             if status == Status::Completed && !dead {
-                lab.prepare_next().await.map_err(lab_err)?;
-            } else {
+                hosts.prepare_next().await.map_err(err)?;
+            } else if hosts.per_treatment() {
                 // The pair may be broken (a dead destination) or the guest gone: start
                 // the treatment's lab afresh for its remaining repetitions.
                 let _ = session.stop().await;
-                lab.down().await;
-                lab = Lab::up(config.clone()).await.map_err(lab_err)?;
-                session = Session::start(network(&lab), measure_options(spec))
-                    .map_err(|source| RunError::Trace { treatment: name.clone(), source })?;
+                hosts.down().await;
+                (hosts, session) = Testbed::up(spec, treatment, measure_options(spec), &migtrace).await.map_err(err)?;
                 tokio::time::sleep(spec.warmup).await;
             }
         }
-        let _ = session.stop().await;
-        lab.down().await;
+        if hosts.per_treatment() {
+            let _ = session.stop().await;
+            hosts.down().await;
+        } else {
+            kept = Some((hosts, session));
+        }
         store.write_summaries(spec)?;
+    }
+    if let Some((hosts, session)) = kept {
+        let _ = session.stop().await;
+        hosts.down().await;
     }
     progress.finish_and_clear();
     let summary = store.write_summaries(spec)?;

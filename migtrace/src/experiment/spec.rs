@@ -201,6 +201,53 @@ impl Default for LabSection {
     }
 }
 
+/// `[libvirt]`: the hosts of `backend = "libvirt"` and how libvirt migrates (also for
+/// `backend = "libvirt-lab"`, which makes its own hosts).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibvirtSection {
+    /// URI of the host the domain runs on, and of the other.
+    pub source: Option<String>,
+    pub destination: Option<String>,
+    pub domain: Option<String>,
+    /// The guest's address for the ping and the probe sender (none: no network measures).
+    pub guest_ip: Option<std::net::Ipv4Addr>,
+    /// Network namespace to send them from (default: where migtrace runs).
+    pub probe_netns: Option<String>,
+    /// `auto` (an agent per host: over ssh, or in the libvirt lab's namespaces), `local`
+    /// (in this process), `none`.
+    pub agents: Option<String>,
+    /// Agent commands, one argument per element (no shell); default `ssh HOST migtrace agent`.
+    pub agent_source: Option<Vec<String>>,
+    pub agent_destination: Option<Vec<String>>,
+    pub p2p: bool,
+    pub tunnelled: bool,
+    pub auto_converge: bool,
+    pub compressed: bool,
+}
+
+/// Where an experiment migrates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded QEMU lab, one per treatment.
+    Lab,
+    /// The two-daemon libvirt lab, one per treatment.
+    LibvirtLab,
+    /// Two existing libvirt hosts and their domain, for the whole experiment.
+    Libvirt,
+}
+
+impl Backend {
+    pub fn of(name: &str) -> Option<Self> {
+        match name {
+            "lab" | "qemu-lab" => Some(Self::Lab),
+            "libvirt-lab" => Some(Self::LibvirtLab),
+            "libvirt" => Some(Self::Libvirt),
+            _ => None,
+        }
+    }
+}
+
 /// The spec as written in TOML.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +275,8 @@ pub struct RawSpec {
     pub migration: MigrationSection,
     #[serde(default, skip_serializing_if = "is_default")]
     pub lab: LabSection,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub libvirt: LibvirtSection,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -263,8 +312,12 @@ pub enum SpecError {
     EmptyLevels(Factor),
     #[error("{factor} level {value}: expected {expects}")]
     BadLevel { factor: Factor, value: String, expects: &'static str },
-    #[error("unknown backend {0:?}: only \"lab\" is available (libvirt comes later)")]
+    #[error(
+        "unknown backend {0:?}: use \"lab\" (QEMU lab), \"libvirt-lab\" (two libvirt daemons here) or \"libvirt\" (two libvirt hosts, with [libvirt] source, destination and domain)"
+    )]
     Backend(String),
+    #[error("{0}")]
+    Libvirt(String),
     #[error("repetitions must be at least 1")]
     Repetitions,
     #[error("name {0:?} must be a plain directory name (letters, digits, '-', '_', '.')")]
@@ -362,9 +415,33 @@ impl ExperimentSpec {
         Self::from_raw(raw)
     }
 
+    pub fn backend(&self) -> Backend {
+        Backend::of(&self.raw.backend).unwrap_or(Backend::Lab)
+    }
+
     pub fn from_raw(raw: RawSpec) -> Result<Self, SpecError> {
-        if raw.backend != "lab" {
+        let Some(backend) = Backend::of(&raw.backend) else {
             return Err(SpecError::Backend(raw.backend.clone()));
+        };
+        if backend == Backend::Libvirt {
+            let l = &raw.libvirt;
+            if l.source.is_none() || l.destination.is_none() || l.domain.is_none() {
+                return Err(SpecError::Libvirt(
+                    "backend \"libvirt\" needs [libvirt] source, destination (libvirt URIs) and domain".into(),
+                ));
+            }
+            // An existing domain's guest is what it is: only migration knobs vary.
+            if let Some(f) = raw.factors.keys().find(|f| !["max_bandwidth", "downtime_limit"].contains(&f.as_str())) {
+                return Err(SpecError::Libvirt(format!(
+                    "factor {f}: backend \"libvirt\" migrates an existing domain, whose machine and workload migtrace does not set; \
+                     only max_bandwidth and downtime_limit vary here (backend \"libvirt-lab\" varies them all)"
+                )));
+            }
+        }
+        if let Some(a) = raw.libvirt.agents.as_deref()
+            && !["auto", "local", "none"].contains(&a)
+        {
+            return Err(SpecError::Libvirt(format!("[libvirt] agents = {a:?}: use \"auto\", \"local\" or \"none\"")));
         }
         if raw.repetitions == 0 {
             return Err(SpecError::Repetitions);
@@ -461,6 +538,17 @@ mod tests {
         assert!(err(&format!("{head}[factors]\nvmsize = [\"256M\"]\nwset = [\"256M\"]\n")).contains("wset"));
         assert!(err(&format!("{head}[factors]\nrate = [-5]\nwset = [\"16M\"]\n")).contains("rate level -5"));
         assert!(err(&format!("{head}backend = \"xen\"\n[factors]\nvcpus = [1]\n")).contains("unknown backend \"xen\""));
+        assert!(
+            err(&format!("{head}backend = \"libvirt\"\n[factors]\nmax_bandwidth = [100]\n"))
+                .contains("needs [libvirt] source")
+        );
+        let libvirt = "backend = \"libvirt\"\n[libvirt]\nsource = \"qemu+ssh://h1/system\"\ndestination = \"qemu+ssh://h2/system\"\ndomain = \"web\"\n";
+        assert!(
+            err(&format!("{head}{libvirt}[factors]\nrate = [0, 1000]\n"))
+                .contains("factor rate: backend \"libvirt\" migrates an existing domain")
+        );
+        ExperimentSpec::parse(&format!("{head}{libvirt}[factors]\ndowntime_limit = [100, 300]\n"))
+            .expect("migration knobs vary");
         assert!(err("name = \"t\"\nrepetitions = 0\n[factors]\nvcpus = [1]\n").contains("repetitions"));
         assert!(err(&format!("{head}[factors]\nrate = [1]\nperiod = [\"10ms\"]\nbpc = [1]\n")).contains("not both"));
         assert!(err(&format!("{head}[factors]\nfill = [120]\n")).contains("percentage"));

@@ -1,12 +1,13 @@
-//! A pair of hosts that can migrate a VM, whatever runs them: the embedded lab
-//! ([`crate::lab::Lab`]) or, later, libvirt hosts. Measurement and experiments are
-//! written against this trait only.
+//! A pair of hosts that can migrate a VM, whatever runs them: the embedded QEMU lab
+//! ([`crate::lab::Lab`]) or two libvirt hosts ([`libvirt`]). Measurement and experiments
+//! are written against this trait and these neutral types only: what a backend reports
+//! is mapped into them, labelled with where it came from.
+
+pub mod libvirt;
 
 use serde::{Deserialize, Serialize};
 
 pub use workloads::verify::MemoryCheck;
-
-use crate::lab::qmp::{MigrationStats, QmpEvent};
 
 /// Knobs of one migration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +47,81 @@ pub struct Machine {
     pub host_kernel: String,
 }
 
+/// An event a hypervisor host reported, stamped by that host (QEMU's QMP events carry
+/// microsecond wall-clock stamps).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostEvent {
+    pub event: String,
+    /// Unix time in microseconds, from the event's `timestamp`.
+    pub unix_us: i64,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+impl HostEvent {
+    /// The `status` of a MIGRATION event.
+    pub fn migration_status(&self) -> Option<&str> {
+        (self.event == "MIGRATION").then(|| self.data["status"].as_str()).flatten()
+    }
+}
+
+/// What the hypervisor itself reported about a migration: QEMU's `query-migrate` (its
+/// field names, every field optional: QEMU versions differ), or libvirt's completed job
+/// statistics mapped onto the same fields. `reported_by` says which.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReportedStats {
+    /// `qemu query-migrate` or `libvirt job stats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Milliseconds from the start of the migration to its end (source side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_time: Option<u64>,
+    /// The hypervisor's downtime, ms. QEMU's: source VM stopped until the source
+    /// finished. libvirt's: its own clock around the switchover, both hosts mixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_downtime: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_desc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<RamStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RamStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normal: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normal_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_sync_count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_pages_rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mbps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precopy_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_bytes: Option<u64>,
+}
+
 /// How a migration ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -73,11 +149,15 @@ pub struct MigrationOutcome {
     /// was seen running (the end of the paper's "command" time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_ns: Option<u64>,
-    /// The hypervisor's own statistics (QEMU's query-migrate on the source).
-    pub stats: MigrationStats,
+    /// The hypervisor's own statistics on the source (QEMU's query-migrate, or libvirt's
+    /// completed job statistics).
+    pub stats: ReportedStats,
+    /// The same on the destination, where the backend reports it (libvirt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_stats: Option<ReportedStats>,
     /// Hypervisor events on both sides, with their own timestamps.
-    pub source_events: Vec<QmpEvent>,
-    pub destination_events: Vec<QmpEvent>,
+    pub source_events: Vec<HostEvent>,
+    pub destination_events: Vec<HostEvent>,
 }
 
 impl MigrationOutcome {

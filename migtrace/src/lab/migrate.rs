@@ -8,8 +8,7 @@ use tokio::time::Instant;
 use super::{Lab, LabError, MIGRATION_URI, set_migration_parameters};
 use crate::{
     clock::{WallClock, monotonic_ns},
-    hypervisor::{HostPair, MigrationOutcome, MigrationParams, Status},
-    lab::qmp::MigrationStats,
+    hypervisor::{HostPair, MigrationOutcome, MigrationParams, ReportedStats, Status},
 };
 
 /// How long the destination may take to report running after the source completed.
@@ -88,7 +87,7 @@ impl HostPair for Lab {
         };
         let end_ns = result.is_ok().then(monotonic_ns);
         let stats =
-            if src.exited() { MigrationStats::default() } else { src.qmp.query_migrate().await.unwrap_or_default() };
+            if src.exited() { ReportedStats::default() } else { src.qmp.query_migrate().await.unwrap_or_default() };
         let (status, error) = match result {
             Ok(()) => (Status::Completed, None),
             Err((status, error)) => {
@@ -109,6 +108,7 @@ impl HostPair for Lab {
             start_ns,
             end_ns,
             stats,
+            destination_stats: None,
             source_events: src.qmp.events_since(src_cursor),
             destination_events: dst.qmp.events_since(dst_cursor),
         })

@@ -9,7 +9,9 @@
 //! QEMU on its tap, which becomes the next destination; the guest keeps running.
 
 pub mod image;
+pub mod libvirt;
 mod migrate;
+pub use migrate::check_console;
 pub mod netns;
 pub mod qemu;
 pub mod qmp;
@@ -119,20 +121,7 @@ impl Lab {
     /// Builds the image if needed, creates the network, boots the source and starts the
     /// destination.
     pub async fn up(config: LabConfig) -> Result<Self, LabError> {
-        if !host::is_root() {
-            return Err(LabError::NotRoot);
-        }
-        if config.vmsize_mib < 128 {
-            return Err(LabError::VmTooSmall(config.vmsize_mib));
-        }
-        if config.vcpus == 0 {
-            return Err(LabError::NoVcpus);
-        }
-        if let Some(w) = config.workload.wset
-            && w >> 20 >= config.vmsize_mib as u64
-        {
-            return Err(LabError::WsetTooLarge { wset_mib: w >> 20, vmsize_mib: config.vmsize_mib });
-        }
+        validate(&config)?;
         let build = host::qemu::select(config.qemu.as_deref().unwrap_or("system"))?;
         let kernel = image::select_kernel(config.kernel.as_deref())?;
         let image = image::build(&kernel)?;
@@ -273,6 +262,25 @@ impl Drop for Lab {
         let _ = self.net.delete();
         self.registry.remove();
     }
+}
+
+/// Checks a lab configuration before anything is started.
+pub fn validate(config: &LabConfig) -> Result<(), LabError> {
+    if !host::is_root() {
+        return Err(LabError::NotRoot);
+    }
+    if config.vmsize_mib < 128 {
+        return Err(LabError::VmTooSmall(config.vmsize_mib));
+    }
+    if config.vcpus == 0 {
+        return Err(LabError::NoVcpus);
+    }
+    if let Some(w) = config.workload.wset
+        && w >> 20 >= config.vmsize_mib as u64
+    {
+        return Err(LabError::WsetTooLarge { wset_mib: w >> 20, vmsize_mib: config.vmsize_mib });
+    }
+    Ok(())
 }
 
 fn events_capability() -> q::MigrationCapabilityStatus {

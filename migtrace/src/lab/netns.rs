@@ -142,7 +142,8 @@ pub fn list_lab_namespaces() -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn ip(args: &[&str]) -> Result<(), NetError> {
+/// Runs `ip` with `args` (no shell), failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<(), NetError> {
     let out = Command::new("ip").args(args).output().map_err(NetError::Spawn)?;
     if !out.status.success() {
         return Err(NetError::Ip {
@@ -180,14 +181,23 @@ pub fn with_ns<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T, NetError> {
     Ok(result)
 }
 
-/// Index of interface `name` inside namespace `ns`.
-pub fn ifindex(ns: &str, name: &str) -> Result<u32, NetError> {
+/// [`with_ns`] for `Some(ns)`; `f` right here for `None` (the current namespace).
+pub fn in_ns<T>(ns: Option<&str>, f: impl FnOnce() -> T) -> Result<T, NetError> {
+    match ns {
+        Some(ns) => with_ns(ns, f),
+        None => Ok(f()),
+    }
+}
+
+/// Index of interface `name` inside namespace `ns` (None: the current one).
+pub fn ifindex(ns: Option<&str>, name: &str) -> Result<u32, NetError> {
+    let here = || ns.unwrap_or("(current)").to_owned();
     let cname =
-        std::ffi::CString::new(name).map_err(|e| NetError::Enter { ns: ns.into(), source: io::Error::other(e) })?;
+        std::ffi::CString::new(name).map_err(|e| NetError::Enter { ns: here(), source: io::Error::other(e) })?;
     // SAFETY: valid NUL-terminated name.
-    let index = with_ns(ns, || unsafe { libc::if_nametoindex(cname.as_ptr()) })?;
+    let index = in_ns(ns, || unsafe { libc::if_nametoindex(cname.as_ptr()) })?;
     if index == 0 {
-        return Err(NetError::Enter { ns: ns.into(), source: io::Error::other(format!("no interface {name}")) });
+        return Err(NetError::Enter { ns: here(), source: io::Error::other(format!("no interface {name}")) });
     }
     Ok(index)
 }

@@ -148,14 +148,20 @@ impl Qemu {
         }
         let ns_file =
             fs::File::open(netns::ns_path(ns)).map_err(|source| QemuError::Io { path: netns::ns_path(ns), source })?;
-        // SAFETY: only async-signal-safe calls between fork and exec: setns on an fd we
-        // own, prctl. QEMU then opens its tap inside the lab namespace, and dies with us.
+        let overlay = mount_pairs(&spec.qemu.overlay());
+        // SAFETY: only async-signal-safe calls between fork and exec, on data prepared
+        // before: setns on an fd we own, unshare and mount for a cached QEMU's own
+        // directories, prctl. QEMU then opens its tap inside the lab namespace, and dies
+        // with us.
         unsafe {
             use std::os::fd::AsRawFd as _;
             let fd = ns_file.as_raw_fd();
             cmd.as_std_mut().pre_exec(move || {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if !overlay.is_empty() {
+                    mount_private_overlay(&overlay)?;
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
@@ -236,6 +242,33 @@ impl Qemu {
         let _ = self.child.kill().await;
         let _ = fs::remove_file(&self.qmp_socket);
     }
+}
+
+/// (source, target) paths as C strings, made before a fork.
+pub fn mount_pairs(pairs: &[(PathBuf, PathBuf)]) -> Vec<(std::ffi::CString, std::ffi::CString)> {
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    pairs.iter().map(|(s, t)| (c(s), c(t))).collect()
+}
+
+/// In a child between fork and exec: a private mount namespace with `binds` mounted.
+/// Only async-signal-safe calls.
+pub fn mount_private_overlay(binds: &[(std::ffi::CString, std::ffi::CString)]) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+    // SAFETY: plain system calls on valid NUL-terminated strings.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        for (source, target) in binds {
+            check(libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The last `n` lines of a text file (lossy).

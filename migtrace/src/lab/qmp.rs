@@ -16,7 +16,9 @@ use qapi::{
     futures::{QapiService, QmpStreamTokio},
     qmp,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use crate::hypervisor::{HostEvent, ReportedStats};
 use tokio::{
     io::WriteHalf,
     net::UnixStream,
@@ -40,38 +42,22 @@ pub enum QmpError {
     Closed(String),
 }
 
-/// A QMP event with QEMU's own timestamp.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct QmpEvent {
-    pub event: String,
-    /// Unix time in microseconds, from the event's `timestamp`.
-    pub unix_us: i64,
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub data: serde_json::Value,
-}
-
-impl QmpEvent {
-    fn from_qapi(e: &qmp::Event) -> Option<Self> {
-        let v = serde_json::to_value(e).ok()?;
-        let ts = &v["timestamp"];
-        Some(Self {
-            event: v["event"].as_str()?.to_owned(),
-            unix_us: ts["seconds"].as_i64()? * 1_000_000 + ts["microseconds"].as_i64()?,
-            data: v.get("data").cloned().unwrap_or_default(),
-        })
-    }
-
-    /// The `status` of a MIGRATION event.
-    pub fn migration_status(&self) -> Option<&str> {
-        (self.event == "MIGRATION").then(|| self.data["status"].as_str()).flatten()
-    }
+/// A QMP event as a host event, with QEMU's own timestamp.
+fn host_event(e: &qmp::Event) -> Option<HostEvent> {
+    let v = serde_json::to_value(e).ok()?;
+    let ts = &v["timestamp"];
+    Some(HostEvent {
+        event: v["event"].as_str()?.to_owned(),
+        unix_us: ts["seconds"].as_i64()? * 1_000_000 + ts["microseconds"].as_i64()?,
+        data: v.get("data").cloned().unwrap_or_default(),
+    })
 }
 
 type Writer = QmpStreamTokio<WriteHalf<UnixStream>>;
 
 #[derive(Default)]
 struct EventLog {
-    events: Mutex<Vec<QmpEvent>>,
+    events: Mutex<Vec<HostEvent>>,
     closed: Mutex<bool>,
     notify: Notify,
 }
@@ -107,7 +93,7 @@ impl Qmp {
         let reader = tokio::spawn(async move {
             while let Some(item) = events.next().await {
                 if let Ok(event) = item
-                    && let Some(e) = QmpEvent::from_qapi(&event)
+                    && let Some(e) = host_event(&event)
                 {
                     reader_log.events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
                     reader_log.notify.notify_waiters();
@@ -130,7 +116,7 @@ impl Qmp {
     }
 
     /// Events from index `from` on.
-    pub fn events_since(&self, from: usize) -> Vec<QmpEvent> {
+    pub fn events_since(&self, from: usize) -> Vec<HostEvent> {
         self.log.events.lock().unwrap_or_else(|p| p.into_inner()).get(from..).map(<[_]>::to_vec).unwrap_or_default()
     }
 
@@ -140,8 +126,8 @@ impl Qmp {
         from: usize,
         what: &str,
         deadline: Instant,
-        pred: impl Fn(&QmpEvent) -> bool,
-    ) -> Result<QmpEvent, QmpError> {
+        pred: impl Fn(&HostEvent) -> bool,
+    ) -> Result<HostEvent, QmpError> {
         loop {
             let notified = self.log.notify.notified();
             if let Some(e) = self.events_since(from).into_iter().find(|e| pred(e)) {
@@ -158,10 +144,11 @@ impl Qmp {
     }
 
     /// `query-migrate`, decoded leniently.
-    pub async fn query_migrate(&self) -> Result<MigrationStats, QmpError> {
+    pub async fn query_migrate(&self) -> Result<ReportedStats, QmpError> {
         let raw = self.execute(QueryMigrateRaw {}).await?;
-        serde_json::from_value(raw)
-            .map_err(|e| QmpError::Command { command: "query-migrate", message: format!("unexpected reply: {e}") })
+        let stats: ReportedStats = serde_json::from_value(raw)
+            .map_err(|e| QmpError::Command { command: "query-migrate", message: format!("unexpected reply: {e}") })?;
+        Ok(ReportedStats { reported_by: Some("qemu query-migrate".into()), ..stats })
     }
 
     /// `query-status`: the VM's run state (`running`, `paused`, `inmigrate`, …).
@@ -188,57 +175,6 @@ impl qapi::Command for QueryMigrateRaw {
 }
 impl qmp::QmpCommand for QueryMigrateRaw {}
 
-/// What `query-migrate` reports, every field optional (QEMU versions differ).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct MigrationStats {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// Milliseconds from the start of the migration to its end (source side).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_time: Option<u64>,
-    /// QEMU's downtime estimate: source VM stopped until the source finished, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub downtime: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub setup_time: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_downtime: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_desc: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ram: Option<RamStats>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct RamStats {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transferred: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remaining: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duplicate: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub normal: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub normal_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dirty_sync_count: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dirty_pages_rate: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mbps: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pages_per_second: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precopy_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub downtime_bytes: Option<u64>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +191,7 @@ mod tests {
             "dirty-pages-rate": 0, "skipped": 0, "normal-bytes": 101732352, "normal": 24837}}"#,
         )
         .expect("valid JSON");
-        let stats: MigrationStats = serde_json::from_value(raw).expect("decodes");
+        let stats: ReportedStats = serde_json::from_value(raw).expect("decodes");
         assert_eq!(stats.status.as_deref(), Some("completed"));
         assert_eq!((stats.total_time, stats.downtime, stats.setup_time), (Some(715), Some(14), Some(1)));
         let ram = stats.ram.expect("ram");
@@ -263,7 +199,7 @@ mod tests {
         assert_eq!(ram.mbps, Some(1147.4927282913163));
         assert_eq!(ram.transferred, Some(102300717));
         // A reply of an older QEMU without the newer fields still decodes.
-        let old: MigrationStats =
+        let old: ReportedStats =
             serde_json::from_value(serde_json::json!({"status": "active", "ram": {"total": 1}})).expect("decodes");
         assert_eq!(old.ram.and_then(|r| r.dirty_sync_count), None);
     }

@@ -19,6 +19,12 @@ pub struct State {
     pub owner_pid: u32,
     pub netns: String,
     pub qemu_pids: Vec<u32>,
+    /// More namespaces of the lab (the libvirt lab's hosts and client).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_netns: Vec<String>,
+    /// Daemons the lab started (the libvirt lab's libvirtd per host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daemon_pids: Vec<u32>,
 }
 
 /// The registry entry of a lab this process owns.
@@ -44,7 +50,7 @@ impl Entry {
             id: id.into(),
             owner_pid: std::process::id(),
             netns: netns::LabNet::ns_name(id),
-            qemu_pids: vec![],
+            ..State::default()
         };
         let entry = Self { dir, state, removed: false };
         entry.save()?;
@@ -59,6 +65,18 @@ impl Entry {
 
     pub fn add_qemu(&mut self, pid: u32) -> Result<(), LabError> {
         self.state.qemu_pids.push(pid);
+        self.save()
+    }
+
+    /// Records more namespaces the lab made (removed with it by `lab clean`).
+    pub fn add_netns(&mut self, ns: &str) -> Result<(), LabError> {
+        self.state.more_netns.push(ns.to_owned());
+        self.save()
+    }
+
+    /// Records a daemon the lab started.
+    pub fn add_daemon(&mut self, pid: u32) -> Result<(), LabError> {
+        self.state.daemon_pids.push(pid);
         self.save()
     }
 
@@ -85,11 +103,14 @@ pub fn list() -> Vec<State> {
                 .collect()
         })
         .unwrap_or_default();
-    // Namespaces without a state directory are leftovers too.
+    // Namespaces without a state directory are leftovers too (`migtrace-<id>` or
+    // `migtrace-<id>-<host>`).
     for ns in netns::list_lab_namespaces() {
-        let id = ns.trim_start_matches(netns::NS_PREFIX).to_owned();
-        if !states.iter().any(|s| s.id == id) {
-            states.push(State { id, owner_pid: 0, netns: ns, qemu_pids: vec![] });
+        let id = ns.trim_start_matches(netns::NS_PREFIX).split('-').next().unwrap_or_default().to_owned();
+        match states.iter_mut().find(|s| s.id == id) {
+            Some(s) if s.netns != ns && !s.more_netns.contains(&ns) => s.more_netns.push(ns),
+            Some(_) => {}
+            None => states.push(State { id, netns: ns, ..State::default() }),
         }
     }
     states.sort_by(|a, b| a.id.cmp(&b.id));
@@ -105,14 +126,18 @@ pub fn owner_alive(state: &State) -> bool {
     state.owner_pid != 0 && cmdline(state.owner_pid).contains("migtrace")
 }
 
-/// QEMU processes of lab `id`: recognised by the `-name migtrace-<id>-` they were given.
+/// QEMU processes of lab `id`: recognised by the name they were given, `-name
+/// migtrace-<id>-qN` (QEMU lab) or `-name guest=migtrace-<id>,…` (libvirt lab's domain).
 pub fn qemu_processes(id: &str) -> Vec<u32> {
-    let marker = format!("-name migtrace-{id}-");
+    let markers = [format!("-name migtrace-{id}-"), format!("-name guest=migtrace-{id},")];
     fs::read_dir("/proc")
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-                .filter(|pid| cmdline(*pid).contains(&marker))
+                .filter(|pid| {
+                    let c = cmdline(*pid);
+                    markers.iter().any(|m| c.contains(m.as_str()))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -136,6 +161,17 @@ pub fn remove(state: &State) -> Removed {
             removed.killed.push(pid);
         }
     }
+    // Daemons the lab started: only if they still are what we started (a libvirtd
+    // whose command line names this lab's state directory).
+    let dir_marker = Path::new(RUN_DIR).join(&state.id).display().to_string();
+    for &pid in &state.daemon_pids {
+        if cmdline(pid).contains(&dir_marker) {
+            // SAFETY: signalling a daemon this lab started, recognised by its command line.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                removed.killed.push(pid);
+            }
+        }
+    }
     // Give the kernel a moment to release the taps of killed processes.
     for _ in 0..50 {
         if qemu_processes(&state.id).is_empty() {
@@ -144,6 +180,9 @@ pub fn remove(state: &State) -> Removed {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     removed.netns = netns::ns_path(&state.netns).exists() && netns::delete_ns(&state.netns).is_ok();
+    for ns in &state.more_netns {
+        removed.netns |= netns::ns_path(ns).exists() && netns::delete_ns(ns).is_ok();
+    }
     let dir = Path::new(RUN_DIR).join(&state.id);
     removed.dir = dir.exists() && fs::remove_dir_all(&dir).is_ok();
     removed

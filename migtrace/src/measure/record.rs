@@ -2,6 +2,7 @@
 //! migration finishes, so an interrupted run never loses a finished migration.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, BufRead as _, Write as _},
     path::{Path, PathBuf},
@@ -16,7 +17,10 @@ use super::{
 };
 use crate::{
     hypervisor::{GuestCheck, Machine, MigrationOutcome, MigrationParams},
-    probe::tracer::{Trace, TraceHealth},
+    probe::{
+        agent::ClockRecord,
+        tracer::{Trace, TraceHealth},
+    },
 };
 
 /// Version of the record layout; bumped on incompatible changes.
@@ -61,6 +65,13 @@ pub struct MigrationRecord {
     /// downtime figure of this migration meaningless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<GuestCheck>,
+    /// Per host traced by its own tracer (an agent): its clock against the coordinator's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clocks: BTreeMap<String, ClockRecord>,
+    /// For measures whose two ends were stamped on two hosts: the bound clock alignment
+    /// puts on them, ms (the hosts' uncertainties added).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uncertainty_ms: BTreeMap<String, f64>,
     /// Measures that are missing, each with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
@@ -85,6 +96,8 @@ impl MigrationRecord {
             timeline: None,
             trace_health: None,
             guest: None,
+            clocks: BTreeMap::new(),
+            uncertainty_ms: BTreeMap::new(),
             missing: Vec::new(),
             trace: None,
         }

@@ -1,7 +1,7 @@
 //! A measured migration: tracing, the paper's ping and migtrace's probe sender around
 //! one migration of a [`HostPair`], turned into one [`MigrationRecord`].
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,9 +14,13 @@ use super::{
     timeline::{self, Timeline},
 };
 use crate::{
-    clock::WallClock,
+    clock::{HostClock, OffsetEstimate, WallClock},
     hypervisor::{HostPair, MigrationParams},
-    probe::tracer::{TraceError, Tracer},
+    probe::{
+        agent::{AgentError, ClockRecord, HostSide},
+        host::{HostTrace, Role},
+        tracer::{Trace, TraceError, Tracer, VcpuStamp},
+    },
 };
 
 /// How a migration is observed.
@@ -71,26 +75,57 @@ pub enum SessionError<E: std::error::Error + 'static> {
     #[error(transparent)]
     Trace(#[from] TraceError),
     #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
     Hosts(E),
+}
+
+/// How a session traces the hosts.
+pub enum Tracing {
+    Off,
+    /// Both hypervisor processes on this machine, known by pid (the embedded lab).
+    Lab(Box<Tracer>),
+    /// One tracer per host (an agent, or this process for this machine), each finding
+    /// the domain's QEMU and tap on its host; keyed by host name as the pair names them.
+    Hosts(BTreeMap<String, HostSide>),
 }
 
 /// Observes migrations of one host pair.
 pub struct Session {
-    tracer: Option<Tracer>,
+    tracing: Tracing,
     pub options: MeasureOptions,
     network: Network,
 }
 
+/// What the hosts traced of one migration, on the coordinator's clock.
+struct Traced {
+    trace: Trace,
+    /// The destination tap's name as packet stamps carry it.
+    destination_tap: Option<String>,
+    clocks: BTreeMap<String, ClockRecord>,
+    /// Per host, the bound on a converted stamp's error.
+    uncertainty_ns: BTreeMap<String, u64>,
+    problems: Vec<String>,
+}
+
 impl Session {
-    /// Starts tracing (if enabled). Must be called within a tokio runtime, as root.
+    /// Starts tracing (if enabled) for the embedded lab. Must be called within a tokio
+    /// runtime, as root.
     pub fn start(network: Network, options: MeasureOptions) -> Result<Self, TraceError> {
-        let tracer = if options.trace {
+        let tracing = if options.trace {
             let taps: Vec<&str> = network.taps.clone();
-            Some(Tracer::start(network.ns.as_deref().map(|ns| (ns, taps.as_slice())))?)
+            Tracing::Lab(Box::new(Tracer::start(network.ns.as_deref().map(|ns| (ns, taps.as_slice())))?))
         } else {
-            None
+            Tracing::Off
         };
-        Ok(Self { tracer, options, network })
+        Ok(Self { tracing, options, network })
+    }
+
+    /// A session that traces each host with its own tracer (`hosts` by the names the
+    /// pair's `endpoints` use); without tracers (`options.trace` off) nothing is traced.
+    pub fn with_hosts(network: Network, options: MeasureOptions, hosts: BTreeMap<String, HostSide>) -> Self {
+        let tracing = if options.trace && !hosts.is_empty() { Tracing::Hosts(hosts) } else { Tracing::Off };
+        Self { tracing, options, network }
     }
 
     /// Migrates once and measures it every way.
@@ -102,31 +137,72 @@ impl Session {
         treatment: &str,
     ) -> Result<MigrationRecord, SessionError<P::Error>> {
         let (src, dst) = pair.pids();
-        let (_, dst_host) = pair.endpoints();
-        if let Some(t) = self.tracer.as_mut() {
-            for pid in t.watched() {
-                if pid != src && pid != dst {
-                    t.unwatch(pid)?;
+        let (src_host, dst_host) = pair.endpoints();
+        let mut clocks_before = BTreeMap::new();
+        match &mut self.tracing {
+            Tracing::Off => {}
+            Tracing::Lab(t) => {
+                for pid in t.watched() {
+                    if pid != src && pid != dst {
+                        t.unwatch(pid)?;
+                    }
+                }
+                t.watch(src)?;
+                t.watch(dst)?;
+                t.begin(src, dst).await?;
+            }
+            Tracing::Hosts(hosts) => {
+                for (name, role) in [(&src_host, Role::Source), (&dst_host, Role::Destination)] {
+                    let host = hosts.get_mut(name).ok_or_else(|| AgentError::Agent {
+                        host: name.clone(),
+                        message: "no tracer for this host".into(),
+                    })?;
+                    clocks_before.insert(name.clone(), host.clock().await?);
+                    host.begin(role).await?;
                 }
             }
-            t.watch(src)?;
-            t.watch(dst)?;
-            t.begin(src, dst).await?;
         }
         let guest = self.network.guest.to_string();
         let ping = self.options.ping_interval.map(|i| Ping::start(self.network.ns.as_deref(), &guest, i));
         let prober = self.options.probe_interval.map(|i| Prober::start(self.network.ns.clone(), self.network.guest, i));
         tokio::time::sleep(self.options.preroll).await;
 
-        let result = pair.migrate(params).await;
+        let result = {
+            let migration = pair.migrate(params);
+            tokio::pin!(migration);
+            loop {
+                tokio::select! {
+                    result = &mut migration => break result,
+                    // A destination traced in this process looks for its incoming QEMU.
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {
+                        if let Tracing::Hosts(hosts) = &mut self.tracing
+                            && let Some(h) = hosts.get_mut(&dst_host)
+                        {
+                            h.poll();
+                        }
+                    }
+                }
+            }
+        };
         if let Ok(outcome) = &result {
             tokio::time::sleep(self.options.settle).await;
             // A guest can stay silent long after its vCPUs resumed: keep watching until
             // it answers a request sent after the migration ended, or settle_max.
-            if let (Some(t), Some(p), Some(end)) = (self.tracer.as_ref(), prober.as_ref(), outcome.end_ns) {
+            if let (Some(p), Some(end)) = (prober.as_ref(), outcome.end_ns) {
                 let deadline =
                     tokio::time::Instant::now() + self.options.settle_max.saturating_sub(self.options.settle);
-                while !t.answered_since(p.ident, end).await && tokio::time::Instant::now() < deadline {
+                loop {
+                    let answered = match &mut self.tracing {
+                        Tracing::Off => true,
+                        Tracing::Lab(t) => t.answered_since(p.ident, end).await,
+                        Tracing::Hosts(hosts) => match hosts.get_mut(&dst_host) {
+                            Some(h) => h.answered_since(p.ident, end).await?,
+                            None => true,
+                        },
+                    };
+                    if answered || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -142,18 +218,32 @@ impl Session {
             }
             _ => None,
         };
-        let trace = match self.tracer.as_mut() {
-            Some(t) => Some(t.finish(src, dst).await?),
-            None => None,
+        let traced = match &mut self.tracing {
+            Tracing::Off => None,
+            Tracing::Lab(t) => Some(Traced {
+                trace: t.finish(src, dst).await?,
+                destination_tap: Some(dst_host.clone()).filter(|h| !h.is_empty()),
+                clocks: BTreeMap::new(),
+                uncertainty_ns: BTreeMap::new(),
+                problems: Vec::new(),
+            }),
+            Tracing::Hosts(hosts) => Some(finish_hosts(hosts, &src_host, &dst_host, &clocks_before).await?),
         };
-        let outcome = result.map_err(SessionError::Hosts)?;
+        let mut outcome = result.map_err(SessionError::Hosts)?;
+        let trace = traced.as_ref().map(|t| t.trace.clone());
+        if matches!(self.tracing, Tracing::Hosts(_))
+            && let Some(t) = &trace
+        {
+            // Only the hosts' tracers know which QEMU processes ran the domain.
+            (outcome.source_pid, outcome.destination_pid) = (t.source_pid, t.destination_pid);
+        }
 
         let timeline: Timeline = timeline::assemble(&timeline::Input {
             outcome: &outcome,
             trace: trace.as_ref(),
             qemu_version: pair.hypervisor_version().unwrap_or((7, 2)),
             clock: WallClock::from_pair(outcome.start_ns, outcome.start_unix_us),
-            destination_tap: Some(dst_host.as_str()).filter(|h| !h.is_empty()),
+            destination_tap: traced.as_ref().and_then(|t| t.destination_tap.as_deref()),
             probe_ident: prober.as_ref().map(|p| p.ident),
         });
         let probe: Option<ProbeSummary> = prober.as_ref().map(|p| match &trace {
@@ -178,6 +268,13 @@ impl Session {
         record.ping = ping;
         record.probe = probe;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
+        if let Some(t) = &traced {
+            record.clocks = t.clocks.clone();
+            record.uncertainty_ms = cross_host_uncertainty(&record, &t.uncertainty_ns, &src_host, &dst_host);
+            if let Some(h) = record.trace_health.as_mut() {
+                h.problems.extend(t.problems.iter().cloned());
+            }
+        }
         let console = pair.guest_check();
         record.guest = (console.is_some() || memory_check.is_some()).then(|| {
             let mut g = console.unwrap_or_default();
@@ -202,11 +299,139 @@ impl Session {
         Ok(record)
     }
 
-    /// Stops tracing and detaches everything.
+    /// Stops tracing and detaches everything (agents are told to quit).
     pub async fn stop(self) -> Result<(), TraceError> {
-        if let Some(t) = self.tracer {
-            t.stop().await?;
+        match self.tracing {
+            Tracing::Off => {}
+            Tracing::Lab(t) => {
+                t.stop().await?;
+            }
+            Tracing::Hosts(hosts) => {
+                for (_, h) in hosts {
+                    h.stop().await;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Collects both hosts' traces, brings them onto our clock and merges them.
+async fn finish_hosts(
+    hosts: &mut BTreeMap<String, HostSide>,
+    src_host: &str,
+    dst_host: &str,
+    clocks_before: &BTreeMap<String, Option<OffsetEstimate>>,
+) -> Result<Traced, AgentError> {
+    let mut parts = Vec::new();
+    for name in [src_host, dst_host] {
+        let Some(host) = hosts.get_mut(name) else { continue };
+        let host_trace = host.finish().await?;
+        let after = host.clock().await?;
+        let before = clocks_before.get(name).copied().flatten();
+        let clock = match (&before, &after) {
+            (Some(b), a) => HostClock::from_estimates(b, a.as_ref()),
+            (None, _) => HostClock::local(),
+        };
+        parts.push((name.to_owned(), host_trace, clock, before.is_none()));
+    }
+    Ok(merge_host_traces(parts))
+}
+
+/// One trace from the source's and the destination's (in that order), each converted
+/// with its host's clock; packet stamps name their tap as `host/tap`.
+fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced {
+    let mut merged = Trace::default();
+    let mut traced = Traced {
+        trace: Trace::default(),
+        destination_tap: None,
+        clocks: BTreeMap::new(),
+        uncertainty_ns: BTreeMap::new(),
+        problems: Vec::new(),
+    };
+    for (i, (host, part, clock, local)) in parts.into_iter().enumerate() {
+        let at = |t: u64| if t == 0 { 0 } else { clock.to_local(t) };
+        let t = part.trace;
+        merged.phases.extend(t.phases.into_iter().map(|mut p| {
+            p.ts_ns = at(p.ts_ns);
+            p
+        }));
+        merged.packets.extend(t.packets.into_iter().map(|mut p| {
+            p.ts_ns = at(p.ts_ns);
+            p.tap = format!("{host}/{}", p.tap);
+            p
+        }));
+        let vcpus = |v: Vec<VcpuStamp>| -> Vec<VcpuStamp> {
+            v.into_iter()
+                .map(|mut v| {
+                    (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
+                        (at(v.first_enter_ns), at(v.last_enter_ns), at(v.last_exit_ns));
+                    v
+                })
+                .collect()
+        };
+        if i == 0 {
+            merged.source_pid = part.pid;
+            merged.source_kvm = t.source_kvm;
+            merged.source_vcpus = vcpus(t.source_vcpus);
+        } else {
+            merged.destination_pid = part.pid;
+            merged.destination_vcpus = vcpus(t.destination_vcpus);
+            traced.destination_tap = part.tap.as_ref().map(|tap| format!("{host}/{tap}"));
+        }
+        let h = &mut merged.health;
+        h.lost_records += t.health.lost_records;
+        h.undecodable_records += t.health.undecodable_records;
+        if i == 0 {
+            h.missing_source_symbols = t.health.missing_source_symbols;
+        } else {
+            h.missing_destination_symbols = t.health.missing_destination_symbols;
+        }
+        for m in t.health.missing_tracepoints {
+            if !h.missing_tracepoints.contains(&m) {
+                h.missing_tracepoints.push(m);
+            }
+        }
+        traced.problems.extend(part.problems.into_iter().map(|p| format!("{host}: {p}")));
+        traced.uncertainty_ns.insert(host.clone(), clock.uncertainty_ns);
+        traced.clocks.insert(host, ClockRecord::of(&clock, local));
+    }
+    merged.phases.sort_by_key(|p| p.ts_ns);
+    merged.packets.sort_by_key(|p| p.ts_ns);
+    traced.trace = merged;
+    traced
+}
+
+/// The bound clock alignment puts on each measure whose ends were stamped on two hosts.
+fn cross_host_uncertainty(
+    record: &MigrationRecord,
+    per_host_ns: &BTreeMap<String, u64>,
+    src_host: &str,
+    dst_host: &str,
+) -> BTreeMap<String, f64> {
+    let u = |h: &str| per_host_ns.get(h).copied().unwrap_or(0) as f64 / 1e6;
+    let both = u(src_host) + u(dst_host);
+    let mut out = BTreeMap::new();
+    if both == 0.0 {
+        return out;
+    }
+    if record.downtime_ms.vcpu.is_some() {
+        out.insert("downtime_ms.vcpu".into(), both);
+    }
+    if record.migration_time_ms.traced_to_resume.is_some() {
+        out.insert("migration_time_ms.traced_to_resume".into(), both);
+    }
+    if let Some(p) = &record.probe
+        && p.gap_ms.is_some()
+    {
+        let host_of = |tap: &Option<String>| tap.as_deref().and_then(|t| t.split('/').next()).map(str::to_owned);
+        let (a, b) = (host_of(&p.last_host_before), host_of(&p.first_host_after));
+        if a != b {
+            out.insert("downtime_ms.probe_gap".into(), a.as_deref().map_or(0.0, u) + b.as_deref().map_or(0.0, u));
+        }
+    }
+    if record.timeline.as_ref().is_some_and(|t| t.phase("destination load").is_some()) {
+        out.insert("timeline.destination load".into(), both);
+    }
+    out
 }

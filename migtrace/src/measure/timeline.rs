@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::WallClock,
-    hypervisor::MigrationOutcome,
-    lab::qmp::QmpEvent,
+    hypervisor::{HostEvent, MigrationOutcome},
     probe::{
         qemu::migration_status_name,
         tracer::{PacketStamp, PhaseStamp, Trace},
@@ -153,12 +152,12 @@ impl<'a> Stamps<'a> {
 }
 
 struct Qmp<'a> {
-    events: &'a [QmpEvent],
+    events: &'a [HostEvent],
     clock: WallClock,
 }
 
 impl Qmp<'_> {
-    fn when(&self, pred: impl Fn(&QmpEvent) -> bool) -> Option<u64> {
+    fn when(&self, pred: impl Fn(&HostEvent) -> bool) -> Option<u64> {
         self.events.iter().find(|e| pred(e)).map(|e| self.clock.from_unix_us(e.unix_us))
     }
     fn status(&self, status: &str) -> Option<u64> {

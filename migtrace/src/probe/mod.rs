@@ -3,7 +3,9 @@
 //! One file per probe family (what the programs observe); [`collector`] drains the shared
 //! ring buffer. Programs are loaded once per [`Probes`]; dropping it detaches everything.
 
+pub mod agent;
 pub mod collector;
+pub mod host;
 pub mod kvm;
 pub mod net;
 pub mod qemu;

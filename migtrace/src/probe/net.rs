@@ -20,14 +20,14 @@ pub enum NetProbeError {
 }
 
 impl Probes {
-    /// Attaches `tap_ingress` to each of `taps` inside namespace `ns` (ingress on a tap
-    /// is what the guest sends). Returns (tap, ifindex) pairs.
-    pub fn attach_taps(&mut self, ns: &str, taps: &[&str]) -> Result<Vec<(String, u32)>, NetProbeError> {
+    /// Attaches `tap_ingress` to each of `taps` inside namespace `ns` (None: the current
+    /// one; ingress on a tap is what the guest sends). Returns (tap, ifindex) pairs.
+    pub fn attach_taps(&mut self, ns: Option<&str>, taps: &[&str]) -> Result<Vec<(String, u32)>, NetProbeError> {
         let mut attached = Vec::new();
         for tap in taps {
             let index = netns::ifindex(ns, tap)?;
             let program: &mut SchedClassifier = self.program("tap_ingress")?;
-            netns::with_ns(ns, || {
+            netns::in_ns(ns, || {
                 // Needed for netlink attachment on kernels before 6.6; harmless with TCX.
                 let _ = tc::qdisc_add_clsact(tap);
                 program.attach(tap, TcAttachType::Ingress)

@@ -101,21 +101,24 @@ pub struct QemuProbes {
     links: Vec<(&'static str, UProbeLinkId)>,
 }
 
-/// Symbol offsets per binary, resolved once.
+/// Symbol offsets per binary file (device and inode), resolved once.
 #[derive(Default)]
 pub struct SymbolCache {
-    by_binary: HashMap<PathBuf, symbols::Resolved>,
+    by_file: HashMap<(u64, u64), symbols::Resolved>,
 }
 
 impl SymbolCache {
     fn resolve(&mut self, binary: &Path) -> Result<&symbols::Resolved, ProbeError> {
-        if !self.by_binary.contains_key(binary) {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(binary)
+            .map_err(|source| symbols::SymbolError::Read { path: binary.to_owned(), source })?;
+        let key = (meta.dev(), meta.ino());
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.by_file.entry(key) {
             let names: Vec<&str> =
                 POINTS.iter().flat_map(|p| p.symbols.iter().map(|(s, _)| *s).chain(p.older)).collect();
-            let resolved = symbols::resolve(binary, &names)?;
-            self.by_binary.insert(binary.to_owned(), resolved);
+            slot.insert(symbols::resolve(binary, &names)?);
         }
-        Ok(&self.by_binary[binary])
+        Ok(&self.by_file[&key])
     }
 }
 
@@ -123,11 +126,14 @@ impl Probes {
     /// Attaches the phase probes to QEMU process `pid` and adds it to the kernel-side
     /// filter (KVM ioctls and vCPU runs of this process are aggregated from now on).
     pub fn attach_qemu(&mut self, pid: u32, cache: &mut SymbolCache) -> Result<QemuProbes, ProbeError> {
-        let binary = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map_err(|source| symbols::SymbolError::Read { path: format!("/proc/{pid}/exe").into(), source })?;
-        let resolved = cache.resolve(&binary)?.clone();
+        // The process's own executable, whatever mount namespace it was started in (a
+        // libvirt host may have another QEMU at the same path than ours).
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let binary =
+            std::fs::read_link(&exe).map_err(|source| symbols::SymbolError::Read { path: exe.clone(), source })?;
+        let resolved = cache.resolve(&exe)?.clone();
         let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let mut probes = QemuProbes { pid, binary: binary.clone(), ..QemuProbes::default() };
+        let mut probes = QemuProbes { pid, binary, ..QemuProbes::default() };
         self.add_target(pid, Role::Hypervisor)?;
         for spec in POINTS {
             let Some((symbol, deref)) = spec.symbols.iter().find(|(s, _)| resolved.offsets.contains_key(*s)) else {
@@ -147,7 +153,7 @@ impl Probes {
                 let point =
                     UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(c) };
                 let link = uprobe
-                    .attach(point, &binary, scope)
+                    .attach(point, &exe, scope)
                     .map_err(|source| ProbeError::Program { name: program, source })?;
                 probes.links.push((program, link));
             }

@@ -149,6 +149,9 @@ pub struct TraceHealth {
     pub missing_destination_symbols: Vec<String>,
     /// Optional tracepoints this kernel lacks.
     pub missing_tracepoints: Vec<String>,
+    /// What a host's tracer could not trace (its QEMU or tap never appeared, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 pub struct Tracer {
@@ -170,7 +173,7 @@ impl Tracer {
         let mut probes = Probes::load()?;
         let missing_tracepoints = probes.attach_kvm()?;
         let taps = match lab_net {
-            Some((ns, taps)) => probes.attach_taps(ns, taps)?,
+            Some((ns, taps)) => probes.attach_taps(Some(ns), taps)?,
             None => Vec::new(),
         };
         let store = Arc::new(Mutex::new(Vec::new()));
@@ -187,6 +190,22 @@ impl Tracer {
             missing_tracepoints,
             loss_before,
         })
+    }
+
+    /// Attaches the packet classifier to one more tap (in namespace `ns`, None: ours).
+    /// A tap it is attached to already (same name, same interface index) stays as it
+    /// is; a tap that was deleted and made again gets the classifier anew.
+    pub fn attach_tap(&mut self, ns: Option<&str>, tap: &str) -> Result<(), TraceError> {
+        let index = crate::lab::netns::ifindex(ns, tap).map_err(super::net::NetProbeError::from)?;
+        if self.taps.iter().any(|(n, i)| n == tap && *i == index) {
+            return Ok(());
+        }
+        let attached = self.probes.attach_taps(ns, &[tap])?;
+        for (name, index) in attached {
+            self.taps.retain(|(n, i)| *n != name && *i != index);
+            self.taps.push((name, index));
+        }
+        Ok(())
     }
 
     /// Attaches the phase probes to QEMU process `pid`; returns the symbols it lacks.
@@ -302,6 +321,7 @@ impl Tracer {
                 missing_source_symbols: missing(source),
                 missing_destination_symbols: missing(destination),
                 missing_tracepoints: self.missing_tracepoints.clone(),
+                problems: Vec::new(),
             },
         })
     }

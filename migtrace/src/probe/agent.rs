@@ -1,0 +1,462 @@
+//! Per-host tracing agents: `migtrace agent` runs on each hypervisor host, traces that
+//! host's QEMU for the domain ([`HostTracer`]) and answers the coordinating `migtrace`
+//! over its stdin and stdout, one JSON object per line, whatever carries them (`ssh HOST
+//! migtrace agent`, `ip netns exec NS migtrace agent`, or a pipe).
+//!
+//! Requests and answers:
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | (on start) | `{"ready": {"host", "kernel", "version"}}` or `{"error"}` |
+//! | `{"op": "clock"}` | `{"t": NS}`: the agent's CLOCK_MONOTONIC, for offset estimation |
+//! | `{"op": "begin", "role": "source"\|"destination"}` | `{"ok": PID or null}` |
+//! | `{"op": "answered", "ident": N, "since_ns": NS}` | `{"ok": bool}`: a probe reply to a request sent at or after NS (the coordinator's clock: the guest echoes its stamps) |
+//! | `{"op": "finish"}` | `{"ok": HostTrace}` (the agent's clock) |
+//! | `{"op": "quit"}` or end of input | the agent detaches and exits |
+//!
+//! Anything else is answered `{"error": "…"}`; diagnostics go to stderr.
+
+use std::{process::Stdio, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
+
+use super::{
+    host::{HostTrace, HostTracer, Role},
+    tracer::TraceError,
+};
+use crate::clock::{ClockSample, HostClock, OffsetEstimate, estimate_offset, monotonic_ns};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("starting tracing agent `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tracing agent on {host}: {message}")]
+    Agent { host: String, message: String },
+    #[error(
+        "tracing agent on {host} did not answer {what} within {timeout:?} (is migtrace installed there, and run as root?)"
+    )]
+    Timeout { host: String, what: String, timeout: Duration },
+    #[error("tracing agent on {host} exited{stderr}")]
+    Exited { host: String, stderr: String },
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+}
+
+/// What `migtrace agent` is asked to trace.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    pub domain: String,
+    pub guest_mac: Option<String>,
+    /// Test-only: add this to every stamp the agent reports, as if its clock were off.
+    pub clock_offset_ns: i64,
+}
+
+fn shift(t: u64, by: i64) -> u64 {
+    if t == 0 { 0 } else { (t as i128 + by as i128).max(0) as u64 }
+}
+
+/// Moves every host-clock stamp of a host trace by `by` ns (the injected test offset).
+/// Echoed probe send stamps are the coordinator's and stay.
+fn shift_trace(t: &mut HostTrace, by: i64) {
+    t.attached_ns = shift(t.attached_ns, by);
+    for p in &mut t.trace.phases {
+        p.ts_ns = shift(p.ts_ns, by);
+    }
+    for p in &mut t.trace.packets {
+        p.ts_ns = shift(p.ts_ns, by);
+    }
+    for v in t.trace.source_vcpus.iter_mut().chain(&mut t.trace.destination_vcpus) {
+        (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
+            (shift(v.first_enter_ns, by), shift(v.last_enter_ns, by), shift(v.last_exit_ns, by));
+    }
+}
+
+/// The agent: serves requests from stdin until it ends or says quit.
+pub async fn serve(opts: AgentOptions) -> Result<(), AgentError> {
+    let mut out = tokio::io::stdout();
+    let say = |v: Value| format!("{v}\n");
+    let mut host = match HostTracer::start(&opts.domain, opts.guest_mac.as_deref(), None) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = out.write_all(say(json!({"error": format!("{e:#}")})).as_bytes()).await;
+            return Err(e.into());
+        }
+    };
+    let ready = json!({"ready": {
+        "host": hostname(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }});
+    let write_err = |e: std::io::Error| AgentError::Agent { host: "self".into(), message: format!("stdout: {e}") };
+    out.write_all(say(ready).as_bytes()).await.map_err(write_err)?;
+    out.flush().await.map_err(write_err)?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut destination_pending = false;
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line,
+            _ = tick.tick(), if destination_pending => {
+                // The incoming QEMU and its tap appear while libvirt prepares the migration.
+                if let Err(e) = host.poll() {
+                    eprintln!("migtrace agent: {e:#}");
+                }
+                continue;
+            }
+        };
+        let Ok(Some(line)) = line else { break };
+        let request: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                out.write_all(say(json!({"error": format!("not JSON: {e}")})).as_bytes()).await.map_err(write_err)?;
+                continue;
+            }
+        };
+        let answer = match request["op"].as_str() {
+            Some("clock") => json!({"t": shift(monotonic_ns(), opts.clock_offset_ns)}),
+            Some("begin") => {
+                let role = match request["role"].as_str() {
+                    Some("source") => Some(Role::Source),
+                    Some("destination") => Some(Role::Destination),
+                    _ => None,
+                };
+                match role {
+                    Some(role) => {
+                        destination_pending = role == Role::Destination;
+                        match host.begin(role).await {
+                            Ok(pid) => json!({"ok": pid}),
+                            Err(e) => json!({"error": format!("{e:#}")}),
+                        }
+                    }
+                    None => json!({"error": "begin needs role source or destination"}),
+                }
+            }
+            Some("answered") => {
+                let ident = request["ident"].as_u64().unwrap_or(0) as u16;
+                let since = request["since_ns"].as_u64().unwrap_or(0);
+                json!({"ok": host.answered_since(ident, since).await})
+            }
+            Some("finish") => {
+                destination_pending = false;
+                match host.finish().await {
+                    Ok(mut t) => {
+                        shift_trace(&mut t, opts.clock_offset_ns);
+                        json!({"ok": t})
+                    }
+                    Err(e) => json!({"error": format!("{e:#}")}),
+                }
+            }
+            Some("quit") => break,
+            other => json!({"error": format!("unknown op {other:?}")}),
+        };
+        out.write_all(say(answer).as_bytes()).await.map_err(write_err)?;
+        out.flush().await.map_err(write_err)?;
+    }
+    host.stop().await?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()
+}
+
+/// The coordinator's handle on one agent process.
+pub struct Agent {
+    pub host: String,
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr: Option<tokio::task::JoinHandle<String>>,
+}
+
+/// How long an agent may take to answer (loading eBPF programs on start takes longest).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Agent {
+    /// Starts `argv` (e.g. `ssh HOST migtrace agent`) with `--domain` and `--mac`
+    /// appended, and waits for it to report ready. Nothing goes through a shell.
+    pub async fn spawn(host: &str, argv: &[String], opts: &AgentOptions) -> Result<Self, AgentError> {
+        let command = argv.join(" ");
+        let Some((program, args)) = argv.split_first() else {
+            return Err(AgentError::Agent { host: host.into(), message: "empty agent command".into() });
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args).args(["--domain", &opts.domain]);
+        if let Some(mac) = &opts.guest_mac {
+            cmd.args(["--mac", mac]);
+        }
+        if opts.clock_offset_ns != 0 {
+            cmd.args(["--clock-offset-ns", &opts.clock_offset_ns.to_string()]);
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| AgentError::Spawn { command: command.clone(), source })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(AgentError::Agent { host: host.into(), message: "no stdio pipes".into() });
+        };
+        let name = host.to_owned();
+        let stderr = tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut kept = String::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("agent {name}: {line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+            kept
+        });
+        let mut agent =
+            Self { host: host.into(), child, stdin, lines: BufReader::new(stdout).lines(), stderr: Some(stderr) };
+        let ready = agent.read("its start", START_TIMEOUT).await?;
+        if ready.get("ready").is_none() {
+            return Err(agent.failure(ready));
+        }
+        Ok(agent)
+    }
+
+    async fn read(&mut self, what: &str, timeout: Duration) -> Result<Value, AgentError> {
+        let host = self.host.clone();
+        match tokio::time::timeout(timeout, self.lines.next_line()).await {
+            Err(_) => Err(AgentError::Timeout { host, what: what.into(), timeout }),
+            Ok(Ok(Some(line))) => serde_json::from_str(&line)
+                .map_err(|e| AgentError::Agent { host, message: format!("unexpected answer {line:?}: {e}") }),
+            Ok(_) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+                let stderr = match self.stderr.take() {
+                    Some(task) => tokio::time::timeout(Duration::from_secs(1), task)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default(),
+                    None => String::new(),
+                };
+                let stderr = stderr.trim();
+                Err(AgentError::Exited {
+                    host,
+                    stderr: if stderr.is_empty() { String::new() } else { format!(": {stderr}") },
+                })
+            }
+        }
+    }
+
+    fn failure(&self, answer: Value) -> AgentError {
+        AgentError::Agent {
+            host: self.host.clone(),
+            message: answer["error"].as_str().map_or_else(|| answer.to_string(), str::to_owned),
+        }
+    }
+
+    async fn call(&mut self, request: Value, timeout: Duration) -> Result<Value, AgentError> {
+        let what = request["op"].as_str().unwrap_or("a request").to_owned();
+        let line = format!("{request}\n");
+        if let Err(e) = self.stdin.write_all(line.as_bytes()).await {
+            return Err(AgentError::Agent { host: self.host.clone(), message: format!("writing to the agent: {e}") });
+        }
+        let _ = self.stdin.flush().await;
+        let answer = self.read(&what, timeout).await?;
+        if answer.get("error").is_some() { Err(self.failure(answer)) } else { Ok(answer) }
+    }
+
+    /// `n` clock exchanges and the offset they give (agent − ours).
+    pub async fn clock(&mut self, n: usize) -> Result<OffsetEstimate, AgentError> {
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let sent_ns = monotonic_ns();
+            let answer = self.call(json!({"op": "clock"}), CALL_TIMEOUT).await?;
+            let received_ns = monotonic_ns();
+            let remote_ns = answer["t"].as_u64().ok_or_else(|| self.failure(answer.clone()))?;
+            samples.push(ClockSample { sent_ns, remote_ns, received_ns });
+        }
+        estimate_offset(&samples)
+            .ok_or_else(|| AgentError::Agent { host: self.host.clone(), message: "no usable clock exchange".into() })
+    }
+
+    pub async fn begin(&mut self, role: Role) -> Result<Option<u32>, AgentError> {
+        let answer = self.call(json!({"op": "begin", "role": role}), CALL_TIMEOUT).await?;
+        Ok(answer["ok"].as_u64().map(|p| p as u32))
+    }
+
+    pub async fn answered_since(&mut self, ident: u16, since_ns: u64) -> Result<bool, AgentError> {
+        let answer = self.call(json!({"op": "answered", "ident": ident, "since_ns": since_ns}), CALL_TIMEOUT).await?;
+        Ok(answer["ok"].as_bool().unwrap_or(false))
+    }
+
+    pub async fn finish(&mut self) -> Result<HostTrace, AgentError> {
+        let answer = self.call(json!({"op": "finish"}), CALL_TIMEOUT).await?;
+        serde_json::from_value(answer["ok"].clone())
+            .map_err(|e| AgentError::Agent { host: self.host.clone(), message: format!("unexpected trace: {e}") })
+    }
+
+    /// Asks the agent to detach and exit; kills it if it does not within 5 s.
+    pub async fn quit(mut self) {
+        let _ = self.stdin.write_all(b"{\"op\":\"quit\"}\n").await;
+        let _ = self.stdin.flush().await;
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// One host of a pair as the coordinator traces it: an agent process, or a tracer in
+/// this process when the host is this machine.
+pub enum HostSide {
+    Agent(Box<Agent>),
+    Local(Box<HostTracer>),
+}
+
+/// Clock exchanges per estimate: the fastest quarter decides.
+const CLOCK_SAMPLES: usize = 32;
+
+impl HostSide {
+    /// The host's clock now (exact for a local tracer).
+    pub async fn clock(&mut self) -> Result<Option<OffsetEstimate>, AgentError> {
+        match self {
+            HostSide::Agent(a) => a.clock(CLOCK_SAMPLES).await.map(Some),
+            HostSide::Local(_) => Ok(None),
+        }
+    }
+
+    pub async fn begin(&mut self, role: Role) -> Result<Option<u32>, AgentError> {
+        match self {
+            HostSide::Agent(a) => a.begin(role).await,
+            HostSide::Local(h) => Ok(h.begin(role).await?),
+        }
+    }
+
+    /// Polls a local destination for its QEMU (an agent polls by itself).
+    pub fn poll(&mut self) {
+        if let HostSide::Local(h) = self {
+            let _ = h.poll();
+        }
+    }
+
+    pub async fn answered_since(&mut self, ident: u16, since_ns: u64) -> Result<bool, AgentError> {
+        match self {
+            HostSide::Agent(a) => a.answered_since(ident, since_ns).await,
+            HostSide::Local(h) => Ok(h.answered_since(ident, since_ns).await),
+        }
+    }
+
+    pub async fn finish(&mut self) -> Result<HostTrace, AgentError> {
+        match self {
+            HostSide::Agent(a) => a.finish().await,
+            HostSide::Local(h) => Ok(h.finish().await?),
+        }
+    }
+
+    pub async fn stop(self) {
+        match self {
+            HostSide::Agent(a) => a.quit().await,
+            HostSide::Local(h) => {
+                let _ = h.stop().await;
+            }
+        }
+    }
+}
+
+/// How each host of a pair is traced.
+#[derive(Clone, Debug)]
+pub enum HostTracing {
+    /// Not at all: only what the hypervisor itself reports.
+    Off,
+    /// By a tracer in this process, the host living in a network namespace of this
+    /// machine (None: the current one).
+    Local(Vec<(String, Option<String>)>),
+    /// By an agent started with each host's command (`ssh HOST migtrace agent`, …).
+    Agents(Vec<(String, Vec<String>)>),
+}
+
+/// Starts the tracers `how` asks for, one per host name.
+pub async fn start_hosts(
+    how: &HostTracing,
+    opts: &AgentOptions,
+) -> Result<std::collections::BTreeMap<String, HostSide>, AgentError> {
+    let mut hosts = std::collections::BTreeMap::new();
+    match how {
+        HostTracing::Off => {}
+        HostTracing::Local(list) => {
+            for (name, ns) in list {
+                let tracer = HostTracer::start(&opts.domain, opts.guest_mac.as_deref(), ns.clone())?;
+                hosts.insert(name.clone(), HostSide::Local(Box::new(tracer)));
+            }
+        }
+        HostTracing::Agents(list) => {
+            for (name, argv) in list {
+                let agent = Agent::spawn(name, argv, opts).await?;
+                hosts.insert(name.clone(), HostSide::Agent(Box::new(agent)));
+            }
+        }
+    }
+    Ok(hosts)
+}
+
+/// A host's clock over one migration, as the record keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClockRecord {
+    pub offset_ns: i64,
+    pub uncertainty_ns: u64,
+    pub drift_ppm: f64,
+    /// `agent` (estimated over the agent's channel) or `local` (this machine's clock).
+    pub source: String,
+}
+
+impl ClockRecord {
+    pub fn of(clock: &HostClock, local: bool) -> Self {
+        Self {
+            offset_ns: clock.offset_ns,
+            uncertainty_ns: clock.uncertainty_ns,
+            drift_ppm: clock.drift_ppm,
+            source: if local { "local" } else { "agent" }.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::tracer::{PacketStamp, PhaseStamp, VcpuStamp};
+
+    #[test]
+    fn an_injected_offset_moves_host_stamps_but_not_echoed_send_stamps() {
+        let mut t = HostTrace { attached_ns: 100, ..HostTrace::default() };
+        t.trace.phases.push(PhaseStamp {
+            ts_ns: 1_000,
+            tgid: 1,
+            tid: 1,
+            point: "VmStart".into(),
+            ret: false,
+            args: [0; 3],
+            value: 0,
+        });
+        t.trace.packets.push(PacketStamp {
+            ts_ns: 2_000,
+            tap: "vnet0".into(),
+            kind: "icmp-echo-reply".into(),
+            ident: 7,
+            seq: 1,
+            sent_ns: 1_500,
+        });
+        t.trace.destination_vcpus.push(VcpuStamp {
+            tid: 2,
+            first_enter_ns: 3_000,
+            last_enter_ns: 4_000,
+            last_exit_ns: 0,
+            enters: 2,
+        });
+        shift_trace(&mut t, 500);
+        assert_eq!((t.attached_ns, t.trace.phases[0].ts_ns, t.trace.packets[0].ts_ns), (600, 1_500, 2_500));
+        assert_eq!(t.trace.packets[0].sent_ns, 1_500, "the coordinator's stamp stays");
+        let v = &t.trace.destination_vcpus[0];
+        assert_eq!((v.first_enter_ns, v.last_enter_ns, v.last_exit_ns), (3_500, 4_500, 0), "0 means never");
+    }
+}
