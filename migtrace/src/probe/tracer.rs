@@ -142,13 +142,17 @@ fn vcpu_stamps(runs: BTreeMap<u32, VcpuRun>) -> Vec<VcpuStamp> {
 pub struct TraceHealth {
     /// Records the kernel could not hand over during this migration (ring buffer full).
     pub lost_records: u64,
-    /// Records that did not decode (userspace and kernel from different builds).
+    /// Records of this migration that did not decode (userspace and kernel from
+    /// different builds).
     pub undecodable_records: u64,
     /// QEMU functions the source's and destination's QEMU builds do not export.
     pub missing_source_symbols: Vec<String>,
     pub missing_destination_symbols: Vec<String>,
     /// Optional tracepoints this kernel lacks.
     pub missing_tracepoints: Vec<String>,
+    /// Defaults the probes had to assume (see [`Probes::fallbacks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 pub struct Tracer {
@@ -161,6 +165,8 @@ pub struct Tracer {
     pub taps: Vec<(String, u32)>,
     missing_tracepoints: Vec<String>,
     loss_before: Loss,
+    /// The collector's lifetime count of undecodable records at [`Tracer::begin`].
+    undecodable_before: u64,
 }
 
 impl Tracer {
@@ -186,6 +192,7 @@ impl Tracer {
             taps,
             missing_tracepoints,
             loss_before,
+            undecodable_before: 0,
         })
     }
 
@@ -222,6 +229,7 @@ impl Tracer {
         }
         self.store.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.loss_before = self.probes.loss()?;
+        self.undecodable_before = self.collector.as_ref().map_or(0, Collector::undecodable);
         Ok(())
     }
 
@@ -245,6 +253,7 @@ impl Tracer {
         if let Some(c) = &self.collector {
             c.flush().await;
         }
+        self.probes.flush_log();
         let events = std::mem::take(&mut *self.store.lock().unwrap_or_else(|p| p.into_inner()));
         let loss = self.probes.loss()?.since(&self.loss_before);
         let missing = |pid| -> Vec<String> {
@@ -298,10 +307,14 @@ impl Tracer {
             destination_vcpus: vcpu_stamps(self.probes.vcpu_runs(destination)?),
             health: TraceHealth {
                 lost_records: loss.total(),
-                undecodable_records: self.collector.as_ref().map_or(0, Collector::undecodable),
+                undecodable_records: self
+                    .collector
+                    .as_ref()
+                    .map_or(0, |c| c.undecodable().saturating_sub(self.undecodable_before)),
                 missing_source_symbols: missing(source),
                 missing_destination_symbols: missing(destination),
                 missing_tracepoints: self.missing_tracepoints.clone(),
+                fallbacks: self.probes.fallbacks.clone(),
             },
         })
     }
