@@ -137,7 +137,7 @@ impl Session {
         let timeline: Timeline = timeline::assemble(&timeline::Input {
             outcome: &outcome,
             trace: trace.as_ref(),
-            qemu_version: pair.hypervisor_version().unwrap_or((7, 2)),
+            qemu_version: pair.hypervisor_version(),
             clock: WallClock::from_pair(outcome.start_ns, outcome.start_unix_us),
             destination_tap: Some(dst_host.as_str()).filter(|h| !h.is_empty()),
             probe_ident: prober.as_ref().map(|p| p.ident),
@@ -155,25 +155,26 @@ impl Session {
                 ..ProbeSummary::default()
             },
         });
-        let (downtime_ms, migration_time_ms, missing) =
-            downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
+        let measures = downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
         let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
-        record.downtime_ms = downtime_ms;
-        record.migration_time_ms = migration_time_ms;
-        record.ping = ping;
+        record.ping = ping.map(|mut p| {
+            p.max_gap_ms = measures.downtime_ms.ping_max_gap;
+            p
+        });
+        record.downtime_ms = measures.downtime_ms;
+        record.migration_time_ms = measures.migration_time_ms;
+        record.evidence = measures.evidence;
         record.probe = probe;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
         record.guest = pair.guest_check().map(|mut g| {
-            // No answer to any probe sent after the guest resumed: hung, or its network
-            // is dead (the console check above tells a crash apart).
-            g.unreachable = record
-                .probe
-                .as_ref()
-                .is_some_and(|p| p.error.is_none() && (p.open_gap_ms.is_some() || (p.gap_ms.is_none() && p.sent > 0)));
+            // The guest's own silence only: no answer, at the taps or at the sender's
+            // socket, to any probe sent after it resumed. A classifier that saw too few
+            // replies is a missing measure, not a hung guest.
+            g.unreachable = record.probe.as_ref().is_some_and(|p| p.error.is_none() && p.open_gap_ms.is_some());
             g
         });
         record.timeline = Some(timeline);
-        record.missing = missing;
+        record.missing = measures.missing;
         if self.options.keep_trace {
             record.trace = trace;
         }
