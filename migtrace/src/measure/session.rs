@@ -158,7 +158,7 @@ impl Session {
         let measures = downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
         let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
         record.ping = ping.map(|mut p| {
-            p.max_gap_ms = measures.downtime_ms.ping_max_gap;
+            (p.max_gap_ms, p.late_ms) = measures.ping_gap.map_or((None, None), |(g, late)| (Some(g), late));
             p
         });
         record.downtime_ms = measures.downtime_ms;
