@@ -216,6 +216,16 @@ pub fn probe_gap(
     summary
 }
 
+/// The reference ping's gap around the switchover.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PingGap {
+    pub ms: f64,
+    /// When its first reply was printed (monotonic ns).
+    pub start_ns: u64,
+    /// How late ping itself was within it, ms.
+    pub late_ms: Option<f64>,
+}
+
 /// The largest gap between the reference ping's replies around the switchover, by the
 /// same rule as the probe gap ([`switchover_gap`]), in ms, and how late the ping itself
 /// was within it (ms), if at all.
@@ -225,11 +235,7 @@ pub fn probe_gap(
 /// replies went unanswered, and their number is in the sequence numbers: a gap longer
 /// than those requests' intervals is the ping's own delay (a stalled or starved ping),
 /// not the guest's.
-pub fn ping_gap(
-    ping: &PingReport,
-    switchover: Option<(u64, u64)>,
-    clock: WallClock,
-) -> Result<(f64, Option<f64>), String> {
+pub fn ping_gap(ping: &PingReport, switchover: Option<(u64, u64)>, clock: WallClock) -> Result<PingGap, String> {
     let mut replies: Vec<Reply> = ping
         .replies
         .iter()
@@ -244,7 +250,7 @@ pub fn ping_gap(
             let (a, b) = (replies[i], replies[i + 1]);
             let expected = u64::from(b.seq.wrapping_sub(a.seq)) * (ping.interval_ms * 1e6) as u64;
             let late = b.sent.saturating_sub(a.sent).saturating_sub(expected);
-            Ok((span_ms(a.ts, b.ts)?, (late > 0).then(|| late as f64 / 1e6)))
+            Ok(PingGap { ms: span_ms(a.ts, b.ts)?, start_ns: a.ts, late_ms: (late > 0).then(|| late as f64 / 1e6) })
         }
         Choice::NoRecovery => Err("ping got no reply to a request sent after the guest resumed".into()),
         Choice::NoGap if replies.len() < 2 => Err(format!("ping got {} replies, a gap needs two", replies.len())),
@@ -262,7 +268,7 @@ pub struct Measures {
     pub evidence: BTreeMap<String, Evidence>,
     /// The ping's gap around the switchover and how late the ping itself was in it,
     /// whether or not it is taken as `ping_max_gap`.
-    pub ping_gap: Option<(f64, Option<f64>)>,
+    pub ping_gap: Option<PingGap>,
     /// Each measure that is `None`, and why.
     pub missing: Vec<String>,
 }
@@ -293,14 +299,16 @@ pub fn compute(
     };
     let raw_ping_gap = ping.filter(|p| p.error.is_none()).map(|p| ping_gap(p, switchover, clock));
     let ping_max_gap = match (ping, &raw_ping_gap) {
-        (Some(p), Some(Ok((gap, Some(late))))) if late_beyond_resolution(*late, p.interval_ms, *gap) => {
+        (Some(p), Some(Ok(PingGap { ms: gap, late_ms: Some(late), .. })))
+            if late_beyond_resolution(*late, p.interval_ms, *gap) =>
+        {
             missing.push(format!(
                 "downtime_ms.ping_max_gap: ping itself was {late:.1} ms late within the {gap:.1} ms gap (stalled or \
                  starved): not the guest's alone"
             ));
             None
         }
-        (_, Some(Ok((gap, _)))) => Some(*gap),
+        (_, Some(Ok(g))) => Some(g.ms),
         (_, Some(Err(why))) => {
             missing.push(format!("downtime_ms.ping_max_gap: {why}"));
             None
@@ -565,9 +573,12 @@ mod tests {
         let ping =
             PingReport { interval_ms: 50.0, replies: times.into_iter().map(at).collect(), ..PingReport::default() };
         // 150 → 250: seq 3 → 5, one request unanswered: the ping was on time.
-        assert_eq!(ping_gap(&ping, Some((200 * MS, 240 * MS)), clock), Ok((100.0, None)));
+        assert_eq!(
+            ping_gap(&ping, Some((200 * MS, 240 * MS)), clock),
+            Ok(PingGap { ms: 100.0, start_ns: 150 * MS, late_ms: None })
+        );
         // Unwindowed, the stall would win.
-        assert_eq!(ping_gap(&ping, None, clock).map(|g| g.0), Ok(150.0));
+        assert_eq!(ping_gap(&ping, None, clock).map(|g| g.ms), Ok(150.0));
         // No reply to a request sent after a resume at 1400: no figure, a reason.
         assert!(
             ping_gap(&ping, Some((200 * MS, 1400 * MS)), clock).is_err_and(|e| e.contains("after the guest resumed"))
@@ -588,12 +599,13 @@ mod tests {
             replies: vec![reply(50, 1), reply(100, 2), reply(150, 3), reply(500, 4), reply(550, 5)],
             ..PingReport::default()
         };
-        assert_eq!(ping_gap(&ping, Some((200 * MS, 240 * MS)), clock), Ok((350.0, Some(300.0))));
+        let found = PingGap { ms: 350.0, start_ns: 150 * MS, late_ms: Some(300.0) };
+        assert_eq!(ping_gap(&ping, Some((200 * MS, 240 * MS)), clock), Ok(found));
         let mut t = Timeline::default();
         (t.marks.source_paused_ns, t.marks.destination_resumed_ns) = (Some(200 * MS), Some(240 * MS));
         let m = compute(&outcome(Some(MS)), &t, Some(&ping), None);
         assert_eq!(m.downtime_ms.ping_max_gap, None);
-        assert_eq!(m.ping_gap, Some((350.0, Some(300.0))), "the raw gap stays in the ping report");
+        assert_eq!(m.ping_gap, Some(found), "the raw gap stays in the ping report");
         assert!(m.missing.iter().any(|x| x.contains("ping itself was 300.0 ms late")), "{:?}", m.missing);
     }
 

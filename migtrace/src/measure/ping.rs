@@ -24,6 +24,10 @@ pub struct PingReport {
     /// `-D` stamps (see [`super::downtime::ping_gap`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_gap_ms: Option<f64>,
+    /// When that gap began: ms from the migration command to ping's stamp of the reply
+    /// before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_start_ms: Option<f64>,
     /// How late ping itself was within that gap (ms): its requests or its printing
     /// lagged. Beyond one interval or 5 % of the gap, `downtime_ms.ping_max_gap` is
     /// `null`.
@@ -166,6 +170,7 @@ pub fn parse(output: &str, interval_ms: f64) -> PingReport {
         received,
         lost: sent.saturating_sub(received),
         max_gap_ms: None,
+        gap_start_ms: None,
         late_ms: None,
         error: None,
         replies,

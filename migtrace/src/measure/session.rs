@@ -156,9 +156,14 @@ impl Session {
             },
         });
         let measures = downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
+        let origin = outcome.start_ns;
         let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
         record.ping = ping.map(|mut p| {
-            (p.max_gap_ms, p.late_ms) = measures.ping_gap.map_or((None, None), |(g, late)| (Some(g), late));
+            if let Some(g) = measures.ping_gap {
+                p.max_gap_ms = Some(g.ms);
+                p.gap_start_ms = Some((g.start_ns as i128 - origin as i128) as f64 / 1e6);
+                p.late_ms = g.late_ms;
+            }
             p
         });
         record.downtime_ms = measures.downtime_ms;
