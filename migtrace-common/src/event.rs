@@ -33,6 +33,33 @@ impl EventKind {
 /// that failed because userspace did not drain fast enough.
 pub const LOSS_MAP_LEN: u32 = EventKind::COUNT;
 
+/// Diagnostics the eBPF programs log (aya-log), once per CPU each: indices of the
+/// kernel side's `DIAG_SEEN` flags.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Diag {
+    /// The ring buffer was full: records lost (also counted per kind).
+    RingFull = 0,
+    /// `KVM_STATS` is full: new (process, round, ioctl) keys are not counted.
+    KvmStatsFull = 1,
+    /// `VCPU_RUN` is full: new vCPU threads are not timed.
+    VcpuRunFull = 2,
+    /// `INFLIGHT` is full: an ioctl's latency is not measured.
+    InflightFull = 3,
+    /// `SAVED_ARGS` is full: a return probe cannot read its out-parameters.
+    SavedArgsFull = 4,
+    /// `ROUND` is full: KVM statistics stay in round 0.
+    RoundFull = 5,
+    /// The ioctl tracepoint's `cmd` cannot be read at the offset from its format file.
+    IoctlLayout = 6,
+    /// A frame with the IPv4 ethertype whose header is not IPv4 (version, IHL).
+    IpLayout = 7,
+}
+
+impl Diag {
+    pub const COUNT: u32 = 8;
+}
+
 /// Role of a traced process, the value of the `TARGETS` map keyed by tgid.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,7 +223,8 @@ pub struct PacketEvent {
     pub ifindex: u32,
     /// A [`PacketKind`] discriminant.
     pub kind: u32,
-    /// ICMP identifier, or UDP source port.
+    /// ICMP identifier, or the UDP destination port (the echo client's port: replies
+    /// all come from [`UDP_PROBE_PORT`]).
     pub ident: u16,
     /// ICMP sequence number, or the first 16 bits of the UDP payload.
     pub seq: u16,

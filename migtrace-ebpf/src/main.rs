@@ -4,6 +4,10 @@
 //! not reserve in [`maps::LOSS`], so userspace can report loss instead of hiding it.
 #![no_std]
 #![no_main]
+// Atomic adds on per-CPU counters (see maps::atomic_add); eBPF builds use a nightly
+// or RUSTC_BOOTSTRAP toolchain anyway (-Z build-std).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod kvm;
 mod maps;

@@ -1,16 +1,27 @@
 //! Maps shared by every program family, and the helpers that write records.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use migtrace_common::event::{EventHeader, EventKind, InflightIoctl, KvmStat, KvmStatKey, LOSS_MAP_LEN, VcpuRun};
+use aya_log_ebpf::warn;
+use migtrace_common::event::{Diag, EventHeader, EventKind, InflightIoctl, KvmStat, KvmStatKey, LOSS_MAP_LEN, VcpuRun};
 
-/// Every streamed record, in order of reservation. 8 MiB holds over 130,000 of the
-/// largest records: well over 100 ms of the fastest stream at 1M records/s.
+/// Every streamed record, in order of reservation. The largest record is 64 bytes, a
+/// 72-byte slot with the ring buffer's header: 8 MiB hold about 116,000 of them, over
+/// 100 ms of the fastest stream at 1M records/s.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Per-CPU "already reported" flags of [`Diag`]: each diagnostic is logged once per CPU,
+/// so a broken layout or a full map never turns into a log record per event.
+#[map]
+pub static DIAG_SEEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(Diag::COUNT, 0);
 
 /// Per-CPU count of records that could not be reserved, by [`EventKind`].
 #[map]
@@ -83,23 +94,51 @@ pub fn header(kind: EventKind) -> EventHeader {
     header_at(kind, now_ns())
 }
 
+/// Whether diagnostic `d` is raised for the first time on this CPU (see [`DIAG_SEEN`]).
+/// Two preempted programs on one CPU may both see "first": a duplicate log line at
+/// worst.
+#[inline(always)]
+pub fn first_time(d: Diag) -> bool {
+    match DIAG_SEEN.get_ptr_mut(d as u32) {
+        // SAFETY: a per-CPU u32 slot of a map that outlives the program.
+        Some(seen) => unsafe {
+            if *seen != 0 {
+                return false;
+            }
+            *seen = 1;
+            true
+        },
+        None => false,
+    }
+}
+
+/// Adds `n` to a per-CPU counter. Uprobe and syscall tracepoint programs are
+/// preemptible, so another program may update the same slot on this CPU in between:
+/// a plain `+=` could lose counts.
+#[inline(always)]
+pub fn atomic_add(counter: *mut u64, n: u64) {
+    // The bpf target has no `AtomicU64::fetch_add` (no compare-and-swap); the intrinsic
+    // compiles to BPF's atomic add.
+    // SAFETY: `counter` points into a map value, 8-byte aligned, valid while we run.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
 /// Writes `record` to [`EVENTS`], counting a loss if the ring buffer is full.
 #[inline(always)]
-pub fn emit<T: 'static>(kind: EventKind, record: T) {
+pub fn emit<C: EbpfContext, T: 'static>(ctx: &C, kind: EventKind, record: T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
             entry.submit(0);
         }
-        None => count_loss(kind),
-    }
-}
-
-#[inline(always)]
-pub fn count_loss(kind: EventKind) {
-    if let Some(n) = LOSS.get_ptr_mut(kind as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
-        unsafe { *n += 1 };
+        None => {
+            if let Some(n) = LOSS.get_ptr_mut(kind as u32) {
+                atomic_add(n, 1);
+            }
+            if first_time(Diag::RingFull) {
+                warn!(ctx, "ring buffer full: records lost (counted per kind in LOSS)");
+            }
+        }
     }
 }
 
@@ -112,27 +151,34 @@ pub fn round_of(tgid: u32) -> u32 {
 
 /// Adds one occurrence taking `ns` to the statistics under `key`.
 #[inline(always)]
-pub fn kvm_stat_add(key: &KvmStatKey, ns: u64) {
-    match KVM_STATS.get_ptr_mut(key) {
-        Some(stat) => {
-            // SAFETY: per-CPU value: only this CPU writes it, and we are not preempted.
-            unsafe {
-                (*stat).count += 1;
-                (*stat).total_ns += ns;
-                if ns > (*stat).max_ns {
-                    (*stat).max_ns = ns;
-                }
-            }
+pub fn kvm_stat_add<C: EbpfContext>(ctx: &C, key: &KvmStatKey, ns: u64) {
+    if KVM_STATS.get_ptr_mut(key).is_none() {
+        // NOEXIST: a program that preempted us may have created the entry meanwhile;
+        // then both add below instead of one overwriting the other.
+        let zero = KvmStat { count: 0, total_ns: 0, max_ns: 0 };
+        if KVM_STATS.insert(key, zero, BPF_NOEXIST as u64).is_err()
+            && KVM_STATS.get_ptr_mut(key).is_none()
+            && first_time(Diag::KvmStatsFull)
+        {
+            warn!(ctx, "KVM_STATS is full: KVM counts of process {} are incomplete", key.tgid);
         }
-        None => {
-            let _ = KVM_STATS.insert(key, KvmStat { count: 1, total_ns: ns, max_ns: ns }, 0);
+    }
+    let Some(stat) = KVM_STATS.get_ptr_mut(key) else { return };
+    // SAFETY: a per-CPU value of the map, valid while we run.
+    unsafe {
+        atomic_add(&raw mut (*stat).count, 1);
+        atomic_add(&raw mut (*stat).total_ns, ns);
+        // The maximum is not atomic (no compare-and-swap here): a preempting program
+        // may overwrite a larger value with its own, never a count.
+        if ns > (*stat).max_ns {
+            (*stat).max_ns = ns;
         }
     }
 }
 
 /// A vCPU thread starts running guest code.
 #[inline(always)]
-pub fn vcpu_enter(tgid: u32, tid: u32, now: u64) {
+pub fn vcpu_enter<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, now: u64) {
     match VCPU_RUN.get_ptr_mut(&tid) {
         // SAFETY: each entry is written only by its own thread.
         Some(run) => unsafe {
@@ -144,7 +190,9 @@ pub fn vcpu_enter(tgid: u32, tid: u32, now: u64) {
         },
         None => {
             let run = VcpuRun { tgid, _pad: 0, first_enter_ns: now, last_enter_ns: now, last_exit_ns: 0, enters: 1 };
-            let _ = VCPU_RUN.insert(&tid, run, 0);
+            if VCPU_RUN.insert(&tid, run, 0).is_err() && first_time(Diag::VcpuRunFull) {
+                warn!(ctx, "VCPU_RUN is full: vCPU thread {} of process {} is not timed", tid, tgid);
+            }
         }
     }
 }

@@ -1,17 +1,26 @@
 //! Guest packets at the lab's taps: a tc classifier on tap ingress (frames the guest
 //! sends) stamps probe replies and the destination's self-announce with the tap, i.e.
 //! the host, they came through.
+//!
+//! Only untagged IPv4, ARP and RARP frames are read. VLAN-tagged frames belong to no
+//! probe of ours; IPv4 fragments other than a whole datagram carry no complete L4
+//! header to trust.
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use migtrace_common::event::{EventKind, PacketEvent, PacketKind, UDP_PROBE_PORT};
+use aya_log_ebpf::debug;
+use migtrace_common::event::{Diag, EventKind, PacketEvent, PacketKind, UDP_PROBE_PORT};
 
-use crate::maps::{emit, header};
+use crate::maps::{emit, first_time, header};
 
 const TC_ACT_OK: i32 = 0;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_RARP: u16 = 0x8035;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// IPv4 flags and fragment offset: "more fragments" and the 13-bit offset.
+const IP_MF_OFFSET: u16 = 0x3fff;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHOREPLY: u8 = 0;
@@ -19,7 +28,7 @@ const ICMP_ECHOREPLY: u8 = 0;
 #[classifier]
 pub fn tap_ingress(ctx: TcContext) -> i32 {
     if let Some(event) = classify(&ctx) {
-        emit(EventKind::Packet, event);
+        emit(&ctx, EventKind::Packet, event);
     }
     // Observe only: every packet continues unchanged.
     TC_ACT_OK
@@ -32,15 +41,31 @@ fn be16(ctx: &TcContext, offset: usize) -> Option<u16> {
 
 #[inline(always)]
 fn classify(ctx: &TcContext) -> Option<PacketEvent> {
-    let ethertype = be16(ctx, 12)?;
     // SAFETY: the context's skb pointer is valid for the program's duration.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (ifindex, vlan_present) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).vlan_present) };
+    // A tag the stack already moved out of the frame (hardware-accelerated VLAN).
+    if vlan_present != 0 {
+        return None;
+    }
+    let ethertype = be16(ctx, 12)?;
     let mut event =
         PacketEvent { header: header(EventKind::Packet), ifindex, len: ctx.len(), ..PacketEvent::default() };
     match ethertype {
+        ETH_P_8021Q | ETH_P_8021AD => return None,
         ETH_P_IP => {
             let ver_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
-            let l4 = ETH_HLEN + ((ver_ihl & 0x0f) as usize) * 4;
+            let ihl = (ver_ihl & 0x0f) as usize;
+            if ver_ihl >> 4 != 4 || ihl < 5 {
+                if first_time(Diag::IpLayout) {
+                    debug!(ctx, "tap {}: IPv4 ethertype but version/IHL byte {:x}: not parsed", ifindex, ver_ihl);
+                }
+                return None;
+            }
+            // Our probes are never fragmented; a fragment has no (complete) L4 header.
+            if be16(ctx, ETH_HLEN + 6)? & IP_MF_OFFSET != 0 {
+                return None;
+            }
+            let l4 = ETH_HLEN + ihl * 4;
             let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
             event.saddr = ctx.load(ETH_HLEN + 12).ok()?;
             event.daddr = ctx.load(ETH_HLEN + 16).ok()?;

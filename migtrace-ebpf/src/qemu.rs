@@ -10,9 +10,10 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use migtrace_common::event::{EventKind, PHASE_RETURN, PhaseEvent, PhasePoint, cookie};
+use aya_log_ebpf::{debug, warn};
+use migtrace_common::event::{Diag, EventKind, PHASE_RETURN, PhaseEvent, PhasePoint, cookie};
 
-use crate::maps::{ROUND, SAVED_ARGS, current, emit, header_at, now_ns, round_of, vcpu_enter, vcpu_exit};
+use crate::maps::{ROUND, SAVED_ARGS, current, emit, first_time, header_at, now_ns, round_of, vcpu_enter, vcpu_exit};
 
 #[inline(always)]
 fn saved_key(tid: u32, point: u64) -> u64 {
@@ -27,18 +28,24 @@ pub fn qemu_enter(ctx: ProbeContext) -> u32 {
     let point = c & cookie::POINT_MASK;
     let (tgid, tid) = current();
     if c & cookie::AGGREGATE_ONLY != 0 {
-        vcpu_enter(tgid, tid, now);
+        vcpu_enter(&ctx, tgid, tid, now);
         return 0;
     }
     if point == PhasePoint::DirtyLogSync as u64 {
         let next = round_of(tgid) + 1;
-        let _ = ROUND.insert(&tgid, &next, 0);
+        if ROUND.insert(&tgid, &next, 0).is_err() && first_time(Diag::RoundFull) {
+            warn!(&ctx, "ROUND is full: KVM statistics of process {} stay in one round", tgid);
+        }
     }
     let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
-    if c & cookie::SAVE_ARGS != 0 {
-        let _ = SAVED_ARGS.insert(&saved_key(tid, point), &[arg(0), arg(1), arg(2), arg(3), arg(4)], 0);
+    if c & cookie::SAVE_ARGS != 0
+        && SAVED_ARGS.insert(&saved_key(tid, point), &[arg(0), arg(1), arg(2), arg(3), arg(4)], 0).is_err()
+        && first_time(Diag::SavedArgsFull)
+    {
+        warn!(&ctx, "SAVED_ARGS is full: out-parameters of point {} are not read", point);
     }
     emit(
+        &ctx,
         EventKind::Phase,
         PhaseEvent {
             header: header_at(EventKind::Phase, now),
@@ -78,9 +85,13 @@ pub fn qemu_return(ctx: RetProbeContext) -> u32 {
                 }
             }
             let _ = SAVED_ARGS.remove(&key);
+        } else {
+            // The entry probe did not run for this call (attached mid-call): no values.
+            debug!(&ctx, "return of point {} without saved arguments", point);
         }
     }
     emit(
+        &ctx,
         EventKind::Phase,
         PhaseEvent {
             header: header_at(EventKind::Phase, now),

@@ -15,11 +15,12 @@ use crate::maps::{emit, header, traced_role};
 /// getppid is cheap and never called in hot paths of normal programs, so it makes a
 /// clean synthetic trigger.
 #[tracepoint]
-pub fn selftest_getppid(_ctx: TracePointContext) -> u32 {
+pub fn selftest_getppid(ctx: TracePointContext) -> u32 {
     if !matches!(traced_role(), Some((_, r)) if r == Role::Selftest as u32) {
         return 0;
     }
     emit(
+        &ctx,
         EventKind::SelftestSyscall,
         SelftestEvent {
             header: header(EventKind::SelftestSyscall),
@@ -36,6 +37,7 @@ pub fn selftest_uprobe(ctx: ProbeContext) -> u32 {
     // SAFETY: the context pointer comes from the kernel for this program type.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     emit(
+        &ctx,
         EventKind::SelftestUprobe,
         SelftestEvent { header: header(EventKind::SelftestUprobe), cookie, arg0: ctx.arg::<u64>(0).unwrap_or(0) },
     );

@@ -216,4 +216,17 @@ mod tests {
         assert_eq!(c.to_local(local + 1_050_000), local);
         assert_eq!(HostClock::local().to_local(42), 42);
     }
+
+    #[test]
+    fn a_recorded_pair_converts_qmp_stamps_exactly() {
+        // A migration issued at monotonic 5 s, Unix 1_700_000_000.000123 s.
+        let c = WallClock::from_pair(5_000_000_000, 1_700_000_000_000_123);
+        assert_eq!(c.to_unix_us(5_000_000_000), 1_700_000_000_000_123);
+        // A QMP event 2.5 ms later is 2.5 ms later on the monotonic clock.
+        assert_eq!(c.from_unix_us(1_700_000_000_002_623), 5_002_500_000);
+        // Sub-µs parts of monotonic stamps fall into their µs, never the next one.
+        assert_eq!(c.to_unix_us(5_000_000_999), 1_700_000_000_000_123);
+        // Before the monotonic clock's start: 0, not a wrapped-around stamp.
+        assert_eq!(c.from_unix_us(1_000), 0);
+    }
 }

@@ -31,6 +31,11 @@ fn assert_gone(id: &str) {
     assert!(!std::path::Path::new(registry::RUN_DIR).join(id).exists(), "state of lab {id} left");
 }
 
+/// Labs owned by this test process (other processes may run labs meanwhile).
+fn my_labs() -> usize {
+    registry::list().into_iter().filter(|s| s.owner_pid == std::process::id()).count()
+}
+
 fn params() -> MigrationParams {
     MigrationParams { timeout_s: 120.0, ..MigrationParams::default() }
 }
@@ -120,7 +125,7 @@ async fn migration_that_does_not_converge_times_out_and_is_cancelled() {
 #[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
 async fn guest_that_never_comes_up_times_out_with_console_tail() {
     let config = LabConfig { boot_timeout: Duration::from_millis(300), ..LabConfig::default() };
-    let before = registry::list().len();
+    let before = my_labs();
     match Lab::up(config).await {
         Err(e @ LabError::Qemu(QemuError::BootTimeout { .. })) => {
             // Whatever the guest printed so far (possibly nothing yet) is in the error.
@@ -133,17 +138,17 @@ async fn guest_that_never_comes_up_times_out_with_console_tail() {
         Ok(_) => panic!("a guest cannot be up in 300 ms under this test"),
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(registry::list().len(), before, "no lab left behind after a failed boot");
+    assert_eq!(my_labs(), before, "no lab left behind after a failed boot");
 }
 
 #[tokio::test]
 #[ignore = "needs root: validates lab configuration"]
 async fn bad_configuration_is_refused_before_anything_starts() {
-    let before = registry::list().len();
+    let before = my_labs();
     let too_big = LabConfig { workload: Spec::parse("wset=256M").expect("spec"), ..LabConfig::default() };
     let err = Lab::up(too_big).await.err().expect("refused").to_string();
     assert!(err.contains("wset=256 MiB must be smaller"), "{err}");
     let tiny = LabConfig { vmsize_mib: 64, ..LabConfig::default() };
     assert!(Lab::up(tiny).await.err().expect("refused").to_string().contains("at least 128 MiB"));
-    assert_eq!(registry::list().len(), before);
+    assert_eq!(my_labs(), before);
 }

@@ -94,21 +94,35 @@ async fn uprobe_and_tracepoint_deliver_events_with_pid_and_monotonic_stamps() {
     assert_eq!(all.len(), 10, "distinct stamps");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: loads eBPF programs (run `cargo xtask test`)"]
 async fn other_processes_are_filtered_out() {
     let mut probes = Probes::load().expect("load");
-    // Our own pid is not a target here: getppid calls must not be recorded.
     probes.attach_selftest_syscall().expect("attach tracepoint");
     let (tx, mut rx) = mpsc::channel(8);
     let collector = Collector::spawn(probes.take_events().expect("ring"), tx).expect("collector");
-    for _ in 0..100 {
-        // SAFETY: getppid has no preconditions.
-        black_box(unsafe { libc::getppid() });
-    }
+    let getppid = |n: usize| {
+        for _ in 0..n {
+            // SAFETY: getppid has no preconditions.
+            black_box(unsafe { libc::getppid() });
+        }
+    };
+    // Our own pid is not a target yet, and a shell is never one: nothing is recorded.
+    getppid(100);
     let status = std::process::Command::new("/bin/sh").args(["-c", "exit 0"]).status().expect("sh");
     assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err(), "untargeted processes produced records");
+    // Positive control: the same calls once we are a target arrive, every one of them.
+    probes.add_target(std::process::id(), Role::Selftest).expect("add target");
+    getppid(100);
+    let mut ours = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ours < 100 {
+        let Ok(Some(batch)) = tokio::time::timeout_at(deadline, rx.recv()).await else { break };
+        ours += batch.iter().filter(|e| matches!(e, Event::SelftestSyscall(_))).count();
+    }
     let stats = collector.stop().await.expect("stop");
-    assert_eq!(stats.records, 0, "untargeted processes produced records");
-    assert!(rx.try_recv().is_err());
+    assert_eq!(ours, 100, "a target's calls are delivered");
+    assert_eq!(stats.records, 100, "and nothing but them");
 }

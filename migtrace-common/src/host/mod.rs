@@ -51,6 +51,16 @@ const KVM_API_VERSION: libc::c_int = 12;
 /// matching vendor module to be loaded.
 pub fn detect_accel() -> Accel {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    decide_accel(&cpuinfo, |module| Path::new("/sys/module").join(module).exists(), kvm_api_version)
+}
+
+/// [`detect_accel`]'s decision from what the host shows: `/proc/cpuinfo`, whether a
+/// kernel module is loaded, and what `/dev/kvm` answers.
+fn decide_accel(
+    cpuinfo: &str,
+    module_loaded: impl Fn(&str) -> bool,
+    api_version: impl FnOnce() -> io::Result<libc::c_int>,
+) -> Accel {
     let flags: Vec<&str> = cpuinfo
         .lines()
         .find(|l| l.starts_with("flags"))
@@ -63,17 +73,17 @@ pub fn detect_accel() -> Accel {
         "kvm_amd"
     } else {
         let mut reason = String::from("the CPU exposes no vmx/svm flag");
-        if Path::new("/sys/module/kvm_pvm").exists() {
+        if module_loaded("kvm_pvm") {
             reason.push_str("; /dev/kvm is the paravirtual kvm_pvm, which cannot boot a standard guest");
         } else if flags.contains(&"hypervisor") {
             reason.push_str(" (nested virtualisation is not enabled for this VM)");
         }
         return Accel::Tcg { reason };
     };
-    if !Path::new("/sys/module").join(vendor_module).exists() {
+    if !module_loaded(vendor_module) {
         return Accel::Tcg { reason: format!("module {vendor_module} is not loaded (modprobe {vendor_module})") };
     }
-    match kvm_api_version() {
+    match api_version() {
         Ok(KVM_API_VERSION) => Accel::Kvm,
         Ok(v) => Accel::Tcg { reason: format!("/dev/kvm reports API version {v}, expected 12") },
         Err(e) => Accel::Tcg { reason: format!("cannot use /dev/kvm: {e}") },
@@ -177,10 +187,36 @@ mod tests {
         assert!(tcg.to_string().contains("KVM not usable: x"));
     }
 
-    #[test]
-    fn detect_accel_gives_reason_for_tcg() {
-        if let Accel::Tcg { reason } = detect_accel() {
-            assert!(!reason.is_empty());
+    fn decide(flags: &str, modules: &[&str], api: io::Result<libc::c_int>) -> Accel {
+        let cpuinfo = format!("processor\t: 0\nflags\t\t: fpu {flags} sse2\n");
+        decide_accel(&cpuinfo, |m| modules.contains(&m), || api)
+    }
+
+    fn tcg_reason(a: Accel) -> String {
+        match a {
+            Accel::Tcg { reason } => reason,
+            Accel::Kvm => panic!("expected TCG"),
         }
+    }
+
+    #[test]
+    fn kvm_needs_the_flag_the_vendor_module_and_a_working_dev_kvm() {
+        assert_eq!(decide("vmx", &["kvm_intel"], Ok(12)), Accel::Kvm);
+        assert_eq!(decide("svm", &["kvm_amd"], Ok(12)), Accel::Kvm);
+        assert!(tcg_reason(decide("vmx", &[], Ok(12))).contains("module kvm_intel is not loaded"));
+        assert!(tcg_reason(decide("svm", &["kvm_intel"], Ok(12))).contains("module kvm_amd is not loaded"));
+        assert!(tcg_reason(decide("vmx", &["kvm_intel"], Ok(11))).contains("API version 11"));
+        let denied = decide("vmx", &["kvm_intel"], Err(io::Error::from_raw_os_error(libc::EACCES)));
+        assert!(tcg_reason(denied).starts_with("cannot use /dev/kvm"));
+    }
+
+    #[test]
+    fn without_the_flag_the_reason_names_the_host() {
+        // A /dev/kvm from kvm_pvm can create VMs but not boot a standard guest.
+        let pvm = tcg_reason(decide("hypervisor", &["kvm_pvm"], Ok(12)));
+        assert!(pvm.contains("no vmx/svm") && pvm.contains("kvm_pvm"), "{pvm}");
+        let nested = tcg_reason(decide("hypervisor", &[], Ok(12)));
+        assert!(nested.contains("nested virtualisation is not enabled"), "{nested}");
+        assert_eq!(tcg_reason(decide("", &[], Ok(12))), "the CPU exposes no vmx/svm flag");
     }
 }

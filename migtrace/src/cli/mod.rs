@@ -17,8 +17,45 @@ use migtrace_common::host::{self, Accel};
     after_help = "Run `migtrace <command> --help` for each command's options and examples."
 )]
 pub struct Cli {
+    /// More log output: -v info, -vv debug (the eBPF programs' diagnostics of odd
+    /// packets and layouts), -vvv trace. Warnings (e.g. a full eBPF map) always show.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// migtrace's log: `log` records (its own and the eBPF programs', forwarded by aya-log)
+/// to stderr, from warnings up by default.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the log at the verbosity of `-v`; call before loading eBPF programs (their
+/// log level is fixed at load).
+pub fn init_log(verbose: u8) {
+    static LOG: StderrLog = StderrLog;
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    if log::set_logger(&LOG).is_ok() {
+        log::set_max_level(level);
+    }
 }
 
 #[derive(Subcommand)]
@@ -28,9 +65,9 @@ enum Command {
     Lab(lab::LabCommand),
     /// Migrate a VM back and forth N times and write one JSON record per migration.
     ///
-    /// Every migration is measured every way: the paper's 50 ms ping, migtrace's probe
-    /// sender timed at the taps, the vCPU blackout and the phase timeline from eBPF
-    /// probes, and QEMU's own figures.
+    /// Every migration is measured every way: the paper's ping (50 ms by default),
+    /// migtrace's probe sender timed at the taps, the vCPU blackout and the phase
+    /// timeline from eBPF probes, and QEMU's own figures.
     ///
     /// Example: migtrace migrate --lab --count 5 --workload wset=64M,rate=2000 --out results/try
     Migrate(Box<migrate::MigrateArgs>),

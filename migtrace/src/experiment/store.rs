@@ -10,10 +10,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{design, spec::ExperimentSpec};
+use super::{
+    design,
+    spec::{Design, ExperimentSpec},
+};
 use crate::{
     measure::record::{self, MigrationRecord, RecordError, RecordWriter},
-    report::stats::{self, ExperimentSummary, MEASURES},
+    report::stats::{self, EffectDesign, ExperimentSummary, MEASURES},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +123,13 @@ impl Store {
             .iter()
             .map(|t| (t.name(), t.levels.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect()))
             .collect();
-        let summary = stats::summarize(&records, &levels_of);
+        let design = match spec.raw.design {
+            Design::Factorial => EffectDesign::Factorial,
+            Design::Sweep => {
+                EffectDesign::Sweep { base: spec.base.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect() }
+            }
+        };
+        let summary = stats::summarize(&records, &levels_of, &design);
         write_atomic(
             &self.dir.join("summary.json"),
             serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes(),
@@ -152,7 +161,7 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
     let factors: Vec<String> = s.treatments.first().map(|t| t.levels.keys().cloned().collect()).unwrap_or_default();
     let mut header: Vec<String> = vec!["treatment".into()];
     header.extend(factors.iter().cloned());
-    header.extend(["migrations", "usable", "failed", "guest_crashed", "corrupted"].map(String::from));
+    header.extend(["migrations", "usable", "failed", "guest_crashed", "corrupted", "trace_loss"].map(String::from));
     for m in MEASURES {
         for stat in ["mean", "sd", "min", "p50", "p99", "p999", "max", "ci95_low", "ci95_high"] {
             header.push(format!("{}.{stat}", m.name));
@@ -162,12 +171,25 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
     for t in &s.treatments {
         let mut row = vec![t.treatment.clone()];
         row.extend(factors.iter().map(|f| t.levels.get(f).cloned().unwrap_or_default()));
-        row.extend([t.migrations, t.usable, t.failed, t.guest_crashed, t.corrupted].map(|n| n.to_string()));
+        row.extend(
+            [t.migrations, t.usable, t.failed, t.guest_crashed, t.corrupted, t.trace_loss].map(|n| n.to_string()),
+        );
         for m in MEASURES {
             match t.measures.get(m.name) {
+                // Empty cells where a figure does not exist (SD and CI of one value).
                 Some(st) => row.extend(
-                    [st.mean, st.sd, st.min, st.p50, st.p99, st.p999, st.max, st.ci95.0, st.ci95.1]
-                        .map(|v| format!("{v:.3}")),
+                    [
+                        Some(st.mean),
+                        st.sd,
+                        Some(st.min),
+                        Some(st.p50),
+                        Some(st.p99),
+                        Some(st.p999),
+                        Some(st.max),
+                        st.ci95.map(|c| c.0),
+                        st.ci95.map(|c| c.1),
+                    ]
+                    .map(|v| v.map_or(String::new(), |v| format!("{v:.3}"))),
                 ),
                 None => row.extend(std::iter::repeat_n(String::new(), 9)),
             }
@@ -181,7 +203,9 @@ fn migrations_csv(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<St
     let factors: Vec<String> = levels_of.first().map(|(_, l)| l.keys().cloned().collect()).unwrap_or_default();
     let mut header: Vec<String> = vec!["treatment".into(), "repetition".into()];
     header.extend(factors.iter().cloned());
-    header.extend(["status", "direction", "start_unix_us", "guest_healthy", "memory_mismatches"].map(String::from));
+    header.extend(
+        ["status", "direction", "start_unix_us", "guest_healthy", "category", "memory_mismatches"].map(String::from),
+    );
     header.extend(MEASURES.iter().map(|m| format!("{}_ms", m.name)));
     let mut out = csv_line(header);
     for r in records {
@@ -192,6 +216,12 @@ fn migrations_csv(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<St
         row.push(r.outcome.direction.clone());
         row.push(r.outcome.start_unix_us.to_string());
         row.push(r.guest.as_ref().is_none_or(|g| g.healthy()).to_string());
+        row.push(
+            serde_json::to_value(stats::category(r))
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+        );
         row.push(
             r.guest
                 .as_ref()

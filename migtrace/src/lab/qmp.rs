@@ -3,7 +3,7 @@
 //! `qapi` gives us the QMP handshake, typed commands and typed events with their
 //! microsecond timestamps. QEMU's schema drifts between releases, so for `query-migrate`,
 //! whose statistics gain and lose required fields across versions, we decode leniently
-//! into our own all-optional [`MigrationStats`].
+//! into the all-optional [`ReportedStats`].
 
 use std::{
     path::Path,

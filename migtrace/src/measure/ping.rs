@@ -1,5 +1,6 @@
-//! The paper's reference: a real iputils `ping` at a 50 ms interval from inside the lab
-//! namespace; downtime = lost replies × interval (plus the largest reply gap).
+//! The paper's reference: a real iputils `ping` (50 ms interval by default) from inside
+//! the lab namespace; downtime = lost replies × interval, plus the largest reply gap
+//! around the switchover.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -16,13 +17,51 @@ pub struct PingReport {
     pub interval_ms: f64,
     /// Echo requests sent (ping's "packets transmitted").
     pub sent: u64,
+    /// Replies (ping's "received": duplicates and ICMP errors not counted).
     pub received: u64,
     pub lost: u64,
-    /// Largest gap between consecutive replies, from ping's own `-D` stamps.
+    /// Largest gap between consecutive replies around the switchover, from ping's own
+    /// `-D` stamps (see [`super::downtime::ping_gap`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_gap_ms: Option<f64>,
+    /// When that gap began: ms from the migration command to ping's stamp of the reply
+    /// before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_start_ms: Option<f64>,
+    /// How late ping itself was within that gap (ms): its requests or its printing
+    /// lagged. Beyond one interval or 5 % of the gap, `downtime_ms.ping_max_gap` is
+    /// `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Every reply, in the order ping printed them.
+    #[serde(skip)]
+    pub replies: Vec<PingReply>,
+}
+
+/// One reply line of `ping -D`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PingReply {
+    /// When ping received it, Unix µs (its `-D` stamp).
+    pub unix_us: i64,
+    pub seq: u16,
+    /// Its round-trip time, µs: the request left `rtt_us` before `unix_us`.
+    pub rtt_us: i64,
+}
+
+/// A real reply line: `[1795604323.282513] 64 bytes from 10.77.0.2: icmp_seq=5 ttl=64
+/// time=0.412 ms`. Duplicates (`DUP!`) and ICMP errors (`From …: icmp_seq=5
+/// Destination Host Unreachable`) are not replies.
+pub fn reply_line(line: &str) -> Option<PingReply> {
+    if !line.contains(" bytes from ") || line.contains("DUP!") {
+        return None;
+    }
+    let unix_us = unix_us(line.strip_prefix('[')?.split(']').next()?)?;
+    let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
+    let seq = field("icmp_seq=")?.parse().ok()?;
+    let rtt_ms: f64 = field("time=")?.parse().ok()?;
+    Some(PingReply { unix_us, seq, rtt_us: (rtt_ms * 1e3).round() as i64 })
 }
 
 impl PingReport {
@@ -72,7 +111,7 @@ impl Ping {
             let mut text = String::new();
             let Some(stdout) = stdout else { return text };
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("icmp_seq=") {
+                if reply_line(&line).is_some() {
                     let _ = tx.send(());
                 }
                 text.push_str(&line);
@@ -111,16 +150,11 @@ impl Ping {
     }
 }
 
-/// Parses `ping -D` output: reply lines
-/// `[1795604323.282513] 64 bytes from …: icmp_seq=5 ttl=64 time=0.4 ms` and the summary
-/// `N packets transmitted, M received, …`.
+/// Parses `ping -D` output: reply lines (see [`reply_line`]) and the summary
+/// `N packets transmitted, M received, …`. The gap is left to
+/// [`super::downtime::ping_gap`], which knows the switchover.
 pub fn parse(output: &str, interval_ms: f64) -> PingReport {
-    let mut stamps: Vec<i64> = output
-        .lines()
-        .filter(|l| l.contains("icmp_seq="))
-        .filter_map(|line| unix_us(line.strip_prefix('[')?.split(']').next()?))
-        .collect();
-    stamps.sort_unstable();
+    let replies: Vec<PingReply> = output.lines().filter_map(reply_line).collect();
     let summary = output.lines().find(|l| l.contains("packets transmitted"));
     let number_before = |needle: &str| -> Option<u64> {
         let words: Vec<&str> =
@@ -129,9 +163,18 @@ pub fn parse(output: &str, interval_ms: f64) -> PingReport {
         words.get(i.checked_sub(1)?)?.parse().ok()
     };
     let sent = number_before("packets").unwrap_or(0);
-    let received = number_before("received").unwrap_or(stamps.len() as u64);
-    let max_gap_ms = stamps.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e3).max_by(f64::total_cmp);
-    PingReport { interval_ms, sent, received, lost: sent.saturating_sub(received), max_gap_ms, error: None }
+    let received = number_before("received").unwrap_or(replies.len() as u64);
+    PingReport {
+        interval_ms,
+        sent,
+        received,
+        lost: sent.saturating_sub(received),
+        max_gap_ms: None,
+        gap_start_ms: None,
+        late_ms: None,
+        error: None,
+        replies,
+    }
 }
 
 /// `1795604323.282513` → Unix µs, without going through a lossy float.
@@ -159,7 +202,25 @@ mod tests {
         let r = parse(out, 50.0);
         assert_eq!((r.sent, r.received, r.lost), (8, 5, 3));
         assert_eq!(r.downtime_ms(), 150.0);
-        assert_eq!(r.max_gap_ms, Some(151.0));
+        assert_eq!(r.replies.len(), 5);
+        assert_eq!(r.replies[3], PingReply { unix_us: 1_795_604_323_251_000, seq: 7, rtt_us: 520 });
+    }
+
+    #[test]
+    fn duplicates_and_errors_are_not_replies() {
+        // iputils 20221126: a duplicate and an ICMP error carry icmp_seq= too.
+        let out = "PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.\n\
+            [1795604323.000000] 64 bytes from 10.77.0.2: icmp_seq=1 ttl=64 time=0.412 ms\n\
+            [1795604323.000900] 64 bytes from 10.77.0.2: icmp_seq=1 ttl=64 time=1.31 ms (DUP!)\n\
+            [1795604323.150000] From 10.77.0.1 icmp_seq=4 Destination Host Unreachable\n\
+            [1795604323.200000] 64 bytes from 10.77.0.2: icmp_seq=5 ttl=64 time=112 ms\n\
+            \n--- 10.77.0.2 ping statistics ---\n\
+            5 packets transmitted, 2 received, +1 duplicates, +1 errors, 60% packet loss, time 200ms\n";
+        let r = parse(out, 50.0);
+        assert_eq!((r.sent, r.received, r.lost), (5, 2, 3));
+        let seqs: Vec<u16> = r.replies.iter().map(|x| x.seq).collect();
+        assert_eq!(seqs, [1, 5]);
+        assert_eq!(r.replies[1].rtt_us, 112_000);
     }
 
     #[test]
@@ -168,6 +229,6 @@ mod tests {
             4 packets transmitted, 0 received, 100% packet loss, time 150ms\n";
         let r = parse(out, 50.0);
         assert_eq!((r.sent, r.received, r.lost), (4, 0, 4));
-        assert_eq!(r.max_gap_ms, None);
+        assert!(r.replies.is_empty());
     }
 }

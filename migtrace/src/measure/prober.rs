@@ -30,6 +30,14 @@ pub struct ProberReport {
     /// Monotonic ns of the first and last request.
     pub first_sent_ns: u64,
     pub last_sent_ns: u64,
+    /// Where the sender itself stalled: consecutive send attempts more than two
+    /// intervals apart, as (stamp before, stamp after) — the stamps the requests carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holes: Vec<(u64, u64)>,
+    /// The latest send stamp echoed by a reply that reached the sender's socket: proof
+    /// the guest answered, independent of the classifier at the taps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_answered_sent_ns: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -103,13 +111,22 @@ fn run(
     let mut seq: u16 = 0;
     let mut buf = [0u8; 1500];
     let mut next = start;
+    let hole_ns = 2 * interval.as_nanos() as u64;
+    let mut last_attempt: Option<u64> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         // Tests inject a failing sender here (see tests/tracing.rs).
         fail::fail_point!("prober-send", |_| Err(io::Error::other("injected send failure")));
-        let packet = echo_request(ident, seq, monotonic_ns());
+        let stamp = monotonic_ns();
+        if let Some(prev) = last_attempt
+            && stamp - prev > hole_ns
+        {
+            report.holes.push((prev, stamp));
+        }
+        last_attempt = Some(stamp);
+        let packet = echo_request(ident, seq, stamp);
         // SAFETY: packet and addr are valid for the call.
         let n = unsafe {
             libc::sendto(
@@ -136,7 +153,7 @@ fn run(
             report.sent += 1;
         }
         seq = seq.wrapping_add(1);
-        report.received += receive(&socket, ident, &mut buf);
+        receive(&socket, ident, &mut buf, report);
         next += interval;
         let now = Instant::now();
         if next > now {
@@ -147,29 +164,39 @@ fn run(
         }
     }
     // Replies still in flight.
-    std::thread::sleep(Duration::from_millis(50));
-    report.received += receive(&socket, ident, &mut buf);
+    std::thread::sleep(OBSERVE_AFTER_LAST);
+    receive(&socket, ident, &mut buf, report);
     Ok(())
 }
 
-/// Counts our echo replies waiting on the socket.
-fn receive(socket: &OwnedFd, ident: u16, buf: &mut [u8]) -> u64 {
-    let mut replies = 0;
+/// How long the sender keeps listening after its last request: the end of what it
+/// observes.
+pub const OBSERVE_AFTER_LAST: Duration = Duration::from_millis(50);
+
+/// Counts our echo replies waiting on the socket and notes the latest echoed stamp.
+fn receive(socket: &OwnedFd, ident: u16, buf: &mut [u8], report: &mut ProberReport) {
     loop {
         // SAFETY: buf is valid for writes of its length.
         let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n <= 0 {
-            return replies;
+            return;
         }
-        let packet = &buf[..n as usize];
-        let ihl = ((packet[0] & 0x0f) as usize) * 4;
-        if packet.len() >= ihl + 8
-            && packet[ihl] == 0
-            && u16::from_be_bytes([packet[ihl + 4], packet[ihl + 5]]) == ident
-        {
-            replies += 1;
+        if let Some(stamp) = echo_reply_stamp(&buf[..n as usize], ident) {
+            report.received += 1;
+            report.last_answered_sent_ns = report.last_answered_sent_ns.max(Some(stamp));
         }
     }
+}
+
+/// The echoed send stamp of one of our echo replies (an IPv4 packet as a raw socket
+/// hands it over), or None for anything else.
+fn echo_reply_stamp(packet: &[u8], ident: u16) -> Option<u64> {
+    let ihl = ((packet.first()? & 0x0f) as usize) * 4;
+    let icmp = packet.get(ihl..)?;
+    if icmp.len() < 16 || icmp[0] != 0 || u16::from_be_bytes([icmp[4], icmp[5]]) != ident {
+        return None;
+    }
+    Some(u64::from_be_bytes(icmp[8..16].try_into().ok()?))
 }
 
 /// An ICMP echo request with the send stamp as payload.
@@ -206,5 +233,18 @@ mod tests {
         assert_eq!(checksum(&p), 0);
         // RFC 1071 example.
         assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+    }
+
+    #[test]
+    fn reads_the_echoed_stamp_of_our_replies_only() {
+        let mut reply = vec![0x45u8; 20];
+        let mut icmp = echo_request(0x1234, 9, 0x0102_0304_0506_0708);
+        icmp[0] = 0; // echo reply
+        reply.extend_from_slice(&icmp);
+        assert_eq!(echo_reply_stamp(&reply, 0x1234), Some(0x0102_0304_0506_0708));
+        assert_eq!(echo_reply_stamp(&reply, 0x4321), None, "another sender's reply");
+        reply[20] = 8;
+        assert_eq!(echo_reply_stamp(&reply, 0x1234), None, "a request, not a reply");
+        assert_eq!(echo_reply_stamp(&reply[..30], 0x1234), None, "too short for a stamp");
     }
 }

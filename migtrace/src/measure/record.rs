@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     downtime::{Downtimes, MigrationTimes, ProbeSummary},
     ping::PingReport,
-    timeline::Timeline,
+    timeline::{Evidence, Timeline},
 };
 use crate::{
     hypervisor::{GuestCheck, Machine, MigrationOutcome, MigrationParams},
@@ -49,7 +49,11 @@ pub struct MigrationRecord {
     /// Migration time by method (ms).
     #[serde(default)]
     pub migration_time_ms: MigrationTimes,
-    /// The paper's 50 ms ping.
+    /// What the measures whose source can vary were taken from: `downtime_ms.vcpu`,
+    /// `migration_time_ms.traced` and `…traced_to_resume` → `probe` or `qmp`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub evidence: BTreeMap<String, Evidence>,
+    /// The paper's reference ping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ping: Option<PingReport>,
     /// migtrace's probe sender.
@@ -91,6 +95,7 @@ impl MigrationRecord {
             outcome,
             downtime_ms: Downtimes::default(),
             migration_time_ms: MigrationTimes::default(),
+            evidence: BTreeMap::new(),
             ping: None,
             probe: None,
             timeline: None,

@@ -241,7 +241,7 @@ impl Session {
         let timeline: Timeline = timeline::assemble(&timeline::Input {
             outcome: &outcome,
             trace: trace.as_ref(),
-            qemu_version: pair.hypervisor_version().unwrap_or((7, 2)),
+            qemu_version: pair.hypervisor_version(),
             clock: WallClock::from_pair(outcome.start_ns, outcome.start_unix_us),
             destination_tap: traced.as_ref().and_then(|t| t.destination_tap.as_deref()),
             probe_ident: prober.as_ref().map(|p| p.ident),
@@ -259,13 +259,21 @@ impl Session {
                 ..ProbeSummary::default()
             },
         });
-        let (downtime_ms, migration_time_ms, missing) =
-            downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
+        let measures = downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
+        let origin = outcome.start_ns;
         let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
         record.machine = Some(pair.machine());
-        record.downtime_ms = downtime_ms;
-        record.migration_time_ms = migration_time_ms;
-        record.ping = ping;
+        record.ping = ping.map(|mut p| {
+            if let Some(g) = measures.ping_gap {
+                p.max_gap_ms = Some(g.ms);
+                p.gap_start_ms = Some((g.start_ns as i128 - origin as i128) as f64 / 1e6);
+                p.late_ms = g.late_ms;
+            }
+            p
+        });
+        record.downtime_ms = measures.downtime_ms;
+        record.migration_time_ms = measures.migration_time_ms;
+        record.evidence = measures.evidence;
         record.probe = probe;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
         if let Some(t) = &traced {
@@ -275,15 +283,14 @@ impl Session {
                 h.problems.extend(t.problems.iter().cloned());
             }
         }
+        record.missing = measures.missing;
         let console = pair.guest_check();
         record.guest = (console.is_some() || memory_check.is_some()).then(|| {
             let mut g = console.unwrap_or_default();
-            // No answer to any probe sent after the guest resumed: hung, or its network
-            // is dead (the console check above tells a crash apart).
-            g.unreachable = record
-                .probe
-                .as_ref()
-                .is_some_and(|p| p.error.is_none() && (p.open_gap_ms.is_some() || (p.gap_ms.is_none() && p.sent > 0)));
+            // The guest's own silence only: no answer, at the taps or at the sender's
+            // socket, to any probe sent after it resumed. A classifier that saw too few
+            // replies is a missing measure, not a hung guest.
+            g.unreachable = record.probe.as_ref().is_some_and(|p| p.error.is_none() && p.open_gap_ms.is_some());
             match memory_check {
                 Some(Ok(check)) => g.memory_check = Some(check),
                 Some(Err(e)) => record.missing.push(format!("guest.memory_check: {e}")),
@@ -292,7 +299,6 @@ impl Session {
             g
         });
         record.timeline = Some(timeline);
-        record.missing.splice(0..0, missing);
         if self.options.keep_trace {
             record.trace = trace;
         }

@@ -5,8 +5,11 @@
 //! (which holds the final round), destination load, resume, first guest packet. Announce,
 //! cleanup and the destination's receive run beside it (`parallel`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+use super::downtime::span_ms;
 use crate::{
     clock::WallClock,
     hypervisor::{HostEvent, MigrationOutcome},
@@ -36,6 +39,17 @@ pub enum Evidence {
     Qmp,
     /// Packets at the taps.
     Packet,
+}
+
+impl Evidence {
+    /// The evidence of a span between two instants: as weak as its weaker end.
+    pub fn combine(a: Evidence, b: Evidence) -> Evidence {
+        match (a, b) {
+            (Evidence::Qmp, _) | (_, Evidence::Qmp) => Evidence::Qmp,
+            (Evidence::Packet, _) | (_, Evidence::Packet) => Evidence::Packet,
+            _ => Evidence::Probe,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +87,15 @@ pub struct Round {
 }
 
 /// Key instants, CLOCK_MONOTONIC ns, for downtime measures.
+///
+/// The vCPU blackout (`source_paused_ns` → `destination_resumed_ns`) is decided the
+/// same way on both hosts: QEMU holds the vCPUs from `pause_all_vcpus` to
+/// `resume_all_vcpus`, and each mark lies within that call. A vCPU running guest code
+/// stops when it last leaves guest code and runs again when it first enters it; a vCPU
+/// idle (halted) in the guest leaves and enters guest code only at its next interrupt,
+/// so its stamps are clamped to the call: stopped when QEMU began pausing it, running
+/// when `resume_all_vcpus` returned (it could take an interrupt from then on). The VM
+/// is stopped when its last vCPU stopped and runs when its first vCPU runs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Marks {
     pub command_ns: u64,
@@ -80,14 +103,19 @@ pub struct Marks {
     pub active_ns: Option<u64>,
     pub vm_stop_ns: Option<u64>,
     /// Source vCPUs stopped: the last guest exit of a source vCPU thread (KVM_RUN or
-    /// TCG's cpu_exec) clamped to [VM stop, `pause_all_vcpus` returning] (a vCPU idle
-    /// in the guest when the stop came stopped at the stop), else `pause_all_vcpus`
-    /// returning, else the STOP event.
+    /// TCG's cpu_exec) clamped to [`pause_all_vcpus` entry (else the VM stop),
+    /// `pause_all_vcpus` returning], else `pause_all_vcpus` returning, else the STOP
+    /// event.
     pub source_paused_ns: Option<u64>,
     pub source_completed_ns: Option<u64>,
+    /// `qemu_loadvm_state` returned on the destination, else (when the resume is
+    /// probed) the destination's RESUME event, which QEMU sends after the load and
+    /// before resuming the vCPUs: an upper bound. Never the destination's MIGRATION
+    /// completed event: QEMU sends that after the resume.
     pub destination_loaded_ns: Option<u64>,
-    /// Destination vCPUs running: the first guest entry of a destination vCPU thread,
-    /// else `resume_all_vcpus` returning, else the RESUME event.
+    /// Destination vCPUs running: the first guest entry of a destination vCPU thread
+    /// clamped to [`resume_all_vcpus` entry, `resume_all_vcpus` returning], else
+    /// `resume_all_vcpus` returning, else the RESUME event.
     pub destination_resumed_ns: Option<u64>,
     pub first_packet_ns: Option<u64>,
     pub announce_ns: Option<u64>,
@@ -98,14 +126,33 @@ pub struct Timeline {
     pub phases: Vec<Phase>,
     pub rounds: Vec<Round>,
     pub marks: Marks,
-    /// Boundaries taken from QMP because a probe point was missing.
+    /// What each mark was taken from (`source-paused` → `probe`); a mark absent here
+    /// and not named in `fallbacks` is from probes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub evidence: BTreeMap<String, Evidence>,
+    /// Marks taken from QMP because a probe point was missing, and defaults assumed
+    /// because the host did not tell.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// Phases, rounds and marks that could not be placed, each with the reason
+    /// (reversed or equal stamps are never shown as a duration of 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
 impl Timeline {
     pub fn phase(&self, name: &str) -> Option<&Phase> {
         self.phases.iter().find(|p| p.name == name)
+    }
+
+    /// What mark `name` (`source-paused`, `destination-resumed`, …) was taken from.
+    /// Records written before marks carried their evidence say it in `fallbacks`.
+    pub fn mark_evidence(&self, name: &str) -> Evidence {
+        match self.evidence.get(name) {
+            Some(e) => *e,
+            None if self.fallbacks.iter().any(|f| f.starts_with(&format!("{name} from QMP"))) => Evidence::Qmp,
+            None => Evidence::Probe,
+        }
     }
 
     /// The main chain, in order.
@@ -118,8 +165,9 @@ impl Timeline {
 pub struct Input<'a> {
     pub outcome: &'a MigrationOutcome,
     pub trace: Option<&'a Trace>,
-    /// QEMU (major, minor): `migrate_set_state` numbers depend on it.
-    pub qemu_version: (u32, u32),
+    /// QEMU (major, minor): `migrate_set_state` numbers depend on it. None: unknown,
+    /// decoded as [`ASSUMED_QEMU_VERSION`] (noted in `fallbacks`).
+    pub qemu_version: Option<(u32, u32)>,
     /// Converts QMP's Unix-µs stamps to monotonic ns.
     pub clock: WallClock,
     /// Tap of the destination, to find the first guest packet after the switchover.
@@ -127,6 +175,10 @@ pub struct Input<'a> {
     /// ICMP identifier of the probe sender (replies to others are ignored).
     pub probe_ident: Option<u16>,
 }
+
+/// The numbering `migrate_set_state` states are decoded with when the QEMU version is
+/// unknown: Debian 12's QEMU.
+pub const ASSUMED_QEMU_VERSION: (u32, u32) = (7, 2);
 
 struct Stamps<'a> {
     list: Vec<&'a PhaseStamp>,
@@ -171,22 +223,30 @@ impl Qmp<'_> {
 /// Builds the timeline of one migration.
 pub fn assemble(input: &Input<'_>) -> Timeline {
     let o = input.outcome;
-    let v = input.qemu_version;
+    let mut fallbacks = Vec::new();
+    let v = input.qemu_version.unwrap_or_else(|| {
+        let (major, minor) = ASSUMED_QEMU_VERSION;
+        fallbacks.push(format!("QEMU version unknown: migrate_set_state states decoded as QEMU {major}.{minor}'s"));
+        ASSUMED_QEMU_VERSION
+    });
+    if let Some(t) = input.trace {
+        fallbacks.extend(t.health.fallbacks.iter().cloned());
+    }
     let src = Stamps::of(input.trace, o.source_pid);
     let dst = Stamps::of(input.trace, o.destination_pid);
     let sq = Qmp { events: &o.source_events, clock: input.clock };
     let dq = Qmp { events: &o.destination_events, clock: input.clock };
-    let mut fallbacks = Vec::new();
-    let mut evidence_of = std::collections::HashMap::new();
+    let mut missing = Vec::new();
+    let mut evidence_of = BTreeMap::new();
     let mut pick = |name: &'static str, probe: Option<u64>, qmp: Option<u64>| -> Option<u64> {
         match (probe, qmp) {
             (Some(t), _) => {
-                evidence_of.insert(name, Evidence::Probe);
+                evidence_of.insert(name.to_owned(), Evidence::Probe);
                 Some(t)
             }
             (None, Some(t)) => {
                 fallbacks.push(format!("{name} from QMP"));
-                evidence_of.insert(name, Evidence::Qmp);
+                evidence_of.insert(name.to_owned(), Evidence::Qmp);
                 Some(t)
             }
             (None, None) => None,
@@ -195,28 +255,54 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
 
     let setup = pick("setup", src.state("setup", v), sq.status("setup"));
     let active = pick("active", src.state("active", v), sq.status("active"));
-    let vm_stop = pick("vm-stop", src.first("VmStopForceState", false), sq.when(|e| e.event == "STOP"));
-    // A vCPU halted in the guest's idle loop when the stop came was paused at the stop;
-    // one running guest code stopped when it last left it. Clamp to [stop, paused-return].
-    let pause_return = src.first("PauseAllVcpus", true);
-    let last_source_exit = input
-        .trace
-        .and_then(|t| t.source_vcpus.iter().map(|r| r.last_exit_ns).filter(|&t| t > 0).max())
-        .map(|t| match (vm_stop, pause_return) {
-            (Some(stop), Some(ret)) => t.clamp(stop, ret.max(stop)),
-            (Some(stop), None) => t.max(stop),
-            _ => t,
-        });
-    let source_paused = pick("source-paused", last_source_exit.or(pause_return), sq.when(|e| e.event == "STOP"));
+    let stop_call = src.first("VmStopForceState", false);
+    let vm_stop = pick("vm-stop", stop_call, sq.when(|e| e.event == "STOP"));
+    // The vCPU blackout, both sides the same way (see `Marks`): guest-code stamps
+    // clamped to the pause_all_vcpus / resume_all_vcpus call around them.
+    let clamp = |t: Option<u64>, lo: Option<u64>, hi: Option<u64>| match (t, lo, hi) {
+        (Some(t), Some(lo), Some(hi)) => Some(t.clamp(lo, hi.max(lo))),
+        (Some(t), lo, hi) => Some(lo.map_or(t, |lo| t.max(lo)).min(hi.unwrap_or(u64::MAX))),
+        (None, _, hi) => hi,
+    };
+    let last_source_exit =
+        input.trace.and_then(|t| t.source_vcpus.iter().map(|r| r.last_exit_ns).filter(|&t| t > 0).max());
+    let source_paused = pick(
+        "source-paused",
+        clamp(last_source_exit, src.first("PauseAllVcpus", false).or(stop_call), src.first("PauseAllVcpus", true)),
+        sq.when(|e| e.event == "STOP"),
+    );
     let completed = pick("source-completed", src.state("completed", v), sq.status("completed"));
-    let loaded = pick("destination-loaded", dst.last("LoadvmState", true), dq.status("completed"));
     let first_dest_enter =
         input.trace.and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
-    let resumed = pick(
-        "destination-resumed",
-        first_dest_enter.or(dst.first("ResumeAllVcpus", true)),
-        dq.when(|e| e.event == "RESUME"),
-    );
+    let resumed_probe = clamp(first_dest_enter, dst.first("ResumeAllVcpus", false), dst.first("ResumeAllVcpus", true));
+    let resume_event = dq.when(|e| e.event == "RESUME");
+    let resumed = pick("destination-resumed", resumed_probe, resume_event);
+    // QEMU 7.2 on the destination: qemu_loadvm_state returns, RESUME, resume_all_vcpus,
+    // then MIGRATION completed. Only RESUME lies between the load and the resume, and
+    // only a probed resume is later than it.
+    let loaded_probe = dst.last("LoadvmState", true);
+    let loaded = match (loaded_probe, resumed_probe, resume_event) {
+        (Some(t), ..) => {
+            evidence_of.insert("destination-loaded".into(), Evidence::Probe);
+            Some(t)
+        }
+        (None, Some(r), Some(e)) if e <= r => {
+            fallbacks.push(
+                "destination-loaded from QMP RESUME (an upper bound: sent after the load, before the vCPUs resume)"
+                    .into(),
+            );
+            evidence_of.insert("destination-loaded".into(), Evidence::Qmp);
+            Some(e)
+        }
+        _ => {
+            missing.push(
+                "destination-loaded: qemu_loadvm_state not probed, and QEMU sends no event between the end of the \
+                 load and the resume (its MIGRATION completed comes after the resume)"
+                    .into(),
+            );
+            None
+        }
+    };
 
     let is_dest = |p: &&PacketStamp| input.destination_tap.is_none_or(|tap| p.tap == tap);
     let packets: Vec<&PacketStamp> = input.trace.map(|t| t.packets.iter().collect()).unwrap_or_default();
@@ -245,12 +331,15 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
 
     let origin = o.start_ns;
     let ms = |t: u64| (t as i128 - origin as i128) as f64 / 1e6;
-    let dur = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
     let ev = |name: &str| evidence_of.get(name).copied().unwrap_or(Evidence::Probe);
     let mut phases = Vec::new();
+    let mut unplaced = Vec::new();
     let mut push = |name: String, host: Host, a: Option<u64>, b: Option<u64>, evidence: Evidence, parallel: bool| {
         if let (Some(a), Some(b)) = (a, b) {
-            phases.push(Phase { name, host, start_ms: ms(a), duration_ms: dur(a, b), evidence, parallel });
+            match span_ms(a, b) {
+                Ok(duration_ms) => phases.push(Phase { name, host, start_ms: ms(a), duration_ms, evidence, parallel }),
+                Err(why) => unplaced.push(format!("{name}: {why}")),
+            }
         }
     };
 
@@ -274,14 +363,21 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         let next = syncs.get(i + 1).map(|s| s.0);
         let end = if final_round { completed } else { [next, stop].into_iter().flatten().min().or(completed) };
         let Some(end) = end else { continue };
+        let duration_ms = match span_ms(start, end) {
+            Ok(d) => d,
+            Err(why) => {
+                missing.push(format!("round {n}: {why}"));
+                continue;
+            }
+        };
         let remaining_bytes = remaining.iter().rfind(|(t, _)| *t >= start && *t <= end).map(|(_, b)| *b);
         let kvm =
             input.trace.map(|t| t.source_kvm.iter().filter(|k| k.round == n).cloned().collect()).unwrap_or_default();
         rounds.push(Round {
             round: n,
             start_ms: ms(start),
-            duration_ms: dur(start, end),
-            sync_ms: sync_ret.map(|r| dur(sync_at, r)),
+            duration_ms,
+            sync_ms: sync_ret.and_then(|r| span_ms(sync_at, r).ok()),
             remaining_bytes,
             final_round,
             kvm,
@@ -291,22 +387,31 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             push(format!("pre-copy round {n}"), Host::Source, Some(start), Some(end), evidence, false);
         }
     }
-    push("vm-stop".into(), Host::Source, stop, source_paused.max(stop), ev("vm-stop"), false);
+    push("vm-stop".into(), Host::Source, stop, source_paused, ev("vm-stop"), false);
     push("stop-and-copy".into(), Host::Source, source_paused.max(stop), completed, ev("source-paused"), false);
-    let load_end = loaded.zip(completed).map(|(l, c)| l.max(c));
-    push("destination load".into(), Host::Destination, completed, load_end, ev("destination-loaded"), false);
-    let resume_end = resumed.zip(load_end).map(|(r, l)| r.max(l));
-    push("resume".into(), Host::Destination, load_end, resume_end, ev("destination-resumed"), false);
+    let resume_from = match loaded {
+        Some(l) => {
+            push("destination load".into(), Host::Destination, completed, Some(l), ev("destination-loaded"), false);
+            let load_end = completed.map_or(l, |c| c.max(l));
+            push("resume".into(), Host::Destination, Some(load_end), resumed, ev("destination-resumed"), false);
+            Some(load_end)
+        }
+        None => {
+            let evidence = ev("destination-resumed");
+            push("destination load + resume".into(), Host::Destination, completed, resumed, evidence, false);
+            completed
+        }
+    };
+    let resume_end = resumed.max(resume_from);
     push("first guest packet".into(), Host::Network, resume_end, first_packet, Evidence::Packet, false);
 
-    push(
-        "announce".into(),
-        Host::Destination,
-        announce,
-        rarps.last().copied().or(announce),
-        if rarps.is_empty() { Evidence::Probe } else { Evidence::Packet },
-        true,
-    );
+    match (announce, rarps.last()) {
+        (Some(a), Some(&last)) => {
+            push("announce".into(), Host::Destination, Some(a), Some(last), Evidence::Packet, true);
+        }
+        (Some(_), None) => missing.push("announce: no RARP seen at the destination's tap".into()),
+        _ => {}
+    }
     push(
         "cleanup".into(),
         Host::Source,
@@ -323,6 +428,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         Evidence::Probe,
         true,
     );
+    missing.extend(unplaced);
 
     Timeline {
         phases,
@@ -339,6 +445,176 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             first_packet_ns: first_packet,
             announce_ns: announce,
         },
+        evidence: evidence_of,
         fallbacks,
+        missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hypervisor::Status,
+        probe::tracer::{TraceHealth, VcpuStamp},
+    };
+
+    const US: u64 = 1_000;
+    const MS: u64 = 1_000_000;
+    const SRC: u32 = 1;
+    const DST: u32 = 2;
+
+    fn stamp(ts_ns: u64, tgid: u32, point: &str, ret: bool, args: [u64; 3]) -> PhaseStamp {
+        PhaseStamp { ts_ns, tgid, tid: tgid, point: point.into(), ret, args, value: 0 }
+    }
+
+    fn event(event: &str, at_ns: u64, data: serde_json::Value) -> HostEvent {
+        // Unix µs of monotonic `at_ns` with the clock of `outcome()`.
+        HostEvent { event: event.into(), unix_us: 1_000_000 + (at_ns / US) as i64, data }
+    }
+
+    fn outcome() -> MigrationOutcome {
+        MigrationOutcome {
+            status: Status::Completed,
+            error: None,
+            direction: "tap-a → tap-b".into(),
+            source_pid: SRC,
+            destination_pid: DST,
+            start_unix_us: 1_000_000,
+            start_ns: 0,
+            end_ns: Some(130 * MS),
+            stats: Default::default(),
+            destination_stats: None,
+            source_events: vec![
+                event("MIGRATION", MS, serde_json::json!({"status": "setup"})),
+                event("MIGRATION", 2 * MS, serde_json::json!({"status": "active"})),
+                event("STOP", 100 * MS + 20 * US, serde_json::Value::Null),
+                event("MIGRATION", 120 * MS + 30 * US, serde_json::json!({"status": "completed"})),
+            ],
+            // QEMU 7.2's order on the destination: RESUME, then MIGRATION completed.
+            destination_events: vec![
+                event("RESUME", 122 * MS + 500 * US, serde_json::Value::Null),
+                event("MIGRATION", 124 * MS, serde_json::json!({"status": "completed"})),
+            ],
+        }
+    }
+
+    /// An idle guest migrated under TCG: its only vCPU halted at 70 ms (last left
+    /// guest code), the stop comes at 100 ms, and on the destination it enters guest
+    /// code only at its next timer interrupt, 127 ms, long after QEMU released it.
+    fn idle_trace(source_exit_ns: u64, destination_enter_ns: u64) -> Trace {
+        let phases = vec![
+            stamp(MS, SRC, "MigrateSetState", false, [0, 0, 1]),
+            stamp(2 * MS, SRC, "MigrateSetState", false, [0, 1, 4]),
+            stamp(100 * MS, SRC, "VmStopForceState", false, [0; 3]),
+            stamp(100 * MS + 10 * US, SRC, "PauseAllVcpus", false, [0; 3]),
+            stamp(100 * MS + 50 * US, SRC, "PauseAllVcpus", true, [0; 3]),
+            stamp(120 * MS, SRC, "MigrateSetState", false, [0, 4, 8]),
+            stamp(122 * MS, DST, "LoadvmState", true, [0; 3]),
+            stamp(123 * MS, DST, "ResumeAllVcpus", false, [0; 3]),
+            stamp(123 * MS + 100 * US, DST, "ResumeAllVcpus", true, [0; 3]),
+        ];
+        let vcpu = |first: u64, last_exit: u64| {
+            vec![VcpuStamp {
+                tid: 9,
+                first_enter_ns: first,
+                last_enter_ns: last_exit,
+                last_exit_ns: last_exit,
+                enters: 1,
+            }]
+        };
+        Trace {
+            source_pid: SRC,
+            destination_pid: DST,
+            phases,
+            source_vcpus: vcpu(1, source_exit_ns),
+            destination_vcpus: vcpu(destination_enter_ns, 0),
+            ..Trace::default()
+        }
+    }
+
+    fn assemble_with(trace: Option<&Trace>, o: &MigrationOutcome, version: Option<(u32, u32)>) -> Timeline {
+        assemble(&Input {
+            outcome: o,
+            trace,
+            qemu_version: version,
+            clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+            destination_tap: Some("tap-b"),
+            probe_ident: None,
+        })
+    }
+
+    #[test]
+    fn idle_vcpus_count_as_stopped_and_running_at_qemus_pause_and_resume() {
+        let o = outcome();
+        let t = assemble_with(Some(&idle_trace(70 * MS, 127 * MS)), &o, Some((7, 2)));
+        // Halted on both sides: paused when pause_all_vcpus began, running when
+        // resume_all_vcpus returned; not the idle 70 ms exit, not the 127 ms tick.
+        assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 10 * US));
+        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 100 * US));
+        // Running on both sides: the guest-code stamps inside the calls.
+        let t = assemble_with(Some(&idle_trace(100 * MS + 30 * US, 123 * MS + 60 * US)), &o, Some((7, 2)));
+        assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 30 * US));
+        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 60 * US));
+        assert_eq!(t.mark_evidence("destination-resumed"), Evidence::Probe);
+    }
+
+    #[test]
+    fn destination_loaded_never_comes_from_an_event_after_the_resume() {
+        let o = outcome();
+        let mut trace = idle_trace(70 * MS, 127 * MS);
+        trace.phases.retain(|p| p.point != "LoadvmState");
+        // A probed resume: RESUME (122.5 ms) is an upper bound of the load's end.
+        let t = assemble_with(Some(&trace), &o, Some((7, 2)));
+        assert_eq!(t.marks.destination_loaded_ns, Some(122 * MS + 500 * US));
+        assert_eq!(t.mark_evidence("destination-loaded"), Evidence::Qmp);
+        assert!(t.fallbacks.iter().any(|f| f.starts_with("destination-loaded from QMP RESUME")));
+        let load = t.phase("destination load").expect("load phase");
+        assert_eq!(load.duration_ms, 2.5, "completed 120 (probe) → RESUME 122.5");
+        // QMP only: the destination's MIGRATION completed (124 ms) follows RESUME; no
+        // event marks the load's end, so load and resume are one phase.
+        let t = assemble_with(None, &o, Some((7, 2)));
+        assert_eq!(t.marks.destination_loaded_ns, None);
+        assert!(t.missing.iter().any(|m| m.starts_with("destination-loaded:")), "{:?}", t.missing);
+        let joined = t.phase("destination load + resume").expect("joined phase");
+        assert!((joined.duration_ms - 2.47).abs() < 1e-9, "120.03 → 122.5: {}", joined.duration_ms);
+        assert!(t.phase("destination load").is_none() && t.phase("resume").is_none());
+        assert_eq!(t.mark_evidence("destination-resumed"), Evidence::Qmp);
+    }
+
+    #[test]
+    fn reversed_spans_are_reported_not_shown_as_zero() {
+        let o = outcome();
+        let mut trace = idle_trace(70 * MS, 127 * MS);
+        // The destination finishes loading 5 µs before the source says completed.
+        for p in trace.phases.iter_mut().filter(|p| p.point == "LoadvmState") {
+            p.ts_ns = 120 * MS - 5 * US;
+        }
+        let t = assemble_with(Some(&trace), &o, Some((7, 2)));
+        assert!(t.phase("destination load").is_none());
+        assert!(
+            t.missing.iter().any(|m| m == "destination load: its end is 0.005 ms before its start"),
+            "{:?}",
+            t.missing
+        );
+        // The chain stays contiguous: resume starts where stop-and-copy ended.
+        let resume = t.phase("resume").expect("resume");
+        assert_eq!(resume.start_ms, 120.0);
+        // QMP only, vm-stop has one event for both ends: no zero-length phase.
+        let t = assemble_with(None, &o, Some((7, 2)));
+        assert!(t.phase("vm-stop").is_none());
+        assert!(t.missing.iter().any(|m| m.starts_with("vm-stop: its start and end stamps are equal")));
+    }
+
+    #[test]
+    fn assumed_defaults_are_recorded() {
+        let o = outcome();
+        let mut trace = idle_trace(70 * MS, 127 * MS);
+        trace.health =
+            TraceHealth { fallbacks: vec!["ioctl cmd assumed at offset 24".into()], ..TraceHealth::default() };
+        let t = assemble_with(Some(&trace), &o, None);
+        assert!(t.fallbacks.iter().any(|f| f.starts_with("QEMU version unknown")), "{:?}", t.fallbacks);
+        assert!(t.fallbacks.iter().any(|f| f.contains("offset 24")));
+        assert_eq!(t.marks.setup_ns, Some(MS), "decoded with 7.2's numbering");
     }
 }

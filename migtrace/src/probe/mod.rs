@@ -13,13 +13,18 @@ pub mod selftest;
 pub mod symbols;
 pub mod tracer;
 
-use std::io;
+use std::{
+    io,
+    os::fd::AsFd as _,
+    sync::{Arc, Mutex},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
+use aya_log::EbpfLogger;
 pub use collector::{Collector, CollectorStats, Event};
 use migtrace_common::event::{LOSS_MAP_LEN, Role};
 
@@ -62,10 +67,68 @@ pub fn is_built() -> bool {
 /// The loaded eBPF object: programs, maps, and the links of attached programs.
 pub struct Probes {
     ebpf: Ebpf,
+    /// Defaults taken because the host did not tell (e.g. an unreadable format file).
+    pub fallbacks: Vec<String>,
+    log: Option<ProgramLog>,
+}
+
+/// `cmd` of `syscalls:sys_enter_ioctl` on x86_64 Linux 6.x, when its format file cannot
+/// be read.
+const DEFAULT_IOCTL_CMD_OFFSET: u32 = 24;
+
+/// The eBPF programs' own diagnostics (aya-log: unexpected layouts, full maps), handed
+/// to migtrace's log (the `log` crate, shown by verbosity).
+struct ProgramLog {
+    logger: Arc<Mutex<EbpfLogger<&'static dyn log::Log>>>,
+    /// Drains as records arrive, when loaded inside a tokio runtime.
+    drain: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProgramLog {
+    fn start(ebpf: &mut Ebpf) -> Option<Self> {
+        let logger = match EbpfLogger::init(ebpf) {
+            Ok(l) => Arc::new(Mutex::new(l)),
+            Err(e) => {
+                log::warn!("eBPF diagnostics unavailable: {e}");
+                return None;
+            }
+        };
+        let drain = tokio::runtime::Handle::try_current().ok().and_then(|rt| {
+            // Our own descriptor of the log ring buffer: the drain task may outlive the
+            // logger's by a moment (abort is asynchronous).
+            let fd = logger.lock().unwrap_or_else(|p| p.into_inner()).as_fd().try_clone_to_owned().ok()?;
+            let shared = logger.clone();
+            Some(rt.spawn(async move {
+                // SAFETY: the OwnedFd is ours alone and stays open while the AsyncFd holds it.
+                let Ok(fd) =
+                    (unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) })
+                else {
+                    return;
+                };
+                loop {
+                    let Ok(mut guard) = fd.readable().await else { return };
+                    guard.clear_ready();
+                    shared.lock().unwrap_or_else(|p| p.into_inner()).flush();
+                }
+            }))
+        });
+        Some(Self { logger, drain })
+    }
+}
+
+impl Drop for ProgramLog {
+    fn drop(&mut self) {
+        if let Some(task) = self.drain.take() {
+            task.abort();
+        }
+        self.logger.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    }
 }
 
 impl Probes {
     /// Loads the embedded eBPF object. Programs are loaded lazily, when first attached.
+    /// The programs' diagnostics go to migtrace's log at the level `log::max_level()`
+    /// allows; below it they are compiled in but skipped in the kernel.
     pub fn load() -> Result<Self, ProbeError> {
         if !is_built() {
             return Err(ProbeError::NotBuilt);
@@ -74,13 +137,30 @@ impl Probes {
             return Err(ProbeError::NotRoot);
         }
         migtrace_common::host::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+        let mut fallbacks = Vec::new();
         // The ioctl tracepoint's layout is read from tracefs, not assumed.
-        let cmd_offset = kvm::field_offset("syscalls", "sys_enter_ioctl", "cmd").unwrap_or(24);
-        let ebpf = EbpfLoader::new()
+        let cmd_offset = kvm::field_offset("syscalls", "sys_enter_ioctl", "cmd").unwrap_or_else(|| {
+            fallbacks.push(format!(
+                "syscalls:sys_enter_ioctl format unreadable: cmd assumed at offset {DEFAULT_IOCTL_CMD_OFFSET}"
+            ));
+            DEFAULT_IOCTL_CMD_OFFSET
+        });
+        // aya-log's levels number like the log crate's (off 0, error 1 … trace 5).
+        let log_level = log::max_level() as u8;
+        let mut ebpf = EbpfLoader::new()
             .override_global("IOCTL_CMD_OFFSET", &cmd_offset, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
-        Ok(Self { ebpf })
+        let log = ProgramLog::start(&mut ebpf);
+        Ok(Self { ebpf, fallbacks, log })
+    }
+
+    /// Hands the programs' diagnostics logged so far to migtrace's log now.
+    pub fn flush_log(&self) {
+        if let Some(l) = &self.log {
+            l.logger.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        }
     }
 
     /// Adds a process to the kernel-side filter of programs that trace by process.

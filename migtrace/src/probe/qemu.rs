@@ -206,16 +206,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_point_is_probed_once_and_has_a_symbol() {
+    fn every_point_fits_what_the_probes_carry() {
         for p in PhasePoint::ALL {
-            assert_eq!(POINTS.iter().filter(|s| s.point == p).count(), 1, "{p:?}");
+            assert_eq!(POINTS.iter().filter(|s| s.point == p).count(), 1, "{p:?} probed once");
         }
-        let pending = spec_of(PhasePoint::SavevmStatePending).expect("pending");
-        assert_eq!(
-            pending.symbols,
-            &[("qemu_savevm_state_pending", 0b11100), ("qemu_savevm_state_pending_exact", 0b00011)]
-        );
-        assert!(spec_of(PhasePoint::CpuExec).is_some_and(|s| s.aggregate && s.ret));
+        for spec in POINTS {
+            for (symbol, mask) in spec.symbols {
+                // The entry probe saves five arguments; a return record has three value
+                // slots; only the return probe dereferences.
+                assert!(*mask < 1 << 5, "{symbol}: deref mask {mask:#b} names an unsaved argument");
+                assert!(mask.count_ones() <= 3, "{symbol}: deref mask {mask:#b} overflows the record");
+                assert!(*mask == 0 || spec.ret, "{symbol}: out-parameters need the return probe");
+                let c = cookie::make(spec.point, *mask != 0, *mask, spec.aggregate);
+                assert_eq!(c & cookie::POINT_MASK, spec.point as u64, "{symbol}: point survives the cookie");
+                assert_eq!((c >> cookie::DEREF_SHIFT) & 0xff, u64::from(*mask), "{symbol}: mask survives");
+            }
+            // Aggregated points time runs per thread: entry and return both.
+            assert!(!spec.aggregate || (spec.entry && spec.ret), "{:?}", spec.point);
+        }
     }
 
     #[test]

@@ -142,7 +142,8 @@ fn vcpu_stamps(runs: BTreeMap<u32, VcpuRun>) -> Vec<VcpuStamp> {
 pub struct TraceHealth {
     /// Records the kernel could not hand over during this migration (ring buffer full).
     pub lost_records: u64,
-    /// Records that did not decode (userspace and kernel from different builds).
+    /// Records of this migration that did not decode (userspace and kernel from
+    /// different builds).
     pub undecodable_records: u64,
     /// QEMU functions the source's and destination's QEMU builds do not export.
     pub missing_source_symbols: Vec<String>,
@@ -152,6 +153,9 @@ pub struct TraceHealth {
     /// What a host's tracer could not trace (its QEMU or tap never appeared, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Defaults the probes had to assume (see [`Probes::fallbacks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 pub struct Tracer {
@@ -164,6 +168,8 @@ pub struct Tracer {
     pub taps: Vec<(String, u32)>,
     missing_tracepoints: Vec<String>,
     loss_before: Loss,
+    /// The collector's lifetime count of undecodable records at [`Tracer::begin`].
+    undecodable_before: u64,
 }
 
 impl Tracer {
@@ -189,6 +195,7 @@ impl Tracer {
             taps,
             missing_tracepoints,
             loss_before,
+            undecodable_before: 0,
         })
     }
 
@@ -241,6 +248,7 @@ impl Tracer {
         }
         self.store.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.loss_before = self.probes.loss()?;
+        self.undecodable_before = self.collector.as_ref().map_or(0, Collector::undecodable);
         Ok(())
     }
 
@@ -264,6 +272,7 @@ impl Tracer {
         if let Some(c) = &self.collector {
             c.flush().await;
         }
+        self.probes.flush_log();
         let events = std::mem::take(&mut *self.store.lock().unwrap_or_else(|p| p.into_inner()));
         let loss = self.probes.loss()?.since(&self.loss_before);
         let missing = |pid| -> Vec<String> {
@@ -317,11 +326,15 @@ impl Tracer {
             destination_vcpus: vcpu_stamps(self.probes.vcpu_runs(destination)?),
             health: TraceHealth {
                 lost_records: loss.total(),
-                undecodable_records: self.collector.as_ref().map_or(0, Collector::undecodable),
+                undecodable_records: self
+                    .collector
+                    .as_ref()
+                    .map_or(0, |c| c.undecodable().saturating_sub(self.undecodable_before)),
                 missing_source_symbols: missing(source),
                 missing_destination_symbols: missing(destination),
                 missing_tracepoints: self.missing_tracepoints.clone(),
                 problems: Vec::new(),
+                fallbacks: self.probes.fallbacks.clone(),
             },
         })
     }

@@ -5,8 +5,12 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use super::{align_right, table};
-use crate::{hypervisor::Status, measure::record::MigrationRecord};
+use super::{
+    align_right,
+    stats::{self, Category},
+    table,
+};
+use crate::measure::record::MigrationRecord;
 
 /// Mean, min and max of one measure over migrations that have it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -37,60 +41,104 @@ impl Summary {
 pub struct Group {
     pub name: String,
     pub migrations: usize,
-    /// Downtime by method: ping, ping_max_gap, probe_gap, vcpu, reported.
+    /// Migrations the figures are over: the same usable set as the experiment
+    /// statistics (completed, healthy guest, no ring-buffer loss).
+    pub used: usize,
+    pub failed: usize,
+    pub guest_crashed: usize,
+    pub trace_loss: usize,
+    /// The reference ping's interval(s), ms.
+    pub ping_intervals_ms: Vec<f64>,
+    /// Downtime by method: ping, ping_max_gap, probe_gap, vcpu, vcpu.qmp, reported.
     pub downtime_ms: BTreeMap<String, Summary>,
-    /// Migration time by method: command, reported, traced, traced_to_resume.
+    /// Migration time by method: command, reported, traced(.qmp), traced_to_resume(.qmp).
     pub migration_time_ms: BTreeMap<String, Summary>,
-    /// |ping − probe gap|: what the ping's quantisation to its interval costs.
+    /// |ping − probe gap| per migration: what the ping's quantisation to its interval
+    /// costs.
     pub ping_quantisation_error_ms: Summary,
-    /// probe gap − QEMU's downtime: how much the hypervisor's figure understates what
-    /// the guest's peers see.
+    /// probe gap − QEMU's downtime per migration: how much the hypervisor's figure
+    /// understates what the guest's peers see.
     pub reported_understatement_ms: Summary,
-    /// probe gap ÷ QEMU's downtime.
-    pub reported_understatement_ratio: Summary,
+    /// Mean probe gap ÷ mean QEMU downtime over the migrations with both (a ratio of
+    /// means, consistent with the means shown; not a mean of ratios).
+    pub reported_understatement_ratio_of_means: Option<f64>,
     /// Mean durations of the phases between the VM stop and the first guest packet:
     /// where the difference between QEMU's figure and the guest's goes.
     pub switchover_phases_ms: BTreeMap<String, Summary>,
 }
 
 /// Phases that lie between the source stopping the VM and the guest answering again.
-const SWITCHOVER: &[&str] = &["vm-stop", "stop-and-copy", "destination load", "resume", "first guest packet"];
+const SWITCHOVER: &[&str] =
+    &["vm-stop", "stop-and-copy", "destination load", "resume", "destination load + resume", "first guest packet"];
+
+/// `(key in the tables, measure of the statistics)`.
+const DOWNTIMES: &[(&str, &str)] = &[
+    ("ping", "downtime.ping"),
+    ("ping_max_gap", "downtime.ping_max_gap"),
+    ("probe_gap", "downtime.probe_gap"),
+    ("vcpu", "downtime.vcpu"),
+    ("vcpu.qmp", "downtime.vcpu.qmp"),
+    ("reported", "downtime.reported"),
+];
+const MIGRATION_TIMES: &[(&str, &str)] = &[
+    ("command", "migration_time.command"),
+    ("reported", "migration_time.reported"),
+    ("traced", "migration_time.traced"),
+    ("traced.qmp", "migration_time.traced.qmp"),
+    ("traced_to_resume", "migration_time.traced_to_resume"),
+    ("traced_to_resume.qmp", "migration_time.traced_to_resume.qmp"),
+];
+
+fn measure(name: &str) -> Option<&'static stats::Measure> {
+    stats::MEASURES.iter().find(|m| m.name == name)
+}
 
 fn group(name: String, records: &[&MigrationRecord]) -> Group {
-    let completed: Vec<&MigrationRecord> =
-        records.iter().copied().filter(|r| r.outcome.status == Status::Completed).collect();
-    let field = |f: fn(&MigrationRecord) -> Option<f64>| Summary::of(completed.iter().filter_map(|r| f(r)));
-    let mut downtime_ms = BTreeMap::new();
-    downtime_ms.insert("ping".into(), field(|r| r.downtime_ms.ping));
-    downtime_ms.insert("ping_max_gap".into(), field(|r| r.downtime_ms.ping_max_gap));
-    downtime_ms.insert("probe_gap".into(), field(|r| r.downtime_ms.probe_gap));
-    downtime_ms.insert("vcpu".into(), field(|r| r.downtime_ms.vcpu));
-    downtime_ms.insert("reported".into(), field(|r| r.downtime_ms.reported));
-    let mut migration_time_ms = BTreeMap::new();
-    migration_time_ms.insert("command".into(), field(|r| r.migration_time_ms.command));
-    migration_time_ms.insert("reported".into(), field(|r| r.migration_time_ms.reported));
-    migration_time_ms.insert("traced".into(), field(|r| r.migration_time_ms.traced));
-    migration_time_ms.insert("traced_to_resume".into(), field(|r| r.migration_time_ms.traced_to_resume));
+    let used: Vec<&MigrationRecord> = records.iter().copied().filter(|r| stats::usable(r)).collect();
+    let count = |c: Category| records.iter().filter(|r| stats::category(r) == c).count();
+    let summaries = |list: &[(&str, &str)]| -> BTreeMap<String, Summary> {
+        list.iter()
+            .filter_map(|(key, name)| {
+                let m = measure(name)?;
+                Some(((*key).to_owned(), Summary::of(used.iter().filter_map(|r| (m.get)(r)))))
+            })
+            .collect()
+    };
     let pairs = |a: fn(&MigrationRecord) -> Option<f64>, b: fn(&MigrationRecord) -> Option<f64>| {
-        completed.iter().filter_map(move |r| a(r).zip(b(r))).collect::<Vec<_>>()
+        used.iter().filter_map(move |r| a(r).zip(b(r))).collect::<Vec<_>>()
     };
     let exact_vs_ping = pairs(|r| r.downtime_ms.probe_gap, |r| r.downtime_ms.ping);
     let exact_vs_reported = pairs(|r| r.downtime_ms.probe_gap, |r| r.downtime_ms.reported);
     let mut switchover_phases_ms = BTreeMap::new();
     for phase in SWITCHOVER {
-        let durations = completed.iter().filter_map(|r| r.timeline.as_ref()?.phase(phase).map(|p| p.duration_ms));
+        let durations = used.iter().filter_map(|r| r.timeline.as_ref()?.phase(phase).map(|p| p.duration_ms));
         switchover_phases_ms.insert((*phase).to_owned(), Summary::of(durations));
     }
+    let mut ping_intervals_ms: Vec<f64> = Vec::new();
+    for i in used.iter().filter_map(|r| r.ping.as_ref().map(|p| p.interval_ms)) {
+        if !ping_intervals_ms.contains(&i) {
+            ping_intervals_ms.push(i);
+        }
+    }
+    let exact = Summary::of(exact_vs_reported.iter().map(|(e, _)| *e));
+    let reported = Summary::of(exact_vs_reported.iter().map(|(_, q)| *q));
     Group {
         name,
         migrations: records.len(),
-        downtime_ms,
-        migration_time_ms,
+        used: used.len(),
+        failed: count(Category::Failed),
+        guest_crashed: count(Category::GuestUnhealthy),
+        trace_loss: count(Category::TraceLoss),
+        ping_intervals_ms,
+        downtime_ms: summaries(DOWNTIMES),
+        migration_time_ms: summaries(MIGRATION_TIMES),
         ping_quantisation_error_ms: Summary::of(exact_vs_ping.iter().map(|(e, p)| (p - e).abs())),
         reported_understatement_ms: Summary::of(exact_vs_reported.iter().map(|(e, q)| e - q)),
-        reported_understatement_ratio: Summary::of(
-            exact_vs_reported.iter().filter(|(_, q)| *q > 0.0).map(|(e, q)| e / q),
-        ),
+        reported_understatement_ratio_of_means: exact
+            .mean
+            .zip(reported.mean)
+            .filter(|(_, q)| *q > 0.0)
+            .map(|(e, q)| e / q),
         switchover_phases_ms,
     }
 }
@@ -117,52 +165,75 @@ fn cell(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
 
+/// What the reference ping's row measures, with its real interval.
+fn ping_label(intervals: &[f64]) -> String {
+    match intervals {
+        [i] => format!("paper: lost {i} ms pings × {i} ms"),
+        _ => "paper: lost pings × the ping's interval".into(),
+    }
+}
+
 /// The comparison as tables.
 pub fn render(groups: &[Group]) -> String {
     let mut out = String::new();
     for g in groups {
-        let completed = g.downtime_ms.values().map(|s| s.n).max().unwrap_or(0);
-        let _ = writeln!(out, "{} ({} migrations, {} with measures)", g.name, g.migrations, completed);
+        let _ = writeln!(
+            out,
+            "{} ({} migrations, {} used; excluded: {} failed, {} crashed or silent guest, {} with ring-buffer loss)",
+            g.name, g.migrations, g.used, g.failed, g.guest_crashed, g.trace_loss
+        );
         let mut t = table(&["downtime", "n", "mean ms", "min ms", "max ms", "method"]);
+        let ping = ping_label(&g.ping_intervals_ms);
         let methods = [
-            ("ping", "paper: lost 50 ms pings × interval"),
-            ("ping_max_gap", "largest gap between ping replies"),
+            ("ping", ping.as_str()),
+            ("ping_max_gap", "largest gap between ping replies around the switchover"),
             ("probe_gap", "gap between probe replies at the taps"),
-            ("vcpu", "source vCPUs stopped → destination vCPUs running"),
+            ("vcpu", "source vCPUs stopped → destination vCPUs running (eBPF)"),
+            ("vcpu.qmp", "the same from QMP STOP/RESUME (no probes)"),
             ("reported", "QEMU's own figure (source side)"),
         ];
         for (key, what) in methods {
-            let s = &g.downtime_ms[key];
+            let Some(s) = g.downtime_ms.get(key) else { continue };
+            if key.ends_with(".qmp") && s.n == 0 {
+                continue;
+            }
             t.add_row(vec![key.into(), s.n.to_string(), cell(s.mean), cell(s.min), cell(s.max), what.into()]);
         }
         align_right(&mut t, &[1, 2, 3, 4]);
         let _ = writeln!(out, "{t}");
         let mut m = table(&["migration time", "n", "mean ms", "min ms", "max ms"]);
         for (key, s) in &g.migration_time_ms {
+            if key.ends_with(".qmp") && s.n == 0 {
+                continue;
+            }
             m.add_row(vec![key.clone(), s.n.to_string(), cell(s.mean), cell(s.min), cell(s.max)]);
         }
         align_right(&mut m, &[1, 2, 3, 4]);
         let _ = writeln!(out, "{m}");
         let q = &g.ping_quantisation_error_ms;
         let u = &g.reported_understatement_ms;
-        let ur = &g.reported_understatement_ratio;
         let _ = writeln!(
             out,
-            "ping quantisation error |ping − probe gap|: mean {} ms, max {} ms",
+            "ping quantisation error |ping − probe gap|: mean {} ms, max {} ms (n = {})",
             cell(q.mean),
-            cell(q.max)
+            cell(q.max),
+            q.n
         );
         let _ = writeln!(
             out,
-            "QEMU understates guest-observed downtime by {} ms on average (max {} ms), a factor of {}",
+            "QEMU understates guest-observed downtime by {} ms on average (max {} ms); ratio of means probe gap ÷ \
+             QEMU downtime {} (n = {})",
             cell(u.mean),
             cell(u.max),
-            ur.mean.map_or("-".into(), |r| format!("{r:.2}"))
+            g.reported_understatement_ratio_of_means.map_or("-".into(), |r| format!("{r:.2}")),
+            u.n
         );
         let mut p = table(&["phase (VM stop → first guest packet)", "mean ms", "max ms"]);
         for phase in SWITCHOVER {
             let s = &g.switchover_phases_ms[*phase];
-            p.add_row(vec![(*phase).to_owned(), cell(s.mean), cell(s.max)]);
+            if s.n > 0 {
+                p.add_row(vec![(*phase).to_owned(), cell(s.mean), cell(s.max)]);
+            }
         }
         align_right(&mut p, &[1, 2]);
         let _ = writeln!(out, "{p}");
@@ -178,10 +249,54 @@ pub fn render(groups: &[Group]) -> String {
 mod tests {
     use super::*;
 
+    use crate::{
+        hypervisor::{GuestCheck, MigrationOutcome, MigrationParams, Status},
+        measure::ping::PingReport,
+    };
+
     #[test]
     fn summaries_by_hand() {
         let s = Summary::of([3.0, 1.0, 2.0, f64::NAN]);
         assert_eq!((s.n, s.mean, s.min, s.max), (3, Some(2.0), Some(1.0), Some(3.0)));
         assert_eq!(Summary::of([]), Summary::default());
+    }
+
+    fn record(rep: u32, probe_gap: f64, reported: f64) -> MigrationRecord {
+        let outcome = MigrationOutcome {
+            status: Status::Completed,
+            error: None,
+            direction: "tap-a → tap-b".into(),
+            source_pid: 1,
+            destination_pid: 2,
+            start_unix_us: 0,
+            start_ns: 0,
+            end_ns: Some(1),
+            stats: Default::default(),
+            destination_stats: None,
+            source_events: Vec::new(),
+            destination_events: Vec::new(),
+        };
+        let mut r = MigrationRecord::new(rep, "t".into(), MigrationParams::default(), outcome);
+        r.downtime_ms.probe_gap = Some(probe_gap);
+        r.downtime_ms.reported = Some(reported);
+        r.ping = Some(PingReport { interval_ms: 20.0, ..PingReport::default() });
+        r
+    }
+
+    #[test]
+    fn crashed_guests_are_left_out_and_the_factor_is_a_ratio_of_means() {
+        // Probe gap / QEMU downtime: 40/10 and 60/40: mean of ratios 2.75, ratio of
+        // means 50/25 = 2. A crashed guest's 500/5 must not count.
+        let mut crashed = record(2, 500.0, 5.0);
+        crashed.guest = Some(GuestCheck { crashed: true, ..GuestCheck::default() });
+        let groups = compare(&[record(0, 40.0, 10.0), record(1, 60.0, 40.0), crashed]);
+        let g = &groups[0];
+        assert_eq!((g.migrations, g.used, g.guest_crashed), (3, 2, 1));
+        assert_eq!(g.downtime_ms["probe_gap"].mean, Some(50.0));
+        assert_eq!(g.reported_understatement_ratio_of_means, Some(2.0));
+        assert_eq!(g.reported_understatement_ms.mean, Some(25.0));
+        let text = render(&groups);
+        assert!(text.contains("lost 20 ms pings × 20 ms"), "{text}");
+        assert!(!text.contains("50 ms pings"), "{text}");
     }
 }

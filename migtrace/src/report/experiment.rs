@@ -4,38 +4,39 @@ use std::fmt::Write as _;
 
 use super::{align_right, stats::ExperimentSummary, table};
 
-fn f(v: f64) -> String {
-    if v.is_finite() { format!("{v:.1}") } else { "∞".into() }
+fn f(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
 
-fn ratio(v: f64) -> String {
-    if v.is_finite() { format!("{v:.2}") } else { "∞".into() }
+/// A max:min ratio; "n/a" where the smallest value is 0 (see the footnote).
+fn ratio(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.2}"))
 }
 
 /// Table II (as in the paper, in milliseconds) and the effects of each factor.
 pub fn render(name: &str, s: &ExperimentSummary) -> String {
     let mut out = String::new();
-    let crashed: usize = s.treatments.iter().map(|t| t.guest_crashed).sum();
-    let corrupted: usize = s.treatments.iter().map(|t| t.corrupted).sum();
-    let failed: usize = s.treatments.iter().map(|t| t.failed).sum();
     let _ = writeln!(
         out,
-        "experiment {name}: {} treatments, {} migrations, {} used ({} failed, {} with a crashed guest and {} with \
-         corrupted guest memory excluded)",
+        "experiment {name}: {} treatments, {} migrations, {} used ({} failed, {} with a crashed or silent guest, \
+         {} with corrupted guest memory, {} with ring-buffer loss: excluded)",
         s.treatments.len(),
         s.migrations,
         s.usable,
-        failed,
-        crashed,
-        corrupted
+        s.failed,
+        s.guest_crashed,
+        s.corrupted,
+        s.trace_loss
     );
     let mut t =
         table(&["measure", "n", "mean ms", "max:min means", "max:min all", "max treatment SD ms", "overall SD ms"]);
+    let mut no_ratio = false;
     for r in &s.table2 {
+        no_ratio |= r.ratio_treatment_means.is_none() || r.ratio_all.is_none();
         t.add_row(vec![
             r.measure.clone(),
             r.n.to_string(),
-            f(r.overall_mean),
+            f(Some(r.overall_mean)),
             ratio(r.ratio_treatment_means),
             ratio(r.ratio_all),
             f(r.max_treatment_sd),
@@ -44,18 +45,77 @@ pub fn render(name: &str, s: &ExperimentSummary) -> String {
     }
     align_right(&mut t, &[1, 2, 3, 4, 5, 6]);
     let _ = writeln!(out, "Table II (data variability)\n{t}");
+    if no_ratio {
+        let _ = writeln!(
+            out,
+            "n/a: the smallest value is 0 ms, so no max:min ratio exists. A ping reports 0 ms whenever the outage \
+             fell between two of its requests: it does not see outages shorter than its interval."
+        );
+    }
+    let _ = writeln!(out, "SD: sample standard deviation; \"-\" where a treatment or the experiment has one value.\n");
+    let how = if s.design == "sweep" {
+        "other factors at their base level"
+    } else {
+        "main effect: mean of the treatment means at the level"
+    };
     for e in &s.effects {
-        let measures: Vec<String> = e.rows.first().map(|(_, _, m)| m.keys().cloned().collect()).unwrap_or_default();
-        let mut header = vec![e.factor.as_str(), "migrations"];
+        let measures: Vec<String> = e.rows.first().map(|r| r.cells.keys().cloned().collect()).unwrap_or_default();
+        let mut header = vec![e.factor.as_str(), "treatments"];
         header.extend(measures.iter().map(String::as_str));
         let mut t = table(&header);
-        for (level, n, means) in &e.rows {
-            let mut row = vec![level.clone(), n.to_string()];
-            row.extend(measures.iter().map(|m| means.get(m).map_or("-".into(), |v| f(*v))));
-            t.add_row(row);
+        for row in &e.rows {
+            let mut cells = vec![row.level.clone(), row.treatments.to_string()];
+            cells.extend(measures.iter().map(|m| match row.cells.get(m) {
+                Some(c) if c.treatments < row.treatments => {
+                    format!("{:.1} (n={}, {} of {} treatments)", c.mean, c.n, c.treatments, row.treatments)
+                }
+                Some(c) => format!("{:.1} (n={})", c.mean, c.n),
+                None => "-".into(),
+            }));
+            t.add_row(cells);
         }
         align_right(&mut t, &(1..header.len()).collect::<Vec<_>>());
-        let _ = writeln!(out, "effect of {} (mean ms per level)\n{t}", e.factor);
+        let _ = writeln!(out, "effect of {} (ms; {how}; n = migrations)\n{t}", e.factor);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::report::stats::{EffectCell, EffectRow, EffectTable, Table2Row};
+
+    #[test]
+    fn a_zero_minimum_is_na_with_a_footnote_and_cells_show_n() {
+        let s = ExperimentSummary {
+            table2: vec![Table2Row {
+                measure: "downtime.ping".into(),
+                n: 5,
+                treatments: 2,
+                overall_mean: 40.0,
+                ratio_treatment_means: Some(4.5),
+                ratio_all: None,
+                max_treatment_sd: None,
+                overall_sd: Some(41.8),
+            }],
+            effects: vec![EffectTable {
+                factor: "rate".into(),
+                rows: vec![EffectRow {
+                    level: "0".into(),
+                    treatments: 2,
+                    cells: BTreeMap::from([("downtime.ping".into(), EffectCell { mean: 20.0, n: 4, treatments: 1 })]),
+                }],
+            }],
+            design: "factorial".into(),
+            ..ExperimentSummary::default()
+        };
+        let text = render("t", &s);
+        assert!(text.contains("4.50") && text.contains("n/a"), "{text}");
+        assert!(!text.contains('∞') && !text.contains("inf"), "{text}");
+        assert!(text.contains("n/a: the smallest value is 0 ms"), "{text}");
+        assert!(text.contains("20.0 (n=4, 1 of 2 treatments)"), "{text}");
+        assert!(text.contains("main effect"), "{text}");
+    }
 }

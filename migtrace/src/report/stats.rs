@@ -1,6 +1,6 @@
-//! Statistics of an experiment: per treatment (mean, standard deviation, percentiles from
-//! HDR histograms, 95 % confidence interval of the mean), the paper's Table II per
-//! measure, and single-factor effect tables.
+//! Statistics of an experiment: per treatment (mean, standard deviation, exact order
+//! statistics, 95 % confidence interval of the mean, an HDR histogram), the paper's
+//! Table II per measure, and single-factor effect tables.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,10 @@ use hdrhistogram::{
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF as _, StudentsT};
 
-use crate::{hypervisor::Status, measure::record::MigrationRecord};
+use crate::{
+    hypervisor::Status,
+    measure::{record::MigrationRecord, timeline::Evidence},
+};
 
 /// A measure: its name and how to read it (ms) from a record.
 pub struct Measure {
@@ -20,22 +23,90 @@ pub struct Measure {
     pub get: fn(&MigrationRecord) -> Option<f64>,
 }
 
-/// Every downtime and migration-time measure of a record.
+/// What a measure whose source can vary was taken from in `r` (see
+/// [`MigrationRecord::evidence`]); records without that map say it in their timeline.
+pub fn evidence_of(r: &MigrationRecord, measure: &str) -> Evidence {
+    if let Some(e) = r.evidence.get(measure) {
+        return *e;
+    }
+    let Some(t) = &r.timeline else { return Evidence::Probe };
+    let marks: &[&str] = match measure {
+        "downtime_ms.vcpu" => &["source-paused", "destination-resumed"],
+        "migration_time_ms.traced" => &["setup", "source-completed"],
+        "migration_time_ms.traced_to_resume" => &["setup", "destination-resumed"],
+        _ => &[],
+    };
+    marks.iter().map(|m| t.mark_evidence(m)).fold(Evidence::Probe, Evidence::combine)
+}
+
+/// `v` if `r`'s `measure` was taken with `want`: probe-based and QMP-based figures are
+/// separate measures, never pooled.
+fn from(r: &MigrationRecord, measure: &str, want: Evidence, v: Option<f64>) -> Option<f64> {
+    v.filter(|_| evidence_of(r, measure) == want)
+}
+
+/// Every downtime and migration-time measure of a record. Measures that may come from
+/// eBPF probes or from QMP events appear twice: traced, and `….qmp`.
 pub const MEASURES: &[Measure] = &[
     Measure { name: "downtime.ping", get: |r| r.downtime_ms.ping },
     Measure { name: "downtime.ping_max_gap", get: |r| r.downtime_ms.ping_max_gap },
     Measure { name: "downtime.probe_gap", get: |r| r.downtime_ms.probe_gap },
-    Measure { name: "downtime.vcpu", get: |r| r.downtime_ms.vcpu },
+    Measure { name: "downtime.vcpu", get: |r| from(r, "downtime_ms.vcpu", Evidence::Probe, r.downtime_ms.vcpu) },
+    Measure { name: "downtime.vcpu.qmp", get: |r| from(r, "downtime_ms.vcpu", Evidence::Qmp, r.downtime_ms.vcpu) },
     Measure { name: "downtime.reported", get: |r| r.downtime_ms.reported },
     Measure { name: "migration_time.command", get: |r| r.migration_time_ms.command },
     Measure { name: "migration_time.reported", get: |r| r.migration_time_ms.reported },
-    Measure { name: "migration_time.traced", get: |r| r.migration_time_ms.traced },
-    Measure { name: "migration_time.traced_to_resume", get: |r| r.migration_time_ms.traced_to_resume },
+    Measure {
+        name: "migration_time.traced",
+        get: |r| from(r, "migration_time_ms.traced", Evidence::Probe, r.migration_time_ms.traced),
+    },
+    Measure {
+        name: "migration_time.traced.qmp",
+        get: |r| from(r, "migration_time_ms.traced", Evidence::Qmp, r.migration_time_ms.traced),
+    },
+    Measure {
+        name: "migration_time.traced_to_resume",
+        get: |r| from(r, "migration_time_ms.traced_to_resume", Evidence::Probe, r.migration_time_ms.traced_to_resume),
+    },
+    Measure {
+        name: "migration_time.traced_to_resume.qmp",
+        get: |r| from(r, "migration_time_ms.traced_to_resume", Evidence::Qmp, r.migration_time_ms.traced_to_resume),
+    },
 ];
 
-/// Whether a record's measures describe a healthy migration (completed, guest fine).
+/// What a migration record is for statistics; only `Usable` ones enter them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Category {
+    /// Completed, healthy guest, complete trace.
+    Usable,
+    /// The migration failed or timed out.
+    Failed,
+    /// The guest crashed, rebooted or went silent after the migration.
+    GuestUnhealthy,
+    /// The guest's own memory check found pages that lost writes in the migration.
+    Corrupted,
+    /// The ring buffer lost records: probe-based figures may miss their stamps.
+    TraceLoss,
+}
+
+pub fn category(r: &MigrationRecord) -> Category {
+    if r.outcome.status != Status::Completed {
+        Category::Failed
+    } else if r.guest.as_ref().is_some_and(|g| g.crashed || g.rebooted || g.unreachable) {
+        Category::GuestUnhealthy
+    } else if r.guest.as_ref().is_some_and(|g| g.corrupted()) {
+        Category::Corrupted
+    } else if r.trace_health.as_ref().is_some_and(|h| h.lost_records > 0) {
+        Category::TraceLoss
+    } else {
+        Category::Usable
+    }
+}
+
+/// Whether a record's measures describe a healthy, fully traced migration.
 pub fn usable(r: &MigrationRecord) -> bool {
-    r.outcome.status == Status::Completed && r.guest.as_ref().is_none_or(|g| g.healthy())
+    category(r) == Category::Usable
 }
 
 /// Descriptive statistics of one measure over one set of migrations, ms.
@@ -43,24 +114,36 @@ pub fn usable(r: &MigrationRecord) -> bool {
 pub struct Stats {
     pub n: usize,
     pub mean: f64,
-    /// Sample standard deviation (n − 1); 0 for a single value.
-    pub sd: f64,
+    /// Sample standard deviation (n − 1); `None` for a single value.
+    pub sd: Option<f64>,
     pub min: f64,
+    /// Exact order statistics of the values (nearest rank: the ⌈p·n⌉-th smallest), so
+    /// p99 and p99.9 are the maximum below 100 and 1000 values.
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
-    /// 95 % confidence interval of the mean (Student's t); equal bounds for n = 1.
-    pub ci95: (f64, f64),
+    /// 95 % confidence interval of the mean (Student's t); `None` for a single value.
+    pub ci95: Option<(f64, f64)>,
 }
 
-/// Values in µs for HDR histograms (3 significant digits, µs resolution).
+/// Significant digits of the HDR histograms: values are µs, exact below 2,048 µs;
+/// above, a value is within 1/1024 of its bucket (32 µs wide at 50 ms, 512 µs at 1 s).
+pub const HISTOGRAM_SIGFIG: u8 = 3;
+
+/// Values in µs for HDR histograms.
 fn histogram(values: &[f64]) -> Histogram<u64> {
-    let mut h = Histogram::<u64>::new(3).expect("3 significant digits is valid");
+    let mut h = Histogram::<u64>::new(HISTOGRAM_SIGFIG).expect("3 significant digits is valid");
     for v in values {
         let _ = h.record((v * 1000.0).round().max(0.0) as u64);
     }
     h
+}
+
+fn encode(h: &Histogram<u64>) -> Option<String> {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new().serialize(h, &mut bytes).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 impl Stats {
@@ -70,27 +153,27 @@ impl Stats {
         if n == 0 {
             return None;
         }
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
         let mean = values.iter().sum::<f64>() / n as f64;
-        let sd =
-            if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
-        let half = if n > 1 {
+        let sd = (n > 1).then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
+        let ci95 = sd.map(|sd| {
             let t = StudentsT::new(0.0, 1.0, (n - 1) as f64).map(|d| d.inverse_cdf(0.975)).unwrap_or(1.96);
-            t * sd / (n as f64).sqrt()
-        } else {
-            0.0
-        };
-        let h = histogram(values);
-        let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+            let half = t * sd / (n as f64).sqrt();
+            (mean - half, mean + half)
+        });
+        // Nearest rank, in per mille to stay in integers: rank ⌈k·n/1000⌉, 1-based.
+        let rank = |per_mille: usize| sorted[(per_mille * n).div_ceil(1000).clamp(1, n) - 1];
         Some(Self {
             n,
             mean,
             sd,
-            min: values.iter().copied().fold(f64::INFINITY, f64::min),
-            p50: q(0.5),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            ci95: (mean - half, mean + half),
+            min: sorted[0],
+            p50: rank(500),
+            p99: rank(990),
+            p999: rank(999),
+            max: sorted[n - 1],
+            ci95,
         })
     }
 }
@@ -101,16 +184,21 @@ pub struct TreatmentSummary {
     pub treatment: String,
     pub levels: BTreeMap<String, String>,
     pub migrations: usize,
-    /// Completed with a healthy guest: the migrations the statistics are over.
+    /// Completed with a healthy guest and a complete trace: the migrations the
+    /// statistics are over.
     pub usable: usize,
     pub failed: usize,
-    /// The guest crashed, rebooted or hung after the migration.
+    /// The guest crashed, rebooted or went silent.
     pub guest_crashed: usize,
     /// The guest's memory check found pages that lost writes (and it did not crash).
     #[serde(default)]
     pub corrupted: usize,
+    /// The ring buffer lost records during the migration.
+    #[serde(default)]
+    pub trace_loss: usize,
     pub measures: BTreeMap<String, Stats>,
-    /// HDR histograms (µs, 3 significant digits), V2-deflate serialised, base64.
+    /// HDR histograms (µs, [`HISTOGRAM_SIGFIG`] significant digits), V2-deflate
+    /// serialised, base64.
     pub histograms: BTreeMap<String, String>,
 }
 
@@ -119,22 +207,53 @@ pub struct TreatmentSummary {
 pub struct Table2Row {
     pub measure: String,
     pub n: usize,
+    /// Treatments with at least one value.
+    pub treatments: usize,
     pub overall_mean: f64,
-    /// Largest treatment mean over smallest.
-    pub ratio_treatment_means: f64,
-    /// Largest single measurement over smallest.
-    pub ratio_all: f64,
-    /// Largest standard deviation within a treatment.
-    pub max_treatment_sd: f64,
-    pub overall_sd: f64,
+    /// Largest treatment mean over smallest; `None` when the smallest is 0 (no ratio).
+    pub ratio_treatment_means: Option<f64>,
+    /// Largest single measurement over smallest; `None` when the smallest is 0.
+    pub ratio_all: Option<f64>,
+    /// Largest standard deviation within a treatment (treatments with n ≥ 2).
+    pub max_treatment_sd: Option<f64>,
+    pub overall_sd: Option<f64>,
 }
 
-/// Mean of each measure per level of one factor (over all treatments at that level).
+/// The design an experiment's effect tables are read from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EffectDesign {
+    /// Every combination of levels: a factor's effect is its main effect, the mean of
+    /// the treatment means at each level.
+    Factorial,
+    /// One factor at a time around a base treatment: a factor's effect is read only
+    /// from treatments where every other factor is at its base level.
+    Sweep { base: BTreeMap<String, String> },
+}
+
+/// One cell of an effect table: a measure at one level.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EffectCell {
+    /// Mean of the treatment means.
+    pub mean: f64,
+    /// Migrations behind it.
+    pub n: usize,
+    /// Treatments whose means were averaged.
+    pub treatments: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EffectRow {
+    pub level: String,
+    /// Treatments of the design at this level (in a sweep: with the others at base).
+    pub treatments: usize,
+    pub cells: BTreeMap<String, EffectCell>,
+}
+
+/// The effect of one factor on the [`EFFECT_MEASURES`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EffectTable {
     pub factor: String,
-    /// (level, migrations, measure → mean)
-    pub rows: Vec<(String, usize, BTreeMap<String, f64>)>,
+    pub rows: Vec<EffectRow>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -142,49 +261,70 @@ pub struct ExperimentSummary {
     pub treatments: Vec<TreatmentSummary>,
     pub table2: Vec<Table2Row>,
     pub effects: Vec<EffectTable>,
+    /// "factorial" or "sweep": how the effect tables were read.
+    #[serde(default)]
+    pub design: String,
+    /// HDR histograms of every measure over all usable migrations, merged from the
+    /// treatments' (same encoding).
+    #[serde(default)]
+    pub histograms: BTreeMap<String, String>,
     pub migrations: usize,
     pub usable: usize,
+    #[serde(default)]
+    pub failed: usize,
+    #[serde(default)]
+    pub guest_crashed: usize,
+    #[serde(default)]
+    pub corrupted: usize,
+    #[serde(default)]
+    pub trace_loss: usize,
 }
 
 /// The measures shown in effect tables.
-const EFFECT_MEASURES: &[&str] =
+pub const EFFECT_MEASURES: &[&str] =
     &["downtime.probe_gap", "downtime.ping", "downtime.reported", "migration_time.command"];
 
 /// Summarises `records`; `levels_of` gives each treatment's factor levels by name, in
-/// the order treatments should be listed.
-pub fn summarize(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<String, String>)]) -> ExperimentSummary {
+/// the order treatments should be listed; `design` says how to read factor effects.
+pub fn summarize(
+    records: &[MigrationRecord],
+    levels_of: &[(String, BTreeMap<String, String>)],
+    design: &EffectDesign,
+) -> ExperimentSummary {
     let mut treatments = Vec::new();
+    let mut merged: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
     for (name, levels) in levels_of {
         let mine: Vec<&MigrationRecord> = records.iter().filter(|r| &r.treatment == name).collect();
         if mine.is_empty() {
             continue;
         }
-        let ok: Vec<&MigrationRecord> = mine.iter().copied().filter(|r| usable(r)).collect();
+        let count = |c: Category| mine.iter().filter(|r| category(r) == c).count();
         let mut t = TreatmentSummary {
             treatment: name.clone(),
             levels: levels.clone(),
             migrations: mine.len(),
-            usable: ok.len(),
-            failed: mine.iter().filter(|r| r.outcome.status != Status::Completed).count(),
-            guest_crashed: mine
-                .iter()
-                .filter(|r| r.guest.as_ref().is_some_and(|g| g.crashed || g.rebooted || g.unreachable))
-                .count(),
-            corrupted: mine
-                .iter()
-                .filter(|r| {
-                    r.guest.as_ref().is_some_and(|g| g.corrupted() && !(g.crashed || g.rebooted || g.unreachable))
-                })
-                .count(),
+            usable: count(Category::Usable),
+            failed: count(Category::Failed),
+            guest_crashed: count(Category::GuestUnhealthy),
+            corrupted: count(Category::Corrupted),
+            trace_loss: count(Category::TraceLoss),
             ..TreatmentSummary::default()
         };
         for m in MEASURES {
-            let values: Vec<f64> = ok.iter().filter_map(|r| (m.get)(r)).filter(|v| v.is_finite()).collect();
-            if let Some(stats) = Stats::of(&values) {
-                t.measures.insert(m.name.into(), stats);
-                let mut bytes = Vec::new();
-                if V2DeflateSerializer::new().serialize(&histogram(&values), &mut bytes).is_ok() {
-                    t.histograms.insert(m.name.into(), base64::engine::general_purpose::STANDARD.encode(bytes));
+            let values: Vec<f64> =
+                mine.iter().filter(|r| usable(r)).filter_map(|r| (m.get)(r)).filter(|v| v.is_finite()).collect();
+            let Some(stats) = Stats::of(&values) else { continue };
+            t.measures.insert(m.name.into(), stats);
+            let h = histogram(&values);
+            if let Some(encoded) = encode(&h) {
+                t.histograms.insert(m.name.into(), encoded);
+            }
+            match merged.get_mut(m.name) {
+                Some(all) => {
+                    let _ = all.add(&h);
+                }
+                None => {
+                    merged.insert(m.name, h);
                 }
             }
         }
@@ -192,6 +332,7 @@ pub fn summarize(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<Str
     }
 
     let usable_records: Vec<&MigrationRecord> = records.iter().filter(|r| usable(r)).collect();
+    let ratio = |max: f64, min: f64| (min > 0.0).then(|| max / min);
     let table2 = MEASURES
         .iter()
         .filter_map(|m| {
@@ -199,95 +340,309 @@ pub fn summarize(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<Str
             let overall = Stats::of(&all)?;
             let per: Vec<&Stats> = treatments.iter().filter_map(|t| t.measures.get(m.name)).collect();
             let means: Vec<f64> = per.iter().map(|s| s.mean).collect();
-            let ratio = |max: f64, min: f64| if min > 0.0 { max / min } else { f64::INFINITY };
             Some(Table2Row {
                 measure: m.name.into(),
                 n: overall.n,
+                treatments: per.len(),
                 overall_mean: overall.mean,
                 ratio_treatment_means: ratio(
                     means.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                     means.iter().copied().fold(f64::INFINITY, f64::min),
                 ),
                 ratio_all: ratio(overall.max, overall.min),
-                max_treatment_sd: per.iter().map(|s| s.sd).fold(0.0, f64::max),
+                max_treatment_sd: per.iter().filter_map(|s| s.sd).reduce(f64::max),
                 overall_sd: overall.sd,
             })
         })
         .collect();
 
-    let mut factors: Vec<String> = levels_of.iter().flat_map(|(_, l)| l.keys().cloned()).collect();
+    let effects = effects(levels_of, &treatments, design);
+    ExperimentSummary {
+        design: match design {
+            EffectDesign::Factorial => "factorial",
+            EffectDesign::Sweep { .. } => "sweep",
+        }
+        .into(),
+        histograms: merged.iter().filter_map(|(m, h)| Some(((*m).to_owned(), encode(h)?))).collect(),
+        migrations: records.len(),
+        usable: usable_records.len(),
+        failed: treatments.iter().map(|t| t.failed).sum(),
+        guest_crashed: treatments.iter().map(|t| t.guest_crashed).sum(),
+        corrupted: treatments.iter().map(|t| t.corrupted).sum(),
+        trace_loss: treatments.iter().map(|t| t.trace_loss).sum(),
+        treatments,
+        table2,
+        effects,
+    }
+}
+
+/// Single-factor effect tables (see [`EffectDesign`]).
+fn effects(
+    levels_of: &[(String, BTreeMap<String, String>)],
+    treatments: &[TreatmentSummary],
+    design: &EffectDesign,
+) -> Vec<EffectTable> {
+    let mut factors: Vec<&String> = levels_of.iter().flat_map(|(_, l)| l.keys()).collect();
     factors.sort();
     factors.dedup();
-    let effects = factors
+    factors
         .into_iter()
         .filter_map(|factor| {
-            let mut levels: Vec<String> = levels_of.iter().filter_map(|(_, l)| l.get(&factor).cloned()).collect();
-            levels.dedup();
-            let mut seen = Vec::new();
-            levels.retain(|l| {
-                if seen.contains(l) {
-                    false
-                } else {
-                    seen.push(l.clone());
-                    true
+            // Treatments that show this factor's effect: in a sweep, the others at base.
+            let shows = |levels: &BTreeMap<String, String>| match design {
+                EffectDesign::Factorial => true,
+                EffectDesign::Sweep { base } => {
+                    levels.iter().all(|(f, l)| f == factor || base.get(f).is_none_or(|b| b == l))
                 }
-            });
+            };
+            let mut levels: Vec<&String> = Vec::new();
+            for (_, l) in levels_of.iter().filter(|(_, l)| shows(l)) {
+                if let Some(level) = l.get(factor)
+                    && !levels.contains(&level)
+                {
+                    levels.push(level);
+                }
+            }
             if levels.len() < 2 {
                 return None;
             }
             let rows = levels
                 .into_iter()
                 .map(|level| {
-                    let names: Vec<&String> =
-                        levels_of.iter().filter(|(_, l)| l.get(&factor) == Some(&level)).map(|(n, _)| n).collect();
-                    let at: Vec<&&MigrationRecord> =
-                        usable_records.iter().filter(|r| names.contains(&&r.treatment)).collect();
-                    let means = EFFECT_MEASURES
+                    let names: Vec<&String> = levels_of
                         .iter()
-                        .filter_map(|name| {
-                            let m = MEASURES.iter().find(|m| m.name == *name)?;
-                            let v: Vec<f64> = at.iter().filter_map(|r| (m.get)(r)).collect();
-                            (!v.is_empty()).then(|| ((*name).to_owned(), v.iter().sum::<f64>() / v.len() as f64))
+                        .filter(|(_, l)| shows(l) && l.get(factor) == Some(level))
+                        .map(|(n, _)| n)
+                        .collect();
+                    let at: Vec<&TreatmentSummary> =
+                        treatments.iter().filter(|t| names.contains(&&t.treatment)).collect();
+                    let cells = EFFECT_MEASURES
+                        .iter()
+                        .filter_map(|m| {
+                            let stats: Vec<&Stats> = at.iter().filter_map(|t| t.measures.get(*m)).collect();
+                            (!stats.is_empty()).then(|| {
+                                let cell = EffectCell {
+                                    mean: stats.iter().map(|s| s.mean).sum::<f64>() / stats.len() as f64,
+                                    n: stats.iter().map(|s| s.n).sum(),
+                                    treatments: stats.len(),
+                                };
+                                ((*m).to_owned(), cell)
+                            })
                         })
                         .collect();
-                    (level, at.len(), means)
+                    EffectRow { level: level.clone(), treatments: names.len(), cells }
                 })
                 .collect();
-            Some(EffectTable { factor, rows })
+            Some(EffectTable { factor: factor.clone(), rows })
         })
-        .collect();
-
-    ExperimentSummary { treatments, table2, effects, migrations: records.len(), usable: usable_records.len() }
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        hypervisor::{GuestCheck, MigrationOutcome, MigrationParams},
+        probe::tracer::TraceHealth,
+    };
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
 
     #[test]
     fn stats_by_hand() {
         // 2, 4, 4, 4, 5, 5, 7, 9: mean 5, sample sd sqrt(32/7).
-        let s = Stats::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).expect("stats");
+        let s = Stats::of(&[9.0, 4.0, 2.0, 4.0, 5.0, 4.0, 7.0, 5.0]).expect("stats");
         assert_eq!(s.n, 8);
-        assert!((s.mean - 5.0).abs() < 1e-12);
-        assert!((s.sd - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+        assert!(close(s.mean, 5.0));
+        let sd = (32.0f64 / 7.0).sqrt();
+        assert!(close(s.sd.expect("sd"), sd));
         assert_eq!((s.min, s.max), (2.0, 9.0));
         // t(0.975, 7) = 2.364624; half-width = t * sd / sqrt(8).
-        let half = 2.364624 * (32.0f64 / 7.0).sqrt() / 8f64.sqrt();
-        assert!((s.ci95.0 - (5.0 - half)).abs() < 1e-4 && (s.ci95.1 - (5.0 + half)).abs() < 1e-4);
-        assert!((s.p50 - 4.0).abs() < 0.01);
-        assert!((s.p99 - 9.0).abs() < 0.01);
+        let half = 2.364624 * sd / 8f64.sqrt();
+        let (lo, hi) = s.ci95.expect("ci");
+        assert!((lo - (5.0 - half)).abs() < 1e-5 && (hi - (5.0 + half)).abs() < 1e-5);
+        // Nearest rank: p50 = 4th smallest (4), p99 = p99.9 = 8th (9).
+        assert_eq!((s.p50, s.p99, s.p999), (4.0, 9.0, 9.0));
         let one = Stats::of(&[3.5]).expect("one");
-        assert_eq!((one.sd, one.ci95), (0.0, (3.5, 3.5)));
+        assert_eq!((one.sd, one.ci95), (None, None), "no spread from one value");
+        assert_eq!((one.p50, one.p99), (3.5, 3.5));
         assert_eq!(Stats::of(&[]), None);
     }
 
     #[test]
-    fn histogram_resolution_is_a_microsecond_at_three_digits() {
+    fn percentiles_are_observed_values_never_above_max() {
+        // HDR buckets at 3 significant digits would put 150.7 ms in a bucket reported
+        // as 150.783 ms, above the maximum.
+        let v = [10.0, 20.0, 30.0, 150.7];
+        let s = Stats::of(&v).expect("stats");
+        assert_eq!((s.p50, s.p99, s.max), (20.0, 150.7, 150.7));
+        let h = histogram(&v);
+        assert!(h.value_at_quantile(0.99) as f64 / 1e3 > 150.7, "the bucket value overshoots");
+        // 1000 values 1..=1000: p99.9 is the 999th, p99 the 990th.
+        let many: Vec<f64> = (1..=1000).map(f64::from).collect();
+        let s = Stats::of(&many).expect("stats");
+        assert_eq!((s.p50, s.p99, s.p999, s.max), (500.0, 990.0, 999.0, 1000.0));
+    }
+
+    #[test]
+    fn histogram_precision_is_what_the_docs_say() {
         let h = histogram(&[1.234, 12.345, 123.456]);
         assert_eq!(h.len(), 3);
-        assert_eq!(h.min(), 1234);
-        // 123456 µs at 3 significant digits: within 0.1 %.
-        assert!((h.max() as f64 - 123_456.0).abs() / 123_456.0 < 0.001);
+        assert_eq!(h.min(), 1234, "exact below 2,048 µs");
+        assert_eq!(h.equivalent_range(2047), 1);
+        assert_eq!(h.equivalent_range(50_000), 32, "32 µs buckets at 50 ms");
+        assert_eq!(h.equivalent_range(1_000_000), 512, "512 µs buckets at 1 s");
+        assert!((h.max() as f64 - 123_456.0).abs() / 123_456.0 < 1.0 / 1024.0);
+    }
+
+    fn record(treatment: &str, rep: u32, probe_gap: f64, ping: f64) -> MigrationRecord {
+        let outcome = MigrationOutcome {
+            status: Status::Completed,
+            error: None,
+            direction: "tap-a → tap-b".into(),
+            source_pid: 1,
+            destination_pid: 2,
+            start_unix_us: 0,
+            start_ns: 0,
+            end_ns: Some(1),
+            stats: Default::default(),
+            destination_stats: None,
+            source_events: Vec::new(),
+            destination_events: Vec::new(),
+        };
+        let mut r = MigrationRecord::new(rep, treatment.into(), MigrationParams::default(), outcome);
+        r.downtime_ms.probe_gap = Some(probe_gap);
+        r.downtime_ms.ping = Some(ping);
+        r
+    }
+
+    fn levels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(f, l)| ((*f).to_owned(), (*l).to_owned())).collect()
+    }
+
+    #[test]
+    fn table2_by_hand_with_a_zero_ping() {
+        // Treatment a: probe gaps 30, 40, 50 (mean 40, sd 10); ping 0, 50, 0.
+        // Treatment b: probe gaps 80, 100 (mean 90, sd √200); ping 50, 100.
+        let records = vec![
+            record("a", 0, 30.0, 0.0),
+            record("a", 1, 40.0, 50.0),
+            record("a", 2, 50.0, 0.0),
+            record("b", 0, 80.0, 50.0),
+            record("b", 1, 100.0, 100.0),
+        ];
+        let levels_of = vec![("a".to_owned(), levels(&[("rate", "0")])), ("b".to_owned(), levels(&[("rate", "2000")]))];
+        let s = summarize(&records, &levels_of, &EffectDesign::Factorial);
+        let row = |m: &str| s.table2.iter().find(|r| r.measure == m).expect("row").clone();
+        let gap = row("downtime.probe_gap");
+        assert_eq!((gap.n, gap.treatments), (5, 2));
+        assert!(close(gap.overall_mean, 60.0));
+        assert!(close(gap.ratio_treatment_means.expect("ratio"), 90.0 / 40.0));
+        assert!(close(gap.ratio_all.expect("ratio"), 100.0 / 30.0));
+        assert!(close(gap.max_treatment_sd.expect("sd"), 200f64.sqrt()));
+        // Overall: values 30, 40, 50, 80, 100; mean 60; Σ(x−60)² = 900+400+100+400+1600.
+        assert!(close(gap.overall_sd.expect("sd"), (3400.0f64 / 4.0).sqrt()));
+        let ping = row("downtime.ping");
+        assert!(close(ping.overall_mean, 40.0));
+        // Treatment a's ping mean is 50/3 > 0, but single pings of 0 ms exist: no ratio.
+        assert!(close(ping.ratio_treatment_means.expect("ratio"), 75.0 / (50.0 / 3.0)));
+        assert_eq!(ping.ratio_all, None);
+    }
+
+    #[test]
+    fn excluded_categories_are_counted_apart() {
+        let mut failed = record("a", 0, 999.0, 0.0);
+        failed.outcome.status = Status::Failed;
+        let mut hung = record("a", 1, 999.0, 0.0);
+        hung.guest = Some(GuestCheck { unreachable: true, ..GuestCheck::default() });
+        let mut lossy = record("a", 2, 999.0, 0.0);
+        lossy.trace_health = Some(TraceHealth { lost_records: 3, ..TraceHealth::default() });
+        let good = record("a", 3, 40.0, 50.0);
+        let s = summarize(&[failed, hung, lossy, good], &[("a".into(), levels(&[]))], &EffectDesign::Factorial);
+        let t = &s.treatments[0];
+        assert_eq!((t.migrations, t.usable, t.failed, t.guest_crashed, t.trace_loss), (4, 1, 1, 1, 1));
+        assert_eq!(t.measures["downtime.probe_gap"].max, 40.0, "only the usable record");
+        assert_eq!((s.usable, s.failed, s.guest_crashed, s.trace_loss), (1, 1, 1, 1));
+    }
+
+    #[test]
+    fn fallback_figures_are_a_measure_of_their_own() {
+        let mut traced = record("a", 0, 40.0, 0.0);
+        traced.downtime_ms.vcpu = Some(20.0);
+        traced.evidence.insert("downtime_ms.vcpu".into(), Evidence::Probe);
+        let mut qmp = record("a", 1, 40.0, 0.0);
+        qmp.downtime_ms.vcpu = Some(35.0);
+        qmp.evidence.insert("downtime_ms.vcpu".into(), Evidence::Qmp);
+        let s = summarize(&[traced, qmp], &[("a".into(), levels(&[]))], &EffectDesign::Factorial);
+        let m = &s.treatments[0].measures;
+        assert_eq!((m["downtime.vcpu"].n, m["downtime.vcpu"].mean), (1, 20.0));
+        assert_eq!((m["downtime.vcpu.qmp"].n, m["downtime.vcpu.qmp"].mean), (1, 35.0));
+    }
+
+    #[test]
+    fn factorial_effects_are_means_of_treatment_means() {
+        // 2 × 2: rate {0, 2000} × wset {32, 64}. Treatment means of the probe gap:
+        // (0,32) 10 from 3 migrations, (0,64) 30 from 1, (2000,32) 50, (2000,64) 90.
+        let mut records = vec![record("r0w32", 0, 8.0, 0.0), record("r0w32", 1, 10.0, 0.0)];
+        records.push(record("r0w32", 2, 12.0, 0.0));
+        records.push(record("r0w64", 0, 30.0, 0.0));
+        records.push(record("r2w32", 0, 50.0, 0.0));
+        records.push(record("r2w64", 0, 90.0, 0.0));
+        let levels_of = vec![
+            ("r0w32".to_owned(), levels(&[("rate", "0"), ("wset", "32")])),
+            ("r0w64".to_owned(), levels(&[("rate", "0"), ("wset", "64")])),
+            ("r2w32".to_owned(), levels(&[("rate", "2000"), ("wset", "32")])),
+            ("r2w64".to_owned(), levels(&[("rate", "2000"), ("wset", "64")])),
+        ];
+        let s = summarize(&records, &levels_of, &EffectDesign::Factorial);
+        let cell = |factor: &str, level: &str| {
+            let t = s.effects.iter().find(|e| e.factor == factor).expect("table");
+            t.rows.iter().find(|r| r.level == level).expect("row").cells["downtime.probe_gap"].clone()
+        };
+        // rate=0: (10 + 30) / 2 = 20, not the pooled (8+10+12+30)/4 = 15.
+        assert_eq!(cell("rate", "0"), EffectCell { mean: 20.0, n: 4, treatments: 2 });
+        assert_eq!(cell("rate", "2000"), EffectCell { mean: 70.0, n: 2, treatments: 2 });
+        assert_eq!(cell("wset", "32"), EffectCell { mean: 30.0, n: 4, treatments: 2 });
+        assert_eq!(cell("wset", "64"), EffectCell { mean: 60.0, n: 2, treatments: 2 });
+    }
+
+    #[test]
+    fn sweep_effects_hold_the_other_factors_at_base() {
+        // Base rate=0, wset=32; the sweep adds rate=2000 and wset=64 (each with the
+        // other at base). Probe-gap means: base 10, rate=2000 → 50, wset=64 → 30.
+        let records = vec![record("base", 0, 10.0, 0.0), record("rate", 0, 50.0, 0.0), record("wset", 0, 30.0, 0.0)];
+        let levels_of = vec![
+            ("base".to_owned(), levels(&[("rate", "0"), ("wset", "32")])),
+            ("rate".to_owned(), levels(&[("rate", "2000"), ("wset", "32")])),
+            ("wset".to_owned(), levels(&[("rate", "0"), ("wset", "64")])),
+        ];
+        let base = levels(&[("rate", "0"), ("wset", "32")]);
+        let s = summarize(&records, &levels_of, &EffectDesign::Sweep { base });
+        let rows = |factor: &str| -> Vec<(String, f64, usize)> {
+            let t = s.effects.iter().find(|e| e.factor == factor).expect("table");
+            t.rows.iter().map(|r| (r.level.clone(), r.cells["downtime.probe_gap"].mean, r.treatments)).collect()
+        };
+        // rate=0 is the base treatment alone: pooling every rate=0 treatment would mix
+        // in the wset=64 sweep and give (10 + 30) / 2 = 20.
+        assert_eq!(rows("rate"), [("0".to_owned(), 10.0, 1), ("2000".to_owned(), 50.0, 1)]);
+        assert_eq!(rows("wset"), [("32".to_owned(), 10.0, 1), ("64".to_owned(), 30.0, 1)]);
+        assert_eq!(s.design, "sweep");
+    }
+
+    #[test]
+    fn merged_histograms_hold_every_usable_value() {
+        let records = vec![record("a", 0, 30.0, 0.0), record("b", 0, 80.0, 50.0), record("b", 1, 100.0, 0.0)];
+        let s = summarize(
+            &records,
+            &[("a".into(), levels(&[("x", "1")])), ("b".into(), levels(&[("x", "2")]))],
+            &EffectDesign::Factorial,
+        );
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(&s.histograms["downtime.probe_gap"]).expect("base64");
+        let h: Histogram<u64> =
+            hdrhistogram::serialization::Deserializer::new().deserialize(&mut bytes.as_slice()).expect("histogram");
+        assert_eq!((h.len(), h.min(), h.max()), (3, 30_000, h.highest_equivalent(100_000)));
     }
 }

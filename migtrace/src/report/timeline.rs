@@ -64,9 +64,14 @@ pub fn render(r: &MigrationRecord) -> String {
         let _ = writeln!(out, "{rounds}");
     }
     let d = &r.downtime_ms;
+    let vcpu_from = match r.evidence.get("downtime_ms.vcpu") {
+        Some(crate::measure::timeline::Evidence::Qmp) => " (from QMP)",
+        _ => "",
+    };
     let _ = writeln!(
         out,
-        "downtime ms: ping {} | ping largest gap {} | probe gap {}{} | vCPU {} | QEMU {}",
+        "downtime ms: ping{} {} | ping largest gap {} | probe gap {}{} | vCPU {}{vcpu_from} | QEMU {}",
+        r.ping.as_ref().map_or(String::new(), |p| format!(" ({} ms)", p.interval_ms)),
         ms(d.ping),
         ms(d.ping_max_gap),
         ms(d.probe_gap),
