@@ -30,8 +30,13 @@ fn assert_gone(id: &str, daemons: &[u32]) {
         let ns = LibvirtLab::ns(id, h);
         assert!(!migtrace::lab::netns::ns_path(&ns).exists(), "namespace {ns} left");
     }
+    // A killed daemon may linger as a zombie until its (new) parent reaps it: not running.
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+    };
     for pid in daemons {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "libvirtd {pid} left");
+        assert!(!running(pid), "libvirtd {pid} left");
     }
     assert!(registry::qemu_processes(id).is_empty(), "QEMU of lab {id} left: {:?}", registry::qemu_processes(id));
     assert!(!Path::new(registry::RUN_DIR).join(id).exists(), "state of lab {id} left");
@@ -158,4 +163,138 @@ async fn a_migration_to_a_host_whose_daemon_stopped_fails_cleanly_with_a_record(
     session.stop().await.expect("stop");
     lab.down().await;
     assert_gone(&id, &daemons);
+}
+
+fn migtrace() -> std::process::Command {
+    std::process::Command::new(MIGTRACE)
+}
+
+fn temp_root(tag: &str) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("migtrace-libvirt-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("temp dir");
+    root
+}
+
+/// Ends a child migtrace even when the test fails.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root, libvirt and QEMU: an experiment on the libvirt lab (run `cargo xtask test`)"]
+fn an_experiment_runs_on_the_libvirt_lab_through_the_cli() {
+    let root = temp_root("run");
+    let spec = root.join("spec.toml");
+    std::fs::write(
+        &spec,
+        "name = \"libvirt-run\"\nbackend = \"libvirt-lab\"\nrepetitions = 2\nwarmup = \"1s\"\n\
+         [factors]\nwset = [\"16M\"]\nrate = [2000]\n[measure]\nsettle_s = 0.5\n",
+    )
+    .expect("spec");
+    let out = migtrace().args(["run"]).arg(&spec).arg("--results").arg(&root).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let records = migtrace::measure::record::read(&root.join("libvirt-run")).expect("records");
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r.outcome.status, Status::Completed, "{:?}", r.outcome.error);
+        assert_eq!(r.outcome.stats.reported_by.as_deref(), Some("libvirt job stats"));
+        assert_eq!(r.clocks.len(), 2, "both hosts traced by agents");
+        assert!(r.downtime_ms.probe_gap.is_some() && r.downtime_ms.vcpu.is_some(), "{:?}", r.missing);
+    }
+    assert_eq!(records.iter().map(|r| r.outcome.direction.as_str()).collect::<Vec<_>>(), ["a → b", "b → a"]);
+    std::fs::remove_dir_all(&root).expect("cleanup");
+}
+
+#[test]
+#[ignore = "needs root, libvirt and QEMU: `migrate --libvirt` against two daemons (run `cargo xtask test`)"]
+fn migrate_points_at_two_libvirt_hosts_by_uri_with_agents_started_by_command() {
+    // Two real daemons to point at: a libvirt lab brought up by another migtrace.
+    let mut lab = Child(
+        migtrace()
+            .args(["lab", "up", "--backend", "libvirt", "--workload", "wset=16M,rate=1000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("lab up"),
+    );
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(lab.0.stdout.take().expect("stdout")));
+    let (mut uris, mut id, mut domain) = (Vec::new(), String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["libvirt", "lab", lab_id, "up", ..] => id = (*lab_id).to_owned(),
+            ["host", _, uri, ..] => uris.push((*uri).to_owned()),
+            ["domain", name, ..] => domain = (*name).to_owned(),
+            ["Ctrl-C", ..] => break,
+            _ => {}
+        }
+    }
+    assert_eq!(uris.len(), 2, "the lab printed both hosts' URIs");
+    let out_dir = temp_root("cli");
+    let agent = |h: &str| format!("ip netns exec {} {MIGTRACE} agent", LibvirtLab::ns(&id, h));
+    let out = migtrace()
+        .args(["migrate", "--libvirt", &uris[0], &uris[1], "--domain", &domain])
+        .args(["--guest-ip", &migtrace::lab::libvirt::GUEST_IP.to_string(), "--probe-netns", &LibvirtLab::ns(&id, "c")])
+        .args(["--agent-source", &agent("a"), "--agent-destination", &agent("b"), "--count", "2", "--out"])
+        .arg(&out_dir)
+        .output()
+        .expect("migrate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records = migtrace::measure::record::read(&out_dir).expect("records");
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r.outcome.status, Status::Completed);
+        assert!(r.missing.is_empty(), "{:?}", r.missing);
+        // Hosts named after their URIs' host part: here the local socket, so source/destination.
+        assert_eq!(r.clocks.len(), 2);
+    }
+    // Stop the lab as a user would; nothing of it may remain.
+    let status = migtrace().args(["lab", "down", &id]).status().expect("lab down");
+    assert!(status.success());
+    let _ = lab.0.wait();
+    assert_gone(&id, &[]);
+    std::fs::remove_dir_all(&out_dir).expect("cleanup");
+}
+
+#[test]
+#[ignore = "needs root, libvirt and QEMU: a killed libvirt lab cleaned up (run `cargo xtask test`)"]
+fn a_killed_libvirt_lab_is_removed_by_lab_clean() {
+    let mut lab = Child(
+        migtrace()
+            .args(["lab", "up", "--backend", "libvirt"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("lab up"),
+    );
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(lab.0.stdout.take().expect("stdout")));
+    let mut id = String::new();
+    for line in lines {
+        let line = line.expect("line");
+        if let ["libvirt", "lab", lab_id, "up", ..] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            id = (*lab_id).to_owned();
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let state = registry::list().into_iter().find(|s| s.id == id).expect("registered");
+    assert_eq!(state.more_netns.len(), 3);
+    assert_eq!(state.daemon_pids.len(), 2);
+    // SIGKILL: no cleanup by the owner. Its daemons die with it; its QEMU does not.
+    lab.0.kill().expect("kill");
+    let _ = lab.0.wait();
+    assert!(!registry::qemu_processes(&id).is_empty(), "the guest's QEMU outlives a killed owner");
+    let out = migtrace().args(["lab", "clean"]).output().expect("lab clean");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    assert_gone(&id, &state.daemon_pids);
 }

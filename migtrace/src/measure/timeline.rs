@@ -107,6 +107,10 @@ pub struct Marks {
     /// `pause_all_vcpus` returning], else `pause_all_vcpus` returning, else the STOP
     /// event.
     pub source_paused_ns: Option<u64>,
+    /// The source has sent the VM's last state: `qemu_savevm_state_complete_precopy`
+    /// returns (it flushes the stream), else the source's completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sent_ns: Option<u64>,
     pub source_completed_ns: Option<u64>,
     /// `qemu_loadvm_state` returned on the destination, else (when the resume is
     /// probed) the destination's RESUME event, which QEMU sends after the load and
@@ -272,6 +276,9 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         sq.when(|e| e.event == "STOP"),
     );
     let completed = pick("source-completed", src.state("completed", v), sq.status("completed"));
+    // The source completes only once the destination confirmed the load when QEMU has a
+    // return path (libvirt enables one): the stream's end is the source's last send.
+    let sent = src.last("SavevmStateCompletePrecopy", true).or(completed);
     let first_dest_enter =
         input.trace.and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
     let resumed_probe = clamp(first_dest_enter, dst.first("ResumeAllVcpus", false), dst.first("ResumeAllVcpus", true));
@@ -361,7 +368,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         let final_round = stop.is_some_and(|s| sync_at >= s);
         let start = if n == 1 { active.unwrap_or(sync_at).max(sync_at) } else { sync_at };
         let next = syncs.get(i + 1).map(|s| s.0);
-        let end = if final_round { completed } else { [next, stop].into_iter().flatten().min().or(completed) };
+        let end = if final_round { sent } else { [next, stop].into_iter().flatten().min().or(sent) };
         let Some(end) = end else { continue };
         let duration_ms = match span_ms(start, end) {
             Ok(d) => d,
@@ -388,20 +395,25 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         }
     }
     push("vm-stop".into(), Host::Source, stop, source_paused, ev("vm-stop"), false);
-    push("stop-and-copy".into(), Host::Source, source_paused.max(stop), completed, ev("source-paused"), false);
+    push("stop-and-copy".into(), Host::Source, source_paused.max(stop), sent, ev("source-paused"), false);
     let resume_from = match loaded {
         Some(l) => {
-            push("destination load".into(), Host::Destination, completed, Some(l), ev("destination-loaded"), false);
-            let load_end = completed.map_or(l, |c| c.max(l));
+            push("destination load".into(), Host::Destination, sent, Some(l), ev("destination-loaded"), false);
+            let load_end = sent.map_or(l, |c| c.max(l));
             push("resume".into(), Host::Destination, Some(load_end), resumed, ev("destination-resumed"), false);
             Some(load_end)
         }
         None => {
             let evidence = ev("destination-resumed");
-            push("destination load + resume".into(), Host::Destination, completed, resumed, evidence, false);
-            completed
+            push("destination load + resume".into(), Host::Destination, sent, resumed, evidence, false);
+            sent
         }
     };
+    // Sent → completed: setting the state, and with a return path waiting for the
+    // destination's load to be confirmed (libvirt).
+    if sent != completed {
+        push("source completion".into(), Host::Source, sent, completed, ev("source-completed"), true);
+    }
     let resume_end = resumed.max(resume_from);
     push("first guest packet".into(), Host::Network, resume_end, first_packet, Evidence::Packet, false);
 
@@ -439,6 +451,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             active_ns: active,
             vm_stop_ns: vm_stop,
             source_paused_ns: source_paused,
+            source_sent_ns: sent,
             source_completed_ns: completed,
             destination_loaded_ns: loaded,
             destination_resumed_ns: resumed,

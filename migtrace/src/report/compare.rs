@@ -144,17 +144,27 @@ fn group(name: String, records: &[&MigrationRecord]) -> Group {
 }
 
 /// Groups per treatment (in first-seen order) and one overall group, last.
+/// Records of the same treatment from different backends (the QEMU lab and libvirt, or
+/// two QEMU builds) are kept apart: their groups are named `backend: treatment`.
 pub fn compare(records: &[MigrationRecord]) -> Vec<Group> {
-    let mut order: Vec<&str> = Vec::new();
+    let backend = |r: &MigrationRecord| {
+        r.machine.as_ref().map_or_else(String::new, |m| format!("{} {}", m.hypervisor, m.version).trim().to_owned())
+    };
+    let mut backends: Vec<String> = records.iter().map(backend).collect();
+    backends.sort();
+    backends.dedup();
+    let key = |r: &MigrationRecord| {
+        if backends.len() > 1 { format!("{}: {}", backend(r), r.treatment) } else { r.treatment.clone() }
+    };
+    let mut order: Vec<String> = Vec::new();
     for r in records {
-        if !order.contains(&r.treatment.as_str()) {
-            order.push(&r.treatment);
+        let k = key(r);
+        if !order.contains(&k) {
+            order.push(k);
         }
     }
-    let mut groups: Vec<Group> = order
-        .iter()
-        .map(|t| group((*t).to_owned(), &records.iter().filter(|r| r.treatment == *t).collect::<Vec<_>>()))
-        .collect();
+    let mut groups: Vec<Group> =
+        order.iter().map(|k| group(k.clone(), &records.iter().filter(|r| key(r) == *k).collect::<Vec<_>>())).collect();
     if groups.len() != 1 {
         groups.push(group("overall".into(), &records.iter().collect::<Vec<_>>()));
     }
@@ -298,5 +308,25 @@ mod tests {
         let text = render(&groups);
         assert!(text.contains("lost 20 ms pings × 20 ms"), "{text}");
         assert!(!text.contains("50 ms pings"), "{text}");
+    }
+
+    #[test]
+    fn the_same_treatment_on_two_backends_stays_apart() {
+        let on = |hypervisor: &str, rep, gap| {
+            let mut r = record(rep, gap, 10.0);
+            r.machine = Some(crate::hypervisor::Machine {
+                hypervisor: hypervisor.into(),
+                version: "7.2.22".into(),
+                ..Default::default()
+            });
+            r
+        };
+        let groups = compare(&[on("qemu", 0, 40.0), on("qemu (libvirt)", 0, 80.0), on("qemu", 1, 60.0)]);
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["qemu 7.2.22: t", "qemu (libvirt) 7.2.22: t", "overall"]);
+        assert_eq!(groups[0].downtime_ms["probe_gap"].mean, Some(50.0));
+        assert_eq!(groups[1].downtime_ms["probe_gap"].mean, Some(80.0));
+        // One backend: plain treatment names.
+        assert_eq!(compare(&[on("qemu", 0, 40.0)])[0].name, "t");
     }
 }
