@@ -172,7 +172,7 @@ impl DirtyGen {
         let start = Instant::now();
         let mut base = start;
         let mut base_cycle = 0u64;
-        let (mut last_report, mut last_pages) = (start, 0u64);
+        let (mut last_report, mut last_pages, mut reported_stale) = (start, 0u64, 0u64);
         while !stop.load(Ordering::Relaxed) {
             // Check before the cycle: a cycle's pages belong to the period it starts,
             // so stopping here counts only whole periods.
@@ -184,9 +184,12 @@ impl DirtyGen {
                 desk.answer(self.check());
             }
             let now = Instant::now();
-            if now - last_report >= report_every {
+            // A stale page is news at once: a guest whose memory is corrupt may not live
+            // to its next report.
+            let stale_news = self.stale_on_write > reported_stale && now - last_report >= Duration::from_millis(20);
+            if now - last_report >= report_every || stale_news {
                 report(&self.report(start, now, last_report, last_pages));
-                (last_report, last_pages) = (now, self.pages);
+                (last_report, last_pages, reported_stale) = (now, self.pages, self.stale_on_write);
             }
             let deadline = base + period.mul_f64((self.cycles - base_cycle) as f64);
             if now > deadline + max_lag {

@@ -184,6 +184,10 @@ pub struct GuestCheck {
     /// agent): pages that did not hold what was last written to them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_check: Option<MemoryCheck>,
+    /// Pages the guest's dirty-pages generator found stale as it overwrote them, as its
+    /// console reported after the migration (seen even when the guest then crashed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_writes: Option<u64>,
 }
 
 impl GuestCheck {
@@ -193,7 +197,7 @@ impl GuestCheck {
 
     /// The guest's memory lost writes in the migration.
     pub fn corrupted(&self) -> bool {
-        self.memory_check.as_ref().is_some_and(|m| m.corrupted_pages() > 0)
+        self.memory_check.as_ref().is_some_and(|m| m.corrupted_pages() > 0) || self.stale_writes.is_some_and(|n| n > 0)
     }
 
     /// The guest is gone for good (not even rebooted): later migrations of it are moot.

@@ -135,7 +135,19 @@ pub fn check_console(bytes: &[u8]) -> crate::hypervisor::GuestCheck {
     let rebooted = lines.iter().any(|l| l.starts_with("migtrace-agent: ") && l.contains(r#""event":"start""#));
     let console =
         crash_at.map(|i| lines[i..].iter().take(6).map(|l| l.trim().to_owned()).collect()).unwrap_or_default();
-    crate::hypervisor::GuestCheck { crashed: crash_at.is_some(), rebooted, console, ..Default::default() }
+    // The agent's dirty-pages reports count pages found stale as they were overwritten
+    // (since the agent started: before a reboot's new start line only).
+    let before_reboot = lines
+        .iter()
+        .position(|l| l.starts_with("migtrace-agent: ") && l.contains(r#""event":"start""#))
+        .unwrap_or(lines.len());
+    let stale_writes = lines[..before_reboot]
+        .iter()
+        .filter_map(|l| l.strip_prefix("migtrace-agent: "))
+        .filter_map(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .filter_map(|v| v["stale_on_write"].as_u64())
+        .max();
+    crate::hypervisor::GuestCheck { crashed: crash_at.is_some(), rebooted, console, stale_writes, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -153,7 +165,14 @@ mod tests {
         let c = check_console(console);
         assert!(c.crashed && c.rebooted);
         assert!(c.console[0].contains("BUG: kernel NULL pointer dereference"));
-        let healthy = check_console(b"migtrace-agent: {\"gen\":\"dirty\",\"pages\":1}\n");
-        assert!(healthy.healthy() && healthy.console.is_empty());
+        let healthy = check_console(b"migtrace-agent: {\"gen\":\"dirty\",\"pages\":1,\"stale_on_write\":0}\n");
+        assert!(healthy.healthy() && healthy.console.is_empty() && healthy.stale_writes == Some(0));
+        // Lost writes the agent saw before the kernel went down, not those of a new boot.
+        let stale = check_console(
+            b"migtrace-agent: {\"gen\":\"dirty\",\"stale_on_write\":3}\n[ 9.1] BUG: unable to handle page fault\n\
+              migtrace-agent: {\"event\":\"start\",\"spec\":\"idle\"}\nmigtrace-agent: {\"gen\":\"dirty\",\"stale_on_write\":0}\n",
+        );
+        assert_eq!(stale.stale_writes, Some(3));
+        assert!(stale.corrupted() && stale.crashed && stale.rebooted);
     }
 }

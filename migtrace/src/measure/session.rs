@@ -292,6 +292,11 @@ impl Session {
             // replies is a missing measure, not a hung guest.
             g.unreachable = record.probe.as_ref().is_some_and(|p| p.error.is_none() && p.open_gap_ms.is_some());
             match memory_check {
+                // A rebooted guest's agent started over: its check covers the new boot only.
+                Some(Ok(_)) if g.rebooted => record.missing.push(
+                    "guest.memory_check: the guest rebooted, its agent's working set is new (see guest.stale_writes)"
+                        .into(),
+                ),
                 Some(Ok(check)) => g.memory_check = Some(check),
                 Some(Err(e)) => record.missing.push(format!("guest.memory_check: {e}")),
                 None => {}
