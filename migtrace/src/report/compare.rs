@@ -49,6 +49,9 @@ pub struct Group {
     pub trace_loss: usize,
     /// The reference ping's interval(s), ms.
     pub ping_intervals_ms: Vec<f64>,
+    /// Who reported the `reported` figures (`qemu query-migrate`, `libvirt job stats`).
+    #[serde(default)]
+    pub reported_by: Vec<String>,
     /// Downtime by method: ping, ping_max_gap, probe_gap, vcpu, vcpu.qmp, reported.
     pub downtime_ms: BTreeMap<String, Summary>,
     /// Migration time by method: command, reported, traced(.qmp), traced_to_resume(.qmp).
@@ -120,6 +123,10 @@ fn group(name: String, records: &[&MigrationRecord]) -> Group {
             ping_intervals_ms.push(i);
         }
     }
+    let mut reported_by: Vec<String> =
+        used.iter().map(|r| r.outcome.stats.reported_by.clone().unwrap_or_else(|| "qemu query-migrate".into())).collect();
+    reported_by.sort();
+    reported_by.dedup();
     let exact = Summary::of(exact_vs_reported.iter().map(|(e, _)| *e));
     let reported = Summary::of(exact_vs_reported.iter().map(|(_, q)| *q));
     Group {
@@ -130,6 +137,7 @@ fn group(name: String, records: &[&MigrationRecord]) -> Group {
         guest_crashed: count(Category::GuestUnhealthy),
         trace_loss: count(Category::TraceLoss),
         ping_intervals_ms,
+        reported_by,
         downtime_ms: summaries(DOWNTIMES),
         migration_time_ms: summaries(MIGRATION_TIMES),
         ping_quantisation_error_ms: Summary::of(exact_vs_ping.iter().map(|(e, p)| (p - e).abs())),
@@ -171,6 +179,36 @@ pub fn compare(records: &[MigrationRecord]) -> Vec<Group> {
     groups
 }
 
+/// How the hypervisor's own downtime is described, by who reported it.
+struct Reporter {
+    who: &'static str,
+    own_figure: &'static str,
+    covers: &'static str,
+}
+
+impl Reporter {
+    fn of(reported_by: &[String]) -> Self {
+        match reported_by {
+            [one] if one.starts_with("libvirt") => Self {
+                who: "libvirt",
+                own_figure: "libvirt's own figure (its clock, source paused → destination finished)",
+                covers: "libvirt's downtime runs from the source's pause to the destination's finish, as libvirt saw them; \
+                         the guest's first packet comes on top.",
+            },
+            [one] if one.starts_with("qemu") => Self {
+                who: "QEMU",
+                own_figure: "QEMU's own figure (source side)",
+                covers: "QEMU's downtime covers stop-and-copy; destination load, resume and the first guest packet come on top.",
+            },
+            _ => Self {
+                who: "The hypervisor",
+                own_figure: "the hypervisors' own figures (QEMU's and libvirt's mixed)",
+                covers: "QEMU's and libvirt's downtimes are mixed in this group: compare backends group by group.",
+            },
+        }
+    }
+}
+
 fn cell(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
@@ -194,13 +232,14 @@ pub fn render(groups: &[Group]) -> String {
         );
         let mut t = table(&["downtime", "n", "mean ms", "min ms", "max ms", "method"]);
         let ping = ping_label(&g.ping_intervals_ms);
+        let reporter = Reporter::of(&g.reported_by);
         let methods = [
             ("ping", ping.as_str()),
             ("ping_max_gap", "largest gap between ping replies around the switchover"),
             ("probe_gap", "gap between probe replies at the taps"),
             ("vcpu", "source vCPUs stopped → destination vCPUs running (eBPF)"),
             ("vcpu.qmp", "the same from QMP STOP/RESUME (no probes)"),
-            ("reported", "QEMU's own figure (source side)"),
+            ("reported", reporter.own_figure),
         ];
         for (key, what) in methods {
             let Some(s) = g.downtime_ms.get(key) else { continue };
@@ -231,8 +270,9 @@ pub fn render(groups: &[Group]) -> String {
         );
         let _ = writeln!(
             out,
-            "QEMU understates guest-observed downtime by {} ms on average (max {} ms); ratio of means probe gap ÷ \
-             QEMU downtime {} (n = {})",
+            "{} understates guest-observed downtime by {} ms on average (max {} ms); ratio of means probe gap ÷ \
+             its downtime {} (n = {})",
+            reporter.who,
             cell(u.mean),
             cell(u.max),
             g.reported_understatement_ratio_of_means.map_or("-".into(), |r| format!("{r:.2}")),
@@ -247,10 +287,7 @@ pub fn render(groups: &[Group]) -> String {
         }
         align_right(&mut p, &[1, 2]);
         let _ = writeln!(out, "{p}");
-        let _ = writeln!(
-            out,
-            "QEMU's downtime covers stop-and-copy; destination load, resume and the first guest packet come on top.\n"
-        );
+        let _ = writeln!(out, "{}\n", reporter.covers);
     }
     out
 }
