@@ -115,7 +115,8 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
         let lab_err = |source| RunError::Lab { treatment: name.clone(), source };
         let config = treatment.lab_config(
             Duration::from_secs_f64(spec.raw.migration.boot_timeout_s),
-            spec.raw.lab.tcg_dirty_workaround,
+            &spec.raw.lab,
+            spec.raw.guest,
         )?;
         let params = treatment.migration_params(spec.raw.migration.timeout_s);
         progress.set_message(format!("treatment {}/{} {name}: booting", index + 1, treatments.len()));

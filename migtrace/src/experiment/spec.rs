@@ -8,6 +8,7 @@
 //! order = "sequential"          # or "random" (treatment order, with `seed`)
 //! seed = 1
 //! warmup = "2s"                 # workload runs this long before the first migration
+//! guest = "linux"               # or "minimal": migtrace's bare-metal guest (KVM on kvm_pvm)
 //!
 //! [factors]                     # each a list of levels
 //! vmsize = ["256M", "512M"]     # guest memory
@@ -26,6 +27,8 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use workloads::spec::{parse_duration, parse_size};
+
+use crate::lab::GuestKind;
 
 /// A factor: what it is called in specs, and what its levels mean.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -193,11 +196,14 @@ pub struct LabSection {
     /// Under TCG with QEMU < 9.0, give guests VMSIZE + 8 KiB so dirty pages are not lost
     /// (false reproduces the bug).
     pub tcg_dirty_workaround: bool,
+    /// KVM dirty ring entries per vCPU instead of dirty bitmaps (KVM only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty_ring: Option<u32>,
 }
 
 impl Default for LabSection {
     fn default() -> Self {
-        Self { tcg_dirty_workaround: true }
+        Self { tcg_dirty_workaround: true, dirty_ring: None }
     }
 }
 
@@ -228,6 +234,10 @@ pub struct RawSpec {
     pub migration: MigrationSection,
     #[serde(default, skip_serializing_if = "is_default")]
     pub lab: LabSection,
+    /// What the lab boots: `linux` (default) or `minimal` (migtrace's bare-metal guest:
+    /// KVM also on kvm_pvm hosts, no network).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub guest: GuestKind,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -419,7 +429,7 @@ impl ExperimentSpec {
         let spec = Self { raw, factors, base, warmup };
         // Every treatment must make a valid guest: checked now, not an hour into the run.
         for t in super::design::expand(&spec) {
-            t.validate()?;
+            t.validate(spec.raw.guest)?;
         }
         Ok(spec)
     }

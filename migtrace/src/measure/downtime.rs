@@ -19,6 +19,10 @@ pub struct Downtimes {
     pub vcpu: Option<f64>,
     /// The hypervisor's own figure (QEMU: source VM stopped → source done).
     pub reported: Option<f64>,
+    /// Guest-progress gap: last guest heartbeat from the source → first from the
+    /// destination (a guest without network; see [`super::heartbeat`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_gap: Option<f64>,
 }
 
 /// Migration time by method, milliseconds.
@@ -178,7 +182,7 @@ pub fn compute(
         missing.push("migration_time_ms.traced: no setup/completion stamps".into());
     }
     (
-        Downtimes { ping: ping_dt, ping_max_gap, probe_gap, vcpu, reported },
+        Downtimes { ping: ping_dt, ping_max_gap, probe_gap, vcpu, reported, heartbeat_gap: None },
         MigrationTimes {
             command: outcome.command_ms(),
             reported: outcome.stats.total_time.map(|t| t as f64),

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     downtime::{Downtimes, MigrationTimes, ProbeSummary},
+    heartbeat::HeartbeatSummary,
     ping::PingReport,
     timeline::Timeline,
 };
@@ -51,6 +52,9 @@ pub struct MigrationRecord {
     /// migtrace's probe sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeSummary>,
+    /// The guest's heartbeats (a guest without network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<HeartbeatSummary>,
     /// Phases and rounds on both hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Timeline>,
@@ -82,6 +86,7 @@ impl MigrationRecord {
             migration_time_ms: MigrationTimes::default(),
             ping: None,
             probe: None,
+            heartbeat: None,
             timeline: None,
             trace_health: None,
             guest: None,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     downtime::{self, ProbeSummary},
-    memcheck,
+    heartbeat, memcheck,
     ping::Ping,
     prober::Prober,
     record::MigrationRecord,
@@ -102,7 +102,9 @@ impl Session {
         treatment: &str,
     ) -> Result<MigrationRecord, SessionError<P::Error>> {
         let (src, dst) = pair.pids();
-        let (_, dst_host) = pair.endpoints();
+        let (src_host, dst_host) = pair.endpoints();
+        // A guest without network: no ping, no probe sender; those measures are missing.
+        let offline = pair.guest_offline();
         if let Some(t) = self.tracer.as_mut() {
             for pid in t.watched() {
                 if pid != src && pid != dst {
@@ -114,8 +116,15 @@ impl Session {
             t.begin(src, dst).await?;
         }
         let guest = self.network.guest.to_string();
-        let ping = self.options.ping_interval.map(|i| Ping::start(self.network.ns.as_deref(), &guest, i));
-        let prober = self.options.probe_interval.map(|i| Prober::start(self.network.ns.clone(), self.network.guest, i));
+        let online = offline.is_none();
+        let ping =
+            self.options.ping_interval.filter(|_| online).map(|i| Ping::start(self.network.ns.as_deref(), &guest, i));
+        let prober = self
+            .options
+            .probe_interval
+            .filter(|_| online)
+            .map(|i| Prober::start(self.network.ns.clone(), self.network.guest, i));
+        let observed_from = crate::clock::monotonic_ns();
         tokio::time::sleep(self.options.preroll).await;
 
         let result = pair.migrate(params).await;
@@ -133,12 +142,22 @@ impl Session {
         }
         let prober = prober.map(|p| tokio::task::block_in_place(|| p.stop()));
         let ping = ping.map(|p| tokio::task::block_in_place(|| p.stop()));
-        // The guest checks its own memory once it has settled on the destination.
+        // Heartbeats up to now: the check below pauses the guest's pattern (not its
+        // heartbeats), but the observation ends here.
+        let heartbeats = pair.heartbeats(observed_from);
+        // The guest checks its own memory once it has settled on the destination: over
+        // the hosts' own channel if they have one, else over the network.
         let memory_check = match (&result, self.options.memory_check) {
             (Ok(o), Some(timeout)) if o.status == crate::hypervisor::Status::Completed => {
-                Some(tokio::task::block_in_place(|| {
-                    memcheck::request(self.network.ns.as_deref(), self.network.guest, timeout)
-                }))
+                match pair.memory_check(timeout).await {
+                    Some(check) => Some(check),
+                    None => Some(match &offline {
+                        Some(why) => Err(format!("{why} and the hosts have no other channel to ask it")),
+                        None => tokio::task::block_in_place(|| {
+                            memcheck::request(self.network.ns.as_deref(), self.network.guest, timeout)
+                        }),
+                    }),
+                }
             }
             _ => None,
         };
@@ -148,7 +167,7 @@ impl Session {
         };
         let outcome = result.map_err(SessionError::Hosts)?;
 
-        let timeline: Timeline = timeline::assemble(&timeline::Input {
+        let mut timeline: Timeline = timeline::assemble(&timeline::Input {
             outcome: &outcome,
             trace: trace.as_ref(),
             qemu_version: pair.hypervisor_version().unwrap_or((7, 2)),
@@ -169,24 +188,46 @@ impl Session {
                 ..ProbeSummary::default()
             },
         });
-        let (downtime_ms, migration_time_ms, missing) =
+        let heartbeat = heartbeats
+            .filter(|_| outcome.status == crate::hypervisor::Status::Completed)
+            .map(|beats| heartbeat::summarise(&beats, &src_host, &dst_host, outcome.start_ns));
+        if let Some(first) = heartbeat.as_ref().and_then(|h| h.first_destination_ns) {
+            heartbeat::add_phase(&mut timeline, first);
+        }
+        let (mut downtime_ms, migration_time_ms, mut missing) =
             downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
+        if let Some(why) = &offline {
+            for m in missing.iter_mut() {
+                if let Some((measure, _)) = m.split_once(": ")
+                    && matches!(measure, "downtime_ms.ping" | "downtime_ms.probe_gap")
+                {
+                    *m = format!("{measure}: {why}");
+                }
+            }
+        }
+        if let Some(h) = &heartbeat {
+            downtime_ms.heartbeat_gap = h.gap_ms;
+            if let Some(e) = &h.error {
+                missing.push(format!("downtime_ms.heartbeat_gap: {e}"));
+            }
+        }
         let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
         record.machine = Some(pair.machine());
         record.downtime_ms = downtime_ms;
         record.migration_time_ms = migration_time_ms;
         record.ping = ping;
         record.probe = probe;
+        record.heartbeat = heartbeat;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
         let console = pair.guest_check();
         record.guest = (console.is_some() || memory_check.is_some()).then(|| {
             let mut g = console.unwrap_or_default();
             // No answer to any probe sent after the guest resumed: hung, or its network
             // is dead (the console check above tells a crash apart).
-            g.unreachable = record
-                .probe
-                .as_ref()
-                .is_some_and(|p| p.error.is_none() && (p.open_gap_ms.is_some() || (p.gap_ms.is_none() && p.sent > 0)));
+            g.unreachable =
+                record.probe.as_ref().is_some_and(|p| {
+                    p.error.is_none() && (p.open_gap_ms.is_some() || (p.gap_ms.is_none() && p.sent > 0))
+                }) || record.heartbeat.as_ref().is_some_and(|h| h.destination == 0);
             match memory_check {
                 Some(Ok(check)) => g.memory_check = Some(check),
                 Some(Err(e)) => record.missing.push(format!("guest.memory_check: {e}")),
