@@ -130,6 +130,18 @@ pub fn kvm_stat_add(key: &KvmStatKey, ns: u64) {
     }
 }
 
+/// Adds `n` to the count under `key` (a quantity such as pages, without latency).
+#[inline(always)]
+pub fn kvm_stat_add_n(key: &KvmStatKey, n: u64) {
+    match KVM_STATS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value: only this CPU writes it, and we are not preempted.
+        Some(stat) => unsafe { (*stat).count += n },
+        None => {
+            let _ = KVM_STATS.insert(key, KvmStat { count: n, total_ns: 0, max_ns: 0 }, 0);
+        }
+    }
+}
+
 /// A vCPU thread starts running guest code.
 #[inline(always)]
 pub fn vcpu_enter(tgid: u32, tid: u32, now: u64) {

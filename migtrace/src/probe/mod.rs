@@ -74,8 +74,12 @@ impl Probes {
         migtrace_common::host::ensure_tracefs().map_err(ProbeError::Tracefs)?;
         // The ioctl tracepoint's layout is read from tracefs, not assumed.
         let cmd_offset = kvm::field_offset("syscalls", "sys_enter_ioctl", "cmd").unwrap_or(24);
+        let arg_offset = kvm::field_offset("syscalls", "sys_enter_ioctl", "arg").unwrap_or(32);
+        let ret_offset = kvm::field_offset("syscalls", "sys_exit_ioctl", "ret").unwrap_or(16);
         let ebpf = EbpfLoader::new()
             .override_global("IOCTL_CMD_OFFSET", &cmd_offset, true)
+            .override_global("IOCTL_ARG_OFFSET", &arg_offset, true)
+            .override_global("IOCTL_RET_OFFSET", &ret_offset, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         Ok(Self { ebpf })
