@@ -480,6 +480,22 @@ mod tests {
     }
 
     #[test]
+    fn the_minimal_guest_spec_parses_and_its_limits_are_checked() {
+        let s = ExperimentSpec::parse(include_str!("../../../specs/minimal-kvm.toml")).expect("minimal-kvm spec");
+        assert_eq!(s.raw.guest, GuestKind::Minimal);
+        // The digest of a spec without `guest` does not change: it is not serialised.
+        assert!(!toml::to_string(&ExperimentSpec::parse(DEFAULT).expect("spec").raw).expect("toml").contains("guest"));
+        let head = "name = \"t\"\nrepetitions = 1\nguest = \"minimal\"\n";
+        assert!(err(&format!("{head}[factors]\nload = [30]\n")).contains("no CPU burner"));
+        assert!(
+            err(&format!("{head}[factors]\nvmsize = [\"64M\"]\nwset = [\"60M\"]\nrate = [10]\n"))
+                .contains("at least 68 MiB")
+        );
+        assert!(ExperimentSpec::parse(&format!("{head}[factors]\nvmsize = [\"64M\"]\nwset = [\"32M\"]\n")).is_ok());
+        assert!(err("name = \"t\"\nrepetitions = 1\nguest = \"bsd\"\n[factors]\nvcpus = [1]\n").contains("misspelled"));
+    }
+
+    #[test]
     fn digest_changes_with_the_spec() {
         let a = ExperimentSpec::parse(DEFAULT).expect("spec");
         let mut raw = a.raw.clone();

@@ -37,7 +37,7 @@ impl Summary {
 pub struct Group {
     pub name: String,
     pub migrations: usize,
-    /// Downtime by method: ping, ping_max_gap, probe_gap, vcpu, reported.
+    /// Downtime by method: ping, ping_max_gap, probe_gap, vcpu, reported, heartbeat_gap.
     pub downtime_ms: BTreeMap<String, Summary>,
     /// Migration time by method: command, reported, traced, traced_to_resume.
     pub migration_time_ms: BTreeMap<String, Summary>,
@@ -54,7 +54,8 @@ pub struct Group {
 }
 
 /// Phases that lie between the source stopping the VM and the guest answering again.
-const SWITCHOVER: &[&str] = &["vm-stop", "stop-and-copy", "destination load", "resume", "first guest packet"];
+const SWITCHOVER: &[&str] =
+    &["vm-stop", "stop-and-copy", "destination load", "resume", "first guest packet", "first guest heartbeat"];
 
 fn group(name: String, records: &[&MigrationRecord]) -> Group {
     let completed: Vec<&MigrationRecord> =
@@ -66,6 +67,7 @@ fn group(name: String, records: &[&MigrationRecord]) -> Group {
     downtime_ms.insert("probe_gap".into(), field(|r| r.downtime_ms.probe_gap));
     downtime_ms.insert("vcpu".into(), field(|r| r.downtime_ms.vcpu));
     downtime_ms.insert("reported".into(), field(|r| r.downtime_ms.reported));
+    downtime_ms.insert("heartbeat_gap".into(), field(|r| r.downtime_ms.heartbeat_gap));
     let mut migration_time_ms = BTreeMap::new();
     migration_time_ms.insert("command".into(), field(|r| r.migration_time_ms.command));
     migration_time_ms.insert("reported".into(), field(|r| r.migration_time_ms.reported));
@@ -130,6 +132,7 @@ pub fn render(groups: &[Group]) -> String {
             ("probe_gap", "gap between probe replies at the taps"),
             ("vcpu", "source vCPUs stopped → destination vCPUs running"),
             ("reported", "QEMU's own figure (source side)"),
+            ("heartbeat_gap", "guest heartbeats on its serial port, last source → first destination"),
         ];
         for (key, what) in methods {
             let s = &g.downtime_ms[key];

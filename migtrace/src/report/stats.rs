@@ -27,6 +27,7 @@ pub const MEASURES: &[Measure] = &[
     Measure { name: "downtime.probe_gap", get: |r| r.downtime_ms.probe_gap },
     Measure { name: "downtime.vcpu", get: |r| r.downtime_ms.vcpu },
     Measure { name: "downtime.reported", get: |r| r.downtime_ms.reported },
+    Measure { name: "downtime.heartbeat_gap", get: |r| r.downtime_ms.heartbeat_gap },
     Measure { name: "migration_time.command", get: |r| r.migration_time_ms.command },
     Measure { name: "migration_time.reported", get: |r| r.migration_time_ms.reported },
     Measure { name: "migration_time.traced", get: |r| r.migration_time_ms.traced },
