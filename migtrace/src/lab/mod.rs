@@ -186,7 +186,13 @@ impl Lab {
                     return Err(LabError::WsetTooLarge { wset_mib: w >> 20, vmsize_mib: config.vmsize_mib });
                 }
             }
-            GuestKind::Minimal => minimal::validate(&config.workload, config.vmsize_mib, config.vcpus)?,
+            GuestKind::Minimal => {
+                if let Some(k) = &config.kernel {
+                    let why = format!("--kernel {}: it boots its own ELF, not a Linux kernel", k.display());
+                    return Err(MinimalError::Unsupported(why).into());
+                }
+                minimal::validate(&config.workload, config.vmsize_mib, config.vcpus)?
+            }
         }
         let build = host::qemu::select(config.qemu.as_deref().unwrap_or("system"))?;
         let mut workarounds = Vec::new();
