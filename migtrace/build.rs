@@ -1,6 +1,6 @@
 //! Embeds the artifacts `cargo xtask build` produces with other toolchains or flags:
-//! the eBPF object (bpfel-unknown-none, -Z build-std) and the static guest agent
-//! (`workloads`, crt-static). A plain `cargo build` cannot produce them, so when one is
+//! the eBPF object (bpfel-unknown-none, -Z build-std), the static guest agent
+//! (`workloads`, crt-static) and the minimal guest (assembled with binutils). A plain `cargo build` cannot produce them, so when one is
 //! absent we embed nothing and the binary says how to build it when it is needed.
 
 use std::{env, fs, path::PathBuf};
@@ -10,6 +10,7 @@ fn main() {
     let target = manifest.join("../target");
     embed("MIGTRACE_EBPF_OBJECT", target.join("ebpf/bpfel-unknown-none/release/migtrace"), "migtrace.bpf.o");
     embed("MIGTRACE_GUEST_AGENT", target.join("x86_64-unknown-linux-gnu/release/workloads"), "workloads.static");
+    embed("MIGTRACE_MINIMAL_GUEST", target.join("minimal-guest/migtrace-minimal-guest.elf"), "minimal-guest.elf");
 }
 
 fn embed(var: &str, default: PathBuf, name: &str) {

@@ -244,6 +244,10 @@ pub mod kvm_ioctl {
     pub const KVM_GET_DIRTY_LOG: u32 = 0x4010_ae42;
     pub const KVM_CLEAR_DIRTY_LOG: u32 = 0xc018_aec0;
     pub const KVM_RESET_DIRTY_RINGS: u32 = 0xaec7;
+    /// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)`: a memslot and its size.
+    pub const KVM_SET_USER_MEMORY_REGION: u32 = 0x4020_ae46;
+    /// `_IOW(KVMIO, 0x49, struct kvm_userspace_memory_region2)` (Linux 6.8+, QEMU 9+).
+    pub const KVM_SET_USER_MEMORY_REGION2: u32 = 0x40a0_ae49;
 }
 
 /// What a [`KvmStatKey`] counts.
@@ -257,6 +261,8 @@ pub enum KvmWhat {
     DirtyRingPush = 5,
     DirtyRingReset = 6,
     DirtyRingExit = 7,
+    /// Pages set in the bitmaps KVM_GET_DIRTY_LOG returned (a count of pages, no latency).
+    DirtyPages = 8,
 }
 
 impl KvmWhat {
@@ -269,6 +275,7 @@ impl KvmWhat {
             5 => Some(Self::DirtyRingPush),
             6 => Some(Self::DirtyRingReset),
             7 => Some(Self::DirtyRingExit),
+            8 => Some(Self::DirtyPages),
             _ => None,
         }
     }
@@ -388,5 +395,10 @@ mod tests {
         assert_eq!(kvm_ioctl::KVM_CLEAR_DIRTY_LOG, (3 << 30) | (24 << 16) | (0xae << 8) | 0xc0);
         assert_eq!(KvmWhat::of_ioctl(kvm_ioctl::KVM_RUN), Some(KvmWhat::Run));
         assert_eq!(KvmWhat::of_ioctl(0x1234), None);
+        // _IOW(0xAE, 0x46, struct kvm_userspace_memory_region /* 32 bytes */)
+        assert_eq!(kvm_ioctl::KVM_SET_USER_MEMORY_REGION, (1 << 30) | (32 << 16) | (0xae << 8) | 0x46);
+        // _IOW(0xAE, 0x49, struct kvm_userspace_memory_region2 /* 160 bytes */)
+        assert_eq!(kvm_ioctl::KVM_SET_USER_MEMORY_REGION2, (1 << 30) | (160 << 16) | (0xae << 8) | 0x49);
+        assert_eq!(KvmWhat::from_u32(KvmWhat::DirtyPages as u32), Some(KvmWhat::DirtyPages));
     }
 }

@@ -4,32 +4,74 @@
 //! streamed: counts and latencies accumulate in per-CPU maps keyed by process and
 //! pre-copy round, and vCPU run times per thread, for userspace to read per migration.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
 use aya_log_ebpf::warn;
-use migtrace_common::event::{Diag, InflightIoctl, KvmStatKey, KvmWhat};
+use migtrace_common::event::{Diag, InflightIoctl, KvmStatKey, KvmWhat, kvm_ioctl};
 
-use crate::maps::{INFLIGHT, current, first_time, kvm_stat_add, now_ns, round_of, traced_role, vcpu_enter, vcpu_exit};
+use crate::maps::{
+    INFLIGHT, current, first_time, kvm_stat_add, kvm_stat_add_n, now_ns, round_of, traced_role, vcpu_enter, vcpu_exit,
+};
 
 /// Offset of `cmd` in `syscalls:sys_enter_ioctl`, read by userspace from the tracepoint's
 /// format file and patched in at load time.
 #[unsafe(no_mangle)]
 static IOCTL_CMD_OFFSET: u32 = 24;
 
+/// Offset of `arg` in `syscalls:sys_enter_ioctl` (patched like the command's).
+#[unsafe(no_mangle)]
+static IOCTL_ARG_OFFSET: u32 = 32;
+
+/// Offset of `ret` in `syscalls:sys_exit_ioctl` (patched like the command's).
+#[unsafe(no_mangle)]
+static IOCTL_RET_OFFSET: u32 = 16;
+
+/// Pages per memslot of a traced process, key `tgid << 32 | slot`, from its
+/// KVM_SET_USER_MEMORY_REGION calls (QEMU makes one per slot when dirty logging
+/// starts): the size of the slot's dirty bitmap.
+#[map]
+static SLOT_PAGES: HashMap<u64, u64> = HashMap::with_max_entries(1024, 0);
+
+/// The `struct kvm_dirty_log *` of a KVM_GET_DIRTY_LOG in flight, by tid.
+#[map]
+static DIRTY_LOG_ARG: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
+/// Largest dirty bitmap counted, in chunks of [`CHUNK_WORDS`] 64-bit words: a 4 GiB
+/// memslot. Whole chunks keep the loop short enough for the verifier.
+const MAX_BITMAP_CHUNKS: u64 = 1 << 10;
+const CHUNK_WORDS: usize = 16;
+
+#[inline(always)]
+fn patched(global: &u32) -> usize {
+    // SAFETY: volatile read of a load-time constant.
+    unsafe { core::ptr::read_volatile(global) as usize }
+}
+
 #[tracepoint]
 pub fn kvm_ioctl_enter(ctx: TracePointContext) -> u32 {
     let Some((tgid, _)) = traced_role() else { return 0 };
-    // SAFETY: volatile read of a load-time constant.
-    let offset = unsafe { core::ptr::read_volatile(&IOCTL_CMD_OFFSET) } as usize;
-    // SAFETY: reading a field of the tracepoint record at its format-file offset.
+    let offset = patched(&IOCTL_CMD_OFFSET);
+    // SAFETY: reading fields of the tracepoint record at their format-file offsets.
     let Ok(cmd) = (unsafe { ctx.read_at::<u64>(offset) }) else {
         if first_time(Diag::IoctlLayout) {
             warn!(&ctx, "sys_enter_ioctl: no cmd at offset {}: KVM ioctls are not counted", offset);
         }
         return 0;
     };
-    let Some(what) = KvmWhat::of_ioctl(cmd as u32) else { return 0 };
-    let now = now_ns();
+    let cmd = cmd as u32;
+    // SAFETY: as above.
+    let arg = unsafe { ctx.read_at::<u64>(patched(&IOCTL_ARG_OFFSET)) }.unwrap_or(0);
     let (_, tid) = current();
+    if cmd == kvm_ioctl::KVM_SET_USER_MEMORY_REGION || cmd == kvm_ioctl::KVM_SET_USER_MEMORY_REGION2 {
+        remember_slot(tgid, arg);
+        return 0;
+    }
+    let Some(what) = KvmWhat::of_ioctl(cmd) else { return 0 };
+    let now = now_ns();
     if what == KvmWhat::Run {
         vcpu_enter(&ctx, tgid, tid, now);
     }
@@ -37,7 +79,22 @@ pub fn kvm_ioctl_enter(ctx: TracePointContext) -> u32 {
     if INFLIGHT.insert(&tid, &inflight, 0).is_err() && first_time(Diag::InflightFull) {
         warn!(&ctx, "INFLIGHT is full: an ioctl of thread {} is not timed", tid);
     }
+    if what == KvmWhat::GetDirtyLog {
+        let _ = DIRTY_LOG_ARG.insert(&tid, &arg, 0);
+    }
     0
+}
+
+/// `struct kvm_userspace_memory_region{,2}`: slot (u32) at 0, memory_size (u64) at 16.
+#[inline(always)]
+fn remember_slot(tgid: u32, arg: u64) {
+    // SAFETY: reading the ioctl's argument from the caller's memory; a bad pointer is an error.
+    let (Ok(slot), Ok(size)) =
+        (unsafe { (bpf_probe_read_user(arg as *const u32), bpf_probe_read_user((arg + 16) as *const u64)) })
+    else {
+        return;
+    };
+    let _ = SLOT_PAGES.insert(&(((tgid as u64) << 32) | slot as u64), &(size >> 12), 0);
 }
 
 #[tracepoint]
@@ -52,7 +109,68 @@ pub fn kvm_ioctl_exit(ctx: TracePointContext) -> u32 {
     }
     let key = KvmStatKey { tgid, round: inflight.round, what: inflight.what, _pad: 0 };
     kvm_stat_add(&ctx, &key, now.saturating_sub(inflight.start_ns));
+    if inflight.what == KvmWhat::GetDirtyLog as u32 {
+        // SAFETY: plain u64 copied out before removal.
+        let arg = unsafe { DIRTY_LOG_ARG.get(&tid) }.copied();
+        let _ = DIRTY_LOG_ARG.remove(&tid);
+        // SAFETY: reading the return value at its format-file offset.
+        let ok = unsafe { ctx.read_at::<i64>(patched(&IOCTL_RET_OFFSET)) }.is_ok_and(|r| r == 0);
+        if let (Some(arg), true) = (arg, ok) {
+            let pages = dirty_pages(tgid, arg);
+            let key = KvmStatKey { tgid, round: inflight.round, what: KvmWhat::DirtyPages as u32, _pad: 0 };
+            kvm_stat_add_n(&ctx, &key, pages);
+        }
+    }
     0
+}
+
+/// Pages set in the bitmap a KVM_GET_DIRTY_LOG just filled in. `struct kvm_dirty_log`:
+/// slot (u32) at 0, the bitmap's address (u64) at 8; its size is the slot's.
+#[inline(always)]
+fn dirty_pages(tgid: u32, arg: u64) -> u64 {
+    // SAFETY: reading the ioctl's argument from the caller's memory; a bad pointer is an error.
+    let (Ok(slot), Ok(bitmap)) =
+        (unsafe { (bpf_probe_read_user(arg as *const u32), bpf_probe_read_user((arg + 8) as *const u64)) })
+    else {
+        return 0;
+    };
+    // SAFETY: plain u64 copied out.
+    let Some(pages) = (unsafe { SLOT_PAGES.get(&(((tgid as u64) << 32) | slot as u64)) }).copied() else { return 0 };
+    let words = pages.div_ceil(64);
+    let chunks = words / CHUNK_WORDS as u64;
+    let mut set = 0;
+    // Whole chunks, then the last words one by one: KVM fills exactly the slot's
+    // bitmap, nothing beyond it may be read.
+    for c in 0..MAX_BITMAP_CHUNKS {
+        if c >= chunks {
+            break;
+        }
+        let at = bitmap + c * (CHUNK_WORDS as u64 * 8);
+        // SAFETY: as above; the chunk lies within the bitmap.
+        let Ok(chunk) = (unsafe { bpf_probe_read_user(at as *const [u64; CHUNK_WORDS]) }) else { return set };
+        for word in chunk {
+            set += popcount(word);
+        }
+    }
+    let done = chunks.min(MAX_BITMAP_CHUNKS) * CHUNK_WORDS as u64;
+    for i in 0..CHUNK_WORDS as u64 {
+        if done + i >= words {
+            break;
+        }
+        // SAFETY: as above; the word lies within the bitmap.
+        let Ok(word) = (unsafe { bpf_probe_read_user((bitmap + (done + i) * 8) as *const u64) }) else { break };
+        set += popcount(word);
+    }
+    set
+}
+
+/// Bits set in `x` (BPF has no popcount instruction).
+#[inline(always)]
+fn popcount(mut x: u64) -> u64 {
+    x -= (x >> 1) & 0x5555_5555_5555_5555;
+    x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    x.wrapping_mul(0x0101_0101_0101_0101) >> 56
 }
 
 #[inline(always)]

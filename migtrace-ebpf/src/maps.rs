@@ -176,6 +176,24 @@ pub fn kvm_stat_add<C: EbpfContext>(ctx: &C, key: &KvmStatKey, ns: u64) {
     }
 }
 
+/// Adds `n` to the count under `key` (a quantity such as pages, without latency).
+#[inline(always)]
+pub fn kvm_stat_add_n<C: EbpfContext>(ctx: &C, key: &KvmStatKey, n: u64) {
+    if KVM_STATS.get_ptr_mut(key).is_none() {
+        // NOEXIST, as in kvm_stat_add: a preempting program may have created it.
+        let zero = KvmStat { count: 0, total_ns: 0, max_ns: 0 };
+        if KVM_STATS.insert(key, zero, BPF_NOEXIST as u64).is_err()
+            && KVM_STATS.get_ptr_mut(key).is_none()
+            && first_time(Diag::KvmStatsFull)
+        {
+            warn!(ctx, "KVM_STATS is full: KVM counts of process {} are incomplete", key.tgid);
+        }
+    }
+    let Some(stat) = KVM_STATS.get_ptr_mut(key) else { return };
+    // SAFETY: a per-CPU value of the map, valid while we run.
+    unsafe { atomic_add(&raw mut (*stat).count, n) };
+}
+
 /// A vCPU thread starts running guest code.
 #[inline(always)]
 pub fn vcpu_enter<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, now: u64) {

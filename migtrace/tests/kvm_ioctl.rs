@@ -1,7 +1,8 @@
 //! Root, /dev/kvm: the KVM dirty-log path is traced exactly. A VM with a dirty-logging
 //! memslot is created on /dev/kvm (no guest runs, which works even on paravirtual KVM)
-//! and the dirty-log ioctls are called a known number of times; the in-kernel counts
-//! must match exactly. Run with `cargo xtask test`.
+//! and the dirty-log ioctls are called a known number of times; the in-kernel counts,
+//! and the pages counted in the returned bitmaps, must match exactly. Run with
+//! `cargo xtask test`.
 
 use std::{fs::OpenOptions, io, os::fd::AsRawFd as _};
 
@@ -94,6 +95,10 @@ fn dirty_log_ioctls_are_counted_exactly() {
     assert_eq!(get.count, GETS);
     assert!(get.total_ns > 0 && get.max_ns > 0 && get.max_ns <= get.total_ns);
     assert_eq!(stats.get(&(0, KvmWhat::ClearDirtyLog)).map_or(0, |s| s.count), clears);
+    // Pages set in the bitmaps the GETs returned: with manual protection every page of
+    // the slot starts dirty and stays so until cleared (the CLEARs came after the GETs).
+    let dirty = stats.get(&(0, KvmWhat::DirtyPages)).map_or(0, |s| s.count);
+    assert_eq!(dirty, if manual { GETS * PAGES as u64 } else { 0 }, "dirty pages counted in the bitmaps");
     assert_eq!(stats.keys().filter(|(_, w)| *w == KvmWhat::Run).count(), 0);
     eprintln!(
         "GET_DIRTY_LOG ×{} mean {:.1} µs; CLEAR_DIRTY_LOG ×{clears}",

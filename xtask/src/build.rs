@@ -1,5 +1,5 @@
 //! `cargo xtask build`: the artifacts `migtrace` embeds (the eBPF object, the static
-//! guest agent), then the userspace binaries.
+//! guest agent, the minimal guest), then the userspace binaries.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,6 +22,11 @@ pub fn ebpf_object(workspace: &Path) -> PathBuf {
 
 pub fn guest_agent(workspace: &Path) -> PathBuf {
     workspace.join("target").join(HOST_TARGET).join("release/workloads")
+}
+
+/// The minimal guest's ELF (guest/minimal), a PVH kernel for QEMU's `-kernel`.
+pub fn minimal_guest(workspace: &Path) -> PathBuf {
+    workspace.join("target/minimal-guest/migtrace-minimal-guest.elf")
 }
 
 fn host_cargo_bin() -> std::ffi::OsString {
@@ -66,10 +71,46 @@ pub fn workloads_static(workspace: &Path) -> Result<PathBuf> {
     Ok(guest_agent(workspace))
 }
 
-/// Builds what `migtrace` embeds: the eBPF object and the static guest agent.
+/// Assembles the minimal guest with binutils into `out` (32-bit, loaded at 1 MiB).
+/// Plain `as` and `ld`: it is a few hundred lines of assembly, and no Rust target
+/// fits a 32-bit guest that must never fault (no SSE, no paging).
+pub fn assemble_minimal_guest(workspace: &Path, out: &Path) -> Result<()> {
+    let source = workspace.join("guest/minimal/guest.S");
+    let script = workspace.join("guest/minimal/link.ld");
+    let dir = out.parent().context("the minimal guest's output has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let object = out.with_extension("o");
+    let run = |cmd: &mut Command, what: &str| -> Result<()> {
+        let output =
+            cmd.output().with_context(|| format!("running {what} (binutils; cargo xtask setup installs it)"))?;
+        if !output.status.success() {
+            bail!("{what} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
+    };
+    run(Command::new("as").arg("--32").arg(&source).arg("-o").arg(&object), "as")?;
+    run(Command::new("ld").args(["-m", "elf_i386", "-T"]).arg(&script).arg(&object).arg("-o").arg(out), "ld")?;
+    Ok(())
+}
+
+/// Builds the minimal guest unless it is newer than its sources.
+pub fn minimal_guest_elf(workspace: &Path) -> Result<PathBuf> {
+    let out = minimal_guest(workspace);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest_source =
+        ["guest/minimal/guest.S", "guest/minimal/link.ld"].iter().filter_map(|s| modified(&workspace.join(s))).max();
+    if modified(&out).is_none_or(|built| newest_source.is_none_or(|s| s > built)) {
+        assemble_minimal_guest(workspace, &out)?;
+    }
+    Ok(out)
+}
+
+/// Builds what `migtrace` embeds: the eBPF object, the static guest agent and the
+/// minimal guest.
 pub fn embedded(workspace: &Path) -> Result<()> {
     ebpf(workspace)?;
     workloads_static(workspace)?;
+    minimal_guest_elf(workspace)?;
     Ok(())
 }
 
@@ -78,7 +119,8 @@ pub fn host_cargo(workspace: &Path) -> Command {
     let mut cmd = Command::new(host_cargo_bin());
     cmd.current_dir(workspace)
         .env("MIGTRACE_EBPF_OBJECT", ebpf_object(workspace))
-        .env("MIGTRACE_GUEST_AGENT", guest_agent(workspace));
+        .env("MIGTRACE_GUEST_AGENT", guest_agent(workspace))
+        .env("MIGTRACE_MINIMAL_GUEST", minimal_guest(workspace));
     cmd
 }
 
@@ -96,5 +138,6 @@ pub fn all(workspace: &Path, release: bool) -> Result<PathBuf> {
     }
     println!("build: eBPF object {}", ebpf_object(workspace).display());
     println!("build: guest agent {}", guest_agent(workspace).display());
+    println!("build: minimal guest {}", minimal_guest(workspace).display());
     Ok(workspace.join("target").join(if release { "release" } else { "debug" }).join("migtrace"))
 }

@@ -19,6 +19,7 @@ pub const BASE_PACKAGES: &[(&str, &str)] = &[
     ("libvirt-clients", "virsh, for looking at the libvirt lab by hand"),
     ("pkg-config", "finding libvirt at build time"),
     ("libc6-dev", "linking the static guest agent"),
+    ("binutils", "assembling the minimal guest (as, ld)"),
     ("libzstd-dev", "linking bpf-linker against LLVM"),
     ("zlib1g-dev", "linking bpf-linker against LLVM"),
 ];
@@ -264,6 +265,7 @@ pub fn all(workspace: &Path) -> Vec<Line> {
     );
     let accel = host::detect_accel();
     lines.push(Line::new(true, "virtualisation", accel.to_string()));
+    lines.push(kvm_guests(workspace));
     let object = crate::build::ebpf_object(workspace);
     lines.push(
         if object.is_file() {
@@ -274,4 +276,74 @@ pub fn all(workspace: &Path) -> Vec<Line> {
         .optional(),
     );
     lines
+}
+
+/// Which lab guests KVM can run here; on kvm_pvm, found out by booting the minimal guest.
+fn kvm_guests(workspace: &Path) -> Line {
+    let what = "KVM guests";
+    match host::kvm_flavour() {
+        Ok(host::KvmFlavour::Hardware) => Line::new(true, what, "both: the Linux guest and the minimal guest"),
+        Ok(host::KvmFlavour::Pvm) => match boot_minimal_guest(workspace) {
+            Ok(took) => Line::new(
+                true,
+                what,
+                format!(
+                    "kvm_pvm runs the minimal guest only (--guest minimal; booted it under KVM in {:.1} s); \
+                     the Linux guest runs under TCG",
+                    took.as_secs_f64()
+                ),
+            ),
+            Err(e) => Line::new(false, what, format!("kvm_pvm, but the minimal guest did not boot under it: {e:#}"))
+                .optional(),
+        },
+        Err(reason) => Line::new(true, what, format!("none: both guests run under TCG ({reason})")),
+    }
+}
+
+/// Assembles the minimal guest into a scratch directory and boots it under KVM the way
+/// the lab does on kvm_pvm, until its start line. Returns how long that took.
+fn boot_minimal_guest(workspace: &Path) -> anyhow::Result<std::time::Duration> {
+    use anyhow::{Context as _, bail};
+    let dir = std::env::temp_dir().join(format!("migtrace-doctor-{}", std::process::id()));
+    let result = (|| {
+        let elf = dir.join("guest.elf");
+        crate::build::assemble_minimal_guest(workspace, &elf)?;
+        let build = qemu::system().context("no qemu-system-x86_64")?;
+        let bios = build.firmware("qboot.rom").context("no qboot.rom (package qemu-system-data)")?;
+        let console = dir.join("console");
+        let started = std::time::Instant::now();
+        let mut child = Command::new(&build.binary)
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-m", "32", "-accel", "kvm"])
+            .args(["-cpu", "host,arch-capabilities=off", "-bios"])
+            .arg(&bios)
+            .arg("-kernel")
+            .arg(&elf)
+            .args(["-append", "hb_us=0", "-serial"])
+            .arg(format!("file:{}", console.display()))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting QEMU")?;
+        let outcome = loop {
+            if fs::read_to_string(&console).is_ok_and(|t| t.contains("migtrace-guest: {\"event\":\"start\"")) {
+                break Ok(started.elapsed());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                }
+                bail!("QEMU exited ({status}): {}", stderr.trim());
+            }
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                break Err(anyhow::anyhow!("no start line within 10 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // Our own QEMU, by its handle.
+        let _ = child.kill();
+        let _ = child.wait();
+        outcome
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    result
 }

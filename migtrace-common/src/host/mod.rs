@@ -90,6 +90,35 @@ fn decide_accel(
     }
 }
 
+/// Which KVM a host offers, for guests that can live with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvmFlavour {
+    /// vmx or svm with its vendor module: any guest runs.
+    Hardware,
+    /// The paravirtual `kvm_pvm` without vmx/svm: it runs only a guest that never
+    /// enables interrupts and never faults (migtrace's minimal guest), and only with
+    /// `-cpu host,arch-capabilities=off` and qboot as firmware.
+    Pvm,
+}
+
+/// The KVM migtrace's minimal guest can use here: hardware virtualisation, else
+/// `kvm_pvm`; or why neither is usable.
+pub fn kvm_flavour() -> Result<KvmFlavour, String> {
+    match detect_accel() {
+        Accel::Kvm => Ok(KvmFlavour::Hardware),
+        Accel::Tcg { reason } => {
+            if !Path::new("/sys/module/kvm_pvm").exists() {
+                return Err(reason);
+            }
+            match kvm_api_version() {
+                Ok(KVM_API_VERSION) => Ok(KvmFlavour::Pvm),
+                Ok(v) => Err(format!("kvm_pvm's /dev/kvm reports API version {v}, expected 12")),
+                Err(e) => Err(format!("cannot use kvm_pvm's /dev/kvm: {e}")),
+            }
+        }
+    }
+}
+
 fn kvm_api_version() -> io::Result<libc::c_int> {
     let file = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm")?;
     // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
@@ -196,6 +225,15 @@ mod tests {
         match a {
             Accel::Tcg { reason } => reason,
             Accel::Kvm => panic!("expected TCG"),
+        }
+    }
+
+    #[test]
+    fn kvm_flavour_agrees_with_detect_accel() {
+        match (detect_accel(), kvm_flavour()) {
+            (Accel::Kvm, flavour) => assert_eq!(flavour, Ok(KvmFlavour::Hardware)),
+            (Accel::Tcg { .. }, Ok(flavour)) => assert_eq!(flavour, KvmFlavour::Pvm),
+            (Accel::Tcg { reason }, Err(why)) => assert_eq!(reason, why),
         }
     }
 

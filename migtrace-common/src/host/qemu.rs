@@ -18,6 +18,9 @@ use super::kernel::cache_dir;
 /// The system QEMU's binary name, looked up on `PATH`.
 pub const SYSTEM_BINARY: &str = "qemu-system-x86_64";
 
+/// Where Debian's QEMU keeps its firmware (qboot, option ROMs).
+pub const SYSTEM_DATA_DIR: &str = "/usr/share/qemu";
+
 /// First QEMU release whose TCG dirty tracking keeps TLB_NOTDIRTY coherent with the
 /// migration bitmap (commit 03bfc2188f06, "physmem: Fix migration dirty bitmap
 /// coherency with TCG memory access").
@@ -132,6 +135,12 @@ impl QemuBuild {
     /// Whether this build loses TCG dirty pages on 256 KiB-aligned RAM blocks.
     pub fn has_tcg_dirty_bug(&self) -> bool {
         self.version < TCG_DIRTY_FIX
+    }
+
+    /// Firmware `name` (e.g. `qboot.rom`) where this build finds it: its `-L`
+    /// directories, then the system's data directory.
+    pub fn firmware(&self, name: &str) -> Option<PathBuf> {
+        self.data_dirs.iter().map(|d| d.join(name)).chain([Path::new(SYSTEM_DATA_DIR).join(name)]).find(|p| p.is_file())
     }
 
     /// How the build is selected and described, e.g. `7.2.22 (system: /usr/bin/…)`.

@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
+use migtrace::hypervisor::HostPair as _;
 use migtrace::lab::{
     Lab, image,
     libvirt::LibvirtLab,
@@ -17,6 +18,7 @@ pub enum LabCommand {
     ///
     /// Example: migtrace lab up --vmsize 512 --workload wset=64M,rate=10000
     /// Example: migtrace lab up --backend libvirt --workload wset=64M,rate=20000
+    /// Example: migtrace lab up --guest minimal --vmsize 128 --workload wset=64M,rate=5000,fill=1
     Up {
         #[command(flatten)]
         machine: MachineArgs,
@@ -96,18 +98,29 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
 
 async fn up(machine: MachineArgs) -> Result<()> {
     let config = machine.lab_config()?;
-    println!("lab: booting a {} MiB, {} vCPU guest ({})…", config.vmsize_mib, config.vcpus, config.workload);
+    println!(
+        "lab: booting a {} MiB, {} vCPU {} guest ({})…",
+        config.vmsize_mib, config.vcpus, config.guest, config.workload
+    );
     let lab = Lab::up(config).await?;
     let (src, dst) = (lab.source.as_ref().map_or(0, |q| q.pid), lab.destination.as_ref().map_or(0, |q| q.pid));
-    println!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel);
+    println!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel_label());
     let machine = lab.machine_info();
     println!("  qemu       {} ({})", machine.description, machine.binary);
     println!("  guest RAM  {} KiB", machine.ram_bytes / 1024);
     for w in &machine.workarounds {
         println!("  workaround {w}");
     }
-    println!("  netns      {}   (ip netns exec {} ping {GUEST_IP})", lab.ns(), lab.ns());
-    println!("  guest      {GUEST_IP}, probe sender {PROBE_IP}");
+    if let Some(why) = lab.guest_offline() {
+        println!("  netns      {} ({why})", lab.ns());
+        println!(
+            "  console    {} (heartbeat bytes stripped)",
+            lab.source.as_ref().map_or_else(String::new, |q| q.console.display().to_string())
+        );
+    } else {
+        println!("  netns      {}   (ip netns exec {} ping {GUEST_IP})", lab.ns(), lab.ns());
+        println!("  guest      {GUEST_IP}, probe sender {PROBE_IP}");
+    }
     println!("  source     pid {src}, destination pid {dst} (waiting for a migration)");
     println!("  state      {}", lab.runtime_dir().display());
     println!("  agent      {}", lab.agent_line.trim());

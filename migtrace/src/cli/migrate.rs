@@ -9,7 +9,7 @@ use migtrace::{
         HostPair, MigrationParams, Status,
         libvirt::{LibvirtFlags, LibvirtHost, LibvirtPair},
     },
-    lab::{Lab, libvirt::LibvirtLab, netns},
+    lab::{GuestKind, Lab, libvirt::LibvirtLab, netns},
     measure::{
         record::{MigrationRecord, RecordWriter},
         session::{MeasureOptions, Network, Session},
@@ -259,12 +259,19 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         return result;
     }
     let config = args.machine.lab_config()?;
-    let treatment = format!("vmsize={}M,vcpus={},{}", config.vmsize_mib, config.vcpus, config.workload);
-    eprintln!("lab: booting a {} MiB, {} vCPU guest ({})…", config.vmsize_mib, config.vcpus, config.workload);
+    let guest = match config.guest {
+        GuestKind::Linux => String::new(),
+        g => format!("guest={g},"),
+    };
+    let treatment = format!("{guest}vmsize={}M,vcpus={},{}", config.vmsize_mib, config.vcpus, config.workload);
+    eprintln!(
+        "lab: booting a {} MiB, {} vCPU {} guest ({})…",
+        config.vmsize_mib, config.vcpus, config.guest, config.workload
+    );
     match args.backend {
         LabBackend::Qemu => {
             let mut lab = Lab::up(config).await?;
-            eprintln!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel);
+            eprintln!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel_label());
             let mut session = Session::start(lab_network(&lab), options)
                 .context("starting the eBPF probes (--no-probes runs without)")?;
             tokio::time::sleep(warmup).await;
@@ -377,7 +384,7 @@ pub fn summary_line(r: &MigrationRecord) -> String {
     let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
     let d = &r.downtime_ms;
     format!(
-        "{}: {:?}, {} ms (QEMU {}); downtime ms: ping {} | probe gap {} | vCPU {} | QEMU {}{}",
+        "{}: {:?}, {} ms (QEMU {}); downtime ms: ping {} | probe gap {} | vCPU {} | QEMU {}{}{}",
         r.outcome.direction,
         r.outcome.status,
         f(r.migration_time_ms.command),
@@ -386,6 +393,7 @@ pub fn summary_line(r: &MigrationRecord) -> String {
         f(d.probe_gap),
         f(d.vcpu),
         f(d.reported),
+        d.heartbeat_gap.map_or(String::new(), |g| format!(" | heartbeat gap {g:.1}")),
         r.trace_health
             .as_ref()
             .filter(|h| h.lost_records > 0)

@@ -282,6 +282,16 @@ pub enum AccelArg {
     Tcg,
 }
 
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum GuestArg {
+    /// Linux with the workloads agent, on the lab's network (every measure).
+    #[default]
+    Linux,
+    /// migtrace's bare-metal guest: runs under KVM also on kvm_pvm hosts; no network,
+    /// so no ping or probe gap, but heartbeats on its serial port.
+    Minimal,
+}
+
 /// The machine both lab QEMUs emulate, and what the guest runs.
 #[derive(Args, Clone, Debug)]
 pub struct MachineArgs {
@@ -295,7 +305,13 @@ pub struct MachineArgs {
     /// `workloads --help`. Default: idle.
     #[arg(long, default_value = "idle", value_name = "SPEC")]
     pub workload: String,
-    /// Accelerator; default: kvm when hardware virtualisation is usable, else tcg.
+    /// What the lab boots. `minimal` is migtrace's bare-metal guest (dirty pattern,
+    /// memory check and heartbeats over its serial port, no network): it runs under KVM
+    /// where Linux cannot (kvm_pvm). Example: --guest minimal --workload wset=64M,rate=5000,fill=1
+    #[arg(long, value_enum, default_value_t = GuestArg::Linux)]
+    pub guest: GuestArg,
+    /// Accelerator; default: kvm when the guest can run under this host's KVM (Linux:
+    /// hardware virtualisation; minimal: also kvm_pvm), else tcg.
     #[arg(long)]
     pub accel: Option<AccelArg>,
     /// Guest kernel (bzImage with virtio-pci and virtio-net built in). Default: the host's
@@ -311,6 +327,10 @@ pub struct MachineArgs {
     /// QEMU < 9.0's lost-dirty-page bug).
     #[arg(long, value_name = "QEMU")]
     pub qemu: Option<String>,
+    /// KVM dirty ring of this many entries per vCPU instead of dirty bitmaps (QEMU's
+    /// `dirty-ring-size`, a power of two): every dirtied page is counted per round.
+    #[arg(long, value_name = "ENTRIES")]
+    pub dirty_ring: Option<u32>,
     /// Do not apply the TCG dirty-page workaround on QEMU < 9.0 (guest RAM VMSIZE + 8 KiB):
     /// reproduces QEMU's lost-dirty-page bug (guests crash or their memory check fails).
     #[arg(long)]
@@ -325,10 +345,18 @@ impl MachineArgs {
             AccelArg::Kvm => Accel::Kvm,
             AccelArg::Tcg => Accel::Tcg { reason: "--accel tcg".into() },
         });
-        if matches!(accel, Some(Accel::Kvm))
-            && let Accel::Tcg { reason } = host::detect_accel()
-        {
-            anyhow::bail!("--accel kvm, but KVM is not usable here: {reason}");
+        let guest = match self.guest {
+            GuestArg::Linux => migtrace::lab::GuestKind::Linux,
+            GuestArg::Minimal => migtrace::lab::GuestKind::Minimal,
+        };
+        if matches!(accel, Some(Accel::Kvm)) {
+            match (guest, host::detect_accel(), host::kvm_flavour()) {
+                (_, Accel::Kvm, _) | (migtrace::lab::GuestKind::Minimal, _, Ok(_)) => {}
+                (migtrace::lab::GuestKind::Linux, Accel::Tcg { reason }, Ok(_)) => anyhow::bail!(
+                    "--accel kvm, but this host's KVM cannot run the Linux guest: {reason} (--guest minimal runs under it)"
+                ),
+                (_, Accel::Tcg { reason }, _) => anyhow::bail!("--accel kvm, but KVM is not usable here: {reason}"),
+            }
         }
         Ok(migtrace::lab::LabConfig {
             vmsize_mib: self.vmsize,
@@ -339,6 +367,8 @@ impl MachineArgs {
             boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
             qemu: self.qemu.clone(),
             tcg_dirty_workaround: !self.no_tcg_dirty_workaround,
+            guest,
+            dirty_ring: self.dirty_ring,
         })
     }
 }

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use workloads::spec::Spec;
 
 use super::spec::{Design, ExperimentSpec, Factor, Level, Order, SpecError};
-use crate::{hypervisor::MigrationParams, lab::LabConfig};
+use crate::{
+    hypervisor::MigrationParams,
+    lab::{GuestKind, LabConfig},
+};
 
 /// One combination of factor levels.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,11 +58,16 @@ impl Treatment {
         if parts.is_empty() { "idle".into() } else { parts.join(",") }
     }
 
-    /// Checks that this combination makes a valid guest.
-    pub fn validate(&self) -> Result<(), SpecError> {
+    /// Checks that this combination makes a valid guest of kind `guest`.
+    pub fn validate(&self, guest: GuestKind) -> Result<(), SpecError> {
         let workload = Spec::parse(&self.workload()).map_err(|e| {
             SpecError::Treatment(format!("treatment {}: workload {}: {e}", self.name(), self.workload()))
         })?;
+        if guest == GuestKind::Minimal {
+            let vcpus = self.get(Factor::Vcpus).map_or(1, |v| v as u32);
+            return crate::lab::minimal::validate(&workload, self.vmsize_mib(), vcpus)
+                .map_err(|e| SpecError::Treatment(format!("treatment {}: {e}", self.name())));
+        }
         if let Some(w) = workload.wset
             && (w >> 20) >= self.vmsize_mib() as u64
         {
@@ -84,7 +92,12 @@ impl Treatment {
         }
     }
 
-    pub fn lab_config(&self, boot_timeout: Duration, tcg_dirty_workaround: bool) -> Result<LabConfig, SpecError> {
+    pub fn lab_config(
+        &self,
+        boot_timeout: Duration,
+        lab: &super::spec::LabSection,
+        guest: GuestKind,
+    ) -> Result<LabConfig, SpecError> {
         let workload = Spec::parse(&self.workload()).map_err(|e| SpecError::Treatment(e.to_string()))?;
         let accel = match self.levels.get(&Factor::Accel) {
             Some(Level::Text(a)) if a == "kvm" => Some(Accel::Kvm),
@@ -99,7 +112,9 @@ impl Treatment {
             kernel: None,
             boot_timeout,
             qemu: self.qemu().map(str::to_owned),
-            tcg_dirty_workaround,
+            tcg_dirty_workaround: lab.tcg_dirty_workaround,
+            guest,
+            dirty_ring: lab.dirty_ring,
         })
     }
 
@@ -212,7 +227,7 @@ qemu = [\"system\", \"10.0\"]\nrate = [0]\n",
         );
         let t = expand(&s);
         assert_eq!(t.iter().filter_map(Treatment::qemu).collect::<Vec<_>>(), ["system", "10.0"]);
-        let config = t[1].lab_config(Duration::from_secs(1), true).expect("config");
+        let config = t[1].lab_config(Duration::from_secs(1), &Default::default(), GuestKind::Linux).expect("config");
         assert_eq!(config.qemu.as_deref(), Some("10.0"));
         assert!(t[1].name().contains("qemu=10.0"), "{}", t[1].name());
     }

@@ -8,6 +8,7 @@
 //! order = "sequential"          # or "random" (treatment order, with `seed`)
 //! seed = 1
 //! warmup = "2s"                 # workload runs this long before the first migration
+//! guest = "linux"               # or "minimal": migtrace's bare-metal guest (KVM on kvm_pvm)
 //!
 //! [factors]                     # each a list of levels
 //! vmsize = ["256M", "512M"]     # guest memory
@@ -26,6 +27,8 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use workloads::spec::{parse_duration, parse_size};
+
+use crate::lab::GuestKind;
 
 /// A factor: what it is called in specs, and what its levels mean.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -193,11 +196,14 @@ pub struct LabSection {
     /// Under TCG with QEMU < 9.0, give guests VMSIZE + 8 KiB so dirty pages are not lost
     /// (false reproduces the bug).
     pub tcg_dirty_workaround: bool,
+    /// KVM dirty ring entries per vCPU instead of dirty bitmaps (KVM only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty_ring: Option<u32>,
 }
 
 impl Default for LabSection {
     fn default() -> Self {
-        Self { tcg_dirty_workaround: true }
+        Self { tcg_dirty_workaround: true, dirty_ring: None }
     }
 }
 
@@ -275,6 +281,10 @@ pub struct RawSpec {
     pub migration: MigrationSection,
     #[serde(default, skip_serializing_if = "is_default")]
     pub lab: LabSection,
+    /// What the lab boots: `linux` (default) or `minimal` (migtrace's bare-metal guest:
+    /// KVM also on kvm_pvm hosts, no network).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub guest: GuestKind,
     #[serde(default, skip_serializing_if = "is_default")]
     pub libvirt: LibvirtSection,
 }
@@ -496,7 +506,7 @@ impl ExperimentSpec {
         let spec = Self { raw, factors, base, warmup };
         // Every treatment must make a valid guest: checked now, not an hour into the run.
         for t in super::design::expand(&spec) {
-            t.validate()?;
+            t.validate(spec.raw.guest)?;
         }
         Ok(spec)
     }
@@ -555,6 +565,22 @@ mod tests {
         assert!(err(&format!("{head}colour = 1\n[factors]\nvcpus = [1]\n")).contains("misspelled"));
         assert!(err(&format!("{head}[factors]\nvcpus = [1]\n[base]\nrate = 1\n")).contains("[base] rate"));
         assert!(err("name = \"../x\"\nrepetitions = 1\n[factors]\nvcpus = [1]\n").contains("plain directory name"));
+    }
+
+    #[test]
+    fn the_minimal_guest_spec_parses_and_its_limits_are_checked() {
+        let s = ExperimentSpec::parse(include_str!("../../../specs/minimal-kvm.toml")).expect("minimal-kvm spec");
+        assert_eq!(s.raw.guest, GuestKind::Minimal);
+        // The digest of a spec without `guest` does not change: it is not serialised.
+        assert!(!toml::to_string(&ExperimentSpec::parse(DEFAULT).expect("spec").raw).expect("toml").contains("guest"));
+        let head = "name = \"t\"\nrepetitions = 1\nguest = \"minimal\"\n";
+        assert!(err(&format!("{head}[factors]\nload = [30]\n")).contains("no CPU burner"));
+        assert!(
+            err(&format!("{head}[factors]\nvmsize = [\"64M\"]\nwset = [\"60M\"]\nrate = [10]\n"))
+                .contains("at least 68 MiB")
+        );
+        assert!(ExperimentSpec::parse(&format!("{head}[factors]\nvmsize = [\"64M\"]\nwset = [\"32M\"]\n")).is_ok());
+        assert!(err("name = \"t\"\nrepetitions = 1\nguest = \"bsd\"\n[factors]\nvcpus = [1]\n").contains("misspelled"));
     }
 
     #[test]

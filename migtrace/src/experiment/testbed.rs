@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     hypervisor::{
-        GuestCheck, HostPair, Machine, MigrationOutcome, MigrationParams,
+        GuestCheck, Heartbeat, HostPair, Machine, MemoryCheck, MigrationOutcome, MigrationParams,
         libvirt::{LibvirtError, LibvirtFlags, LibvirtHost, LibvirtPair},
     },
     lab::{
@@ -62,7 +62,7 @@ impl Testbed {
         match spec.backend() {
             Backend::Lab => {
                 let config = treatment
-                    .lab_config(boot_timeout, spec.raw.lab.tcg_dirty_workaround)
+                    .lab_config(boot_timeout, &spec.raw.lab, spec.raw.guest)
                     .map_err(|e| TestbedError::Config(e.to_string()))?;
                 let lab = Lab::up(config).await?;
                 let network =
@@ -72,7 +72,7 @@ impl Testbed {
             }
             Backend::LibvirtLab => {
                 let config = treatment
-                    .lab_config(boot_timeout, spec.raw.lab.tcg_dirty_workaround)
+                    .lab_config(boot_timeout, &spec.raw.lab, spec.raw.guest)
                     .map_err(|e| TestbedError::Config(e.to_string()))?;
                 let lab = LibvirtLab::up(config, flags(l)).await?;
                 let tracing = match l.agents.as_deref().unwrap_or("auto") {
@@ -215,6 +215,30 @@ impl HostPair for Testbed {
             Self::Qemu(l) => l.guest_check(),
             Self::LibvirtLab(l) => l.guest_check(),
             Self::Libvirt(p) => p.guest_check(),
+        }
+    }
+
+    fn guest_offline(&self) -> Option<String> {
+        match self {
+            Self::Qemu(l) => l.guest_offline(),
+            Self::LibvirtLab(l) => l.guest_offline(),
+            Self::Libvirt(p) => p.guest_offline(),
+        }
+    }
+
+    async fn memory_check(&mut self, timeout: Duration) -> Option<Result<MemoryCheck, String>> {
+        match self {
+            Self::Qemu(l) => l.memory_check(timeout).await,
+            Self::LibvirtLab(l) => l.memory_check(timeout).await,
+            Self::Libvirt(p) => p.memory_check(timeout).await,
+        }
+    }
+
+    fn heartbeats(&self, since_ns: u64) -> Option<Vec<Heartbeat>> {
+        match self {
+            Self::Qemu(l) => l.heartbeats(since_ns),
+            Self::LibvirtLab(l) => l.heartbeats(since_ns),
+            Self::Libvirt(p) => p.heartbeats(since_ns),
         }
     }
 

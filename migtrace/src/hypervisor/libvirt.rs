@@ -380,6 +380,8 @@ impl HostPair for LibvirtPair {
             vcpus: self.info.vcpus,
             workarounds: Vec::new(),
             host_kernel: String::new(),
+            guest: String::new(),
+            dirty_ring: None,
         }
     }
 

@@ -39,6 +39,14 @@ pub struct Machine {
     /// Guest RAM as configured, bytes.
     pub ram_bytes: u64,
     pub vcpus: u32,
+    /// What the guest is: `linux` (kernel, initramfs, workloads agent) or `minimal`
+    /// (migtrace's bare-metal guest, no network).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub guest: String,
+    /// KVM dirty ring entries per vCPU, when KVM tracked dirty pages in rings instead of
+    /// bitmaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_ring: Option<u32>,
     /// Workarounds applied, each with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workarounds: Vec<String>,
@@ -174,7 +182,8 @@ pub struct GuestCheck {
     pub crashed: bool,
     /// The guest booted again (its agent started anew).
     pub rebooted: bool,
-    /// The guest answered no probe sent after it resumed (hung, or its network is dead).
+    /// The guest answered no probe sent after it resumed (hung, or its network is dead);
+    /// for a guest without network: sent no heartbeat after it resumed.
     #[serde(default)]
     pub unreachable: bool,
     /// The first lines of the report, for the record.
@@ -206,6 +215,15 @@ impl GuestCheck {
     }
 }
 
+/// A guest heartbeat as a host saw it arrive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// CLOCK_MONOTONIC ns when the host read it.
+    pub ts_ns: u64,
+    /// The host it came from (as in [`HostPair::endpoints`]).
+    pub host: String,
+}
+
 /// A source and a destination host that can migrate one VM back and forth.
 #[allow(async_fn_in_trait)]
 pub trait HostPair {
@@ -235,4 +253,23 @@ pub trait HostPair {
 
     /// After a completed migration: make the old source ready to receive the VM back.
     async fn prepare_next(&mut self) -> Result<(), Self::Error>;
+
+    /// Why the guest cannot be reached over the network, if it cannot (a guest without
+    /// a NIC): the ping and probe measures are then missing with this reason.
+    fn guest_offline(&self) -> Option<String> {
+        None
+    }
+
+    /// After a completed migration: the guest's check of its working set over a channel
+    /// of the hosts' own (the minimal guest's serial port), waiting up to `timeout`
+    /// beyond the check's own duration. None: no such channel (ask over the network).
+    async fn memory_check(&mut self, _timeout: std::time::Duration) -> Option<Result<MemoryCheck, String>> {
+        None
+    }
+
+    /// Heartbeats the guest sent since `since_ns`, from both hosts, in time order. None:
+    /// this guest sends none.
+    fn heartbeats(&self, _since_ns: u64) -> Option<Vec<Heartbeat>> {
+        None
+    }
 }

@@ -154,6 +154,11 @@ impl LibvirtLab {
     /// Builds the namespaces, starts both daemons, defines and boots the guest on `a`.
     pub async fn up(config: LabConfig, flags: LibvirtFlags) -> Result<Self, LibvirtLabError> {
         super::validate(&config)?;
+        if config.guest != super::GuestKind::Linux {
+            return Err(LibvirtLabError::Lab(LabError::Minimal(super::minimal::MinimalError::Unsupported(
+                "the libvirt lab boots the Linux guest only (its hosts migrate it over their network)".into(),
+            ))));
+        }
         for binary in ["/usr/sbin/libvirtd", "/usr/bin/virsh"] {
             if !Path::new(binary).exists() {
                 return Err(LibvirtLabError::NoLibvirt(binary.into()));
@@ -235,6 +240,7 @@ impl LibvirtLab {
             Accel::Kvm => None,
         };
         m.host_kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+        m.guest = "linux".into();
         m
     }
 

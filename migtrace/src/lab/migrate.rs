@@ -5,10 +5,10 @@ use std::time::Duration;
 use qapi::qmp as q;
 use tokio::time::Instant;
 
-use super::{Lab, LabError, MIGRATION_URI, set_migration_parameters};
+use super::{GuestKind, Lab, LabError, MIGRATION_URI, minimal, set_migration_parameters};
 use crate::{
     clock::{WallClock, monotonic_ns},
-    hypervisor::{HostPair, MigrationOutcome, MigrationParams, ReportedStats, Status},
+    hypervisor::{Heartbeat, HostPair, MemoryCheck, MigrationOutcome, MigrationParams, ReportedStats, Status},
 };
 
 /// How long the destination may take to report running after the source completed.
@@ -123,6 +123,33 @@ impl HostPair for Lab {
     async fn prepare_next(&mut self) -> Result<(), LabError> {
         self.swap_roles().await
     }
+
+    fn guest_offline(&self) -> Option<String> {
+        (self.config.guest == GuestKind::Minimal).then(|| "the minimal guest has no network".to_owned())
+    }
+
+    async fn memory_check(&mut self, timeout: Duration) -> Option<Result<MemoryCheck, String>> {
+        // After a completed migration the guest runs on the destination.
+        let console = self.destination.as_ref()?.serial.as_ref()?;
+        let pages = self.config.workload.wset.unwrap_or(0) / workloads::spec::PAGE_SIZE as u64;
+        Some(console.memory_check(pages, timeout).await)
+    }
+
+    fn heartbeats(&self, since_ns: u64) -> Option<Vec<Heartbeat>> {
+        if self.config.guest != GuestKind::Minimal {
+            return None;
+        }
+        let mut all: Vec<Heartbeat> = [&self.source, &self.destination]
+            .into_iter()
+            .flatten()
+            .filter_map(|q| Some((q.tap, q.serial.as_ref()?)))
+            .flat_map(|(tap, c)| {
+                c.heartbeats_since(since_ns).into_iter().map(|ts_ns| Heartbeat { ts_ns, host: tap.into() })
+            })
+            .collect();
+        all.sort_by_key(|h| h.ts_ns);
+        Some(all)
+    }
 }
 
 /// Reads a guest console for signs of a crash or a reboot.
@@ -132,7 +159,10 @@ pub fn check_console(bytes: &[u8]) -> crate::hypervisor::GuestCheck {
     let crash_at = lines.iter().position(|l| {
         ["Kernel panic", "BUG: ", "Oops: ", "general protection fault", "watchdog: BUG"].iter().any(|m| l.contains(m))
     });
-    let rebooted = lines.iter().any(|l| l.starts_with("migtrace-agent: ") && l.contains(r#""event":"start""#));
+    // A new start line: the agent started again, or the minimal guest (a fault resets it).
+    let rebooted = lines.iter().any(|l| {
+        (l.starts_with("migtrace-agent: ") || l.starts_with(minimal::LINE_PREFIX)) && l.contains(r#""event":"start""#)
+    });
     let console =
         crash_at.map(|i| lines[i..].iter().take(6).map(|l| l.trim().to_owned()).collect()).unwrap_or_default();
     // The agent's dirty-pages reports count pages found stale as they were overwritten
@@ -174,5 +204,10 @@ mod tests {
         );
         assert_eq!(stale.stale_writes, Some(3));
         assert!(stale.corrupted() && stale.crashed && stale.rebooted);
+        // The minimal guest's destination console: progress is fine, a start line is a reset.
+        let progress = b"migtrace-guest: {\"event\":\"progress\",\"ms\":3017,\"pass\":5}\n";
+        assert!(check_console(progress).healthy());
+        let reset = b"migtrace-guest: {\"event\":\"start\",\"wset_pages\":4096}\n";
+        assert!(check_console(reset).rebooted);
     }
 }

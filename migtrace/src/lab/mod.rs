@@ -2,6 +2,7 @@
 //! behave like a source and a destination hypervisor host.
 //!
 //! - [`image`]: the guest kernel and initramfs (busybox + the `workloads` agent).
+//! - [`minimal`]: migtrace's minimal bare-metal guest, for KVM where Linux cannot run.
 //! - [`netns`]: the namespace with its bridge, taps and probe interface.
 //! - [`qemu`]: starting and stopping one QEMU; [`qmp`]: talking to it.
 //!
@@ -12,20 +13,22 @@ pub mod image;
 pub mod libvirt;
 mod migrate;
 pub use migrate::check_console;
+pub mod minimal;
 pub mod netns;
 pub mod qemu;
 pub mod qmp;
 pub mod registry;
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
-use migtrace_common::host::{self, Accel};
+use migtrace_common::host::{self, Accel, KvmFlavour};
 use qapi::qmp as q;
 use tokio::time::Instant;
 use workloads::spec::Spec;
 
 use self::{
     image::{GuestImage, ImageError},
+    minimal::MinimalError,
     netns::{GUEST_IP, LabNet, NetError, PREFIX_LEN, TAPS},
     qemu::{MachineSpec, Qemu, QemuError},
     qmp::QmpError,
@@ -33,6 +36,34 @@ use self::{
 
 /// Where the destination listens, inside the lab namespace (its own loopback).
 pub const MIGRATION_URI: &str = "tcp:127.0.0.1:4444";
+
+/// What the lab boots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestKind {
+    /// A Linux kernel with a busybox initramfs and the `workloads` agent, on the lab's
+    /// network: every measure, but only under TCG on hosts without vmx/svm.
+    #[default]
+    Linux,
+    /// migtrace's bare-metal guest ([`minimal`]): no network, runs under KVM also on
+    /// kvm_pvm hosts.
+    Minimal,
+}
+
+impl GuestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestKind::Linux => "linux",
+            GuestKind::Minimal => "minimal",
+        }
+    }
+}
+
+impl fmt::Display for GuestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct LabConfig {
@@ -48,6 +79,12 @@ pub struct LabConfig {
     /// Under TCG with QEMU < 9.0, give the guest VMSIZE + 8 KiB of RAM so QEMU takes its
     /// slow, correct dirty-bitmap sync (off: reproduce the lost-dirty-page bug).
     pub tcg_dirty_workaround: bool,
+    /// What the lab boots.
+    pub guest: GuestKind,
+    /// KVM tracks dirty pages in per-vCPU rings of this many entries instead of
+    /// bitmaps (QEMU's `dirty-ring-size`): every page KVM marks dirty is then a
+    /// `kvm:kvm_dirty_ring_push`, counted per round. KVM only.
+    pub dirty_ring: Option<u32>,
 }
 
 impl Default for LabConfig {
@@ -61,6 +98,8 @@ impl Default for LabConfig {
             boot_timeout: Duration::from_secs(90),
             qemu: None,
             tcg_dirty_workaround: true,
+            guest: GuestKind::Linux,
+            dirty_ring: None,
         }
     }
 }
@@ -79,6 +118,16 @@ pub enum LabError {
     NoVcpus,
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Minimal(#[from] MinimalError),
+    #[error("the minimal guest stopped at boot: {0}")]
+    MinimalGuest(String),
+    #[error("firmware {0} not found in the QEMU build's data directories (Debian: qemu-system-data)")]
+    Firmware(&'static str),
+    #[error("a dirty ring needs KVM, but the lab runs under TCG ({0})")]
+    DirtyRingNeedsKvm(String),
+    #[error("dirty ring size {0}: a power of two from 512 to 65536 entries")]
+    DirtyRingSize(u32),
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
@@ -100,7 +149,8 @@ pub struct Lab {
     pub id: String,
     pub config: LabConfig,
     pub accel: Accel,
-    pub image: GuestImage,
+    /// The Linux guest's image (None for the minimal guest).
+    pub image: Option<GuestImage>,
     pub machine: MachineSpec,
     /// The QEMU running the guest.
     pub source: Option<Qemu>,
@@ -108,7 +158,7 @@ pub struct Lab {
     pub destination: Option<Qemu>,
     /// Time from starting the first QEMU to the agent's start line.
     pub boot_time: Duration,
-    /// The guest's agent start line (reports the workload it runs).
+    /// The guest's start line (the agent's, or the minimal guest's): the workload it runs.
     pub agent_line: String,
     /// QEMU's (major, minor) version, from the build's `--version`.
     pub qemu_version: Option<(u32, u32)>,
@@ -123,11 +173,47 @@ impl Lab {
     pub async fn up(config: LabConfig) -> Result<Self, LabError> {
         validate(&config)?;
         let build = host::qemu::select(config.qemu.as_deref().unwrap_or("system"))?;
-        let kernel = image::select_kernel(config.kernel.as_deref())?;
-        let image = image::build(&kernel)?;
-        let accel = config.accel.clone().unwrap_or_else(host::detect_accel);
-        let mut ram_kib = config.vmsize_mib as u64 * 1024;
         let mut workarounds = Vec::new();
+        let (image, kernel, append, accel, kvm_pvm, bios) = match config.guest {
+            GuestKind::Linux => {
+                let kernel = image::select_kernel(config.kernel.as_deref())?;
+                let image = image::build(&kernel)?;
+                let append = format!(
+                    "console=ttyS0 quiet panic=-1 migtrace.ip={GUEST_IP}/{PREFIX_LEN} migtrace.workload={}",
+                    config.workload
+                );
+                let accel = config.accel.clone().unwrap_or_else(host::detect_accel);
+                (Some(image.clone()), image.kernel, append, accel, false, None)
+            }
+            GuestKind::Minimal => {
+                let flavour = host::kvm_flavour();
+                let accel = config.accel.clone().unwrap_or_else(|| match &flavour {
+                    Ok(_) => Accel::Kvm,
+                    Err(reason) => Accel::Tcg { reason: reason.clone() },
+                });
+                let kvm_pvm = accel == Accel::Kvm && flavour == Ok(KvmFlavour::Pvm);
+                if kvm_pvm {
+                    workarounds.push(
+                        "kvm-pvm: -cpu host,arch-capabilities=off and qboot (the paravirtual kvm_pvm cannot set \
+                         MSR 0x10a and runs no SeaBIOS; it runs only a guest that never enables interrupts and \
+                         never faults, and emulates its instructions)"
+                            .to_owned(),
+                    );
+                }
+                // qboot: the fastest way into a PVH kernel, and the one firmware kvm_pvm runs.
+                let bios = build.firmware(QBOOT).ok_or(LabError::Firmware(QBOOT))?;
+                (None, minimal::elf()?, minimal::cmdline(&config.workload), accel, kvm_pvm, Some(bios))
+            }
+        };
+        if let Some(size) = config.dirty_ring {
+            if let Accel::Tcg { reason } = &accel {
+                return Err(LabError::DirtyRingNeedsKvm(reason.clone()));
+            }
+            if !size.is_power_of_two() || !(512..=65536).contains(&size) {
+                return Err(LabError::DirtyRingSize(size));
+            }
+        }
+        let mut ram_kib = config.vmsize_mib as u64 * 1024;
         if matches!(accel, Accel::Tcg { .. }) && build.has_tcg_dirty_bug() && config.tcg_dirty_workaround {
             // QEMU < 9.0 syncs 256 KiB-aligned RAM blocks word by word without resetting
             // TCG's TLB_NOTDIRTY, losing later writes (fixed by 03bfc2188f06 in 9.0).
@@ -148,12 +234,13 @@ impl Lab {
             accel: accel.clone(),
             ram_kib,
             vcpus: config.vcpus,
-            kernel: image.kernel.clone(),
-            initramfs: image.initramfs.clone(),
-            append: format!(
-                "console=ttyS0 quiet panic=-1 migtrace.ip={GUEST_IP}/{PREFIX_LEN} migtrace.workload={}",
-                config.workload
-            ),
+            kernel,
+            initramfs: image.as_ref().map(|i| i.initramfs.clone()),
+            append,
+            guest: config.guest,
+            bios,
+            kvm_pvm,
+            dirty_ring: config.dirty_ring,
             workarounds,
         };
         let mut lab = Self {
@@ -174,7 +261,14 @@ impl Lab {
         let started = Instant::now();
         let mut source = lab.start_qemu(TAPS[0], false).await?;
         source.qmp.execute(q::migrate_set_capabilities { capabilities: vec![events_capability()] }).await?;
-        lab.agent_line = source.wait_console("migtrace-agent: ", lab.config.boot_timeout).await?;
+        let ready = match lab.config.guest {
+            GuestKind::Linux => "migtrace-agent: ",
+            GuestKind::Minimal => minimal::LINE_PREFIX,
+        };
+        lab.agent_line = source.wait_console(ready, lab.config.boot_timeout).await?;
+        if let Some(message) = minimal::error_message(&lab.agent_line) {
+            return Err(LabError::MinimalGuest(message));
+        }
         lab.boot_time = started.elapsed();
         lab.source = Some(source);
         let destination = lab.start_destination(TAPS[1]).await?;
@@ -197,8 +291,18 @@ impl Lab {
             },
             ram_bytes: m.ram_kib * 1024,
             vcpus: m.vcpus,
+            guest: m.guest.name().into(),
+            dirty_ring: m.dirty_ring,
             workarounds: m.workarounds.clone(),
             host_kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        }
+    }
+
+    /// How the guest executes, for people.
+    pub fn accel_label(&self) -> String {
+        match (&self.accel, self.machine.kvm_pvm) {
+            (Accel::Kvm, true) => "kvm (the paravirtual kvm_pvm, which runs only the minimal guest)".into(),
+            (accel, _) => accel.to_string(),
         }
     }
 
@@ -269,19 +373,33 @@ pub fn validate(config: &LabConfig) -> Result<(), LabError> {
     if !host::is_root() {
         return Err(LabError::NotRoot);
     }
-    if config.vmsize_mib < 128 {
-        return Err(LabError::VmTooSmall(config.vmsize_mib));
-    }
     if config.vcpus == 0 {
         return Err(LabError::NoVcpus);
     }
-    if let Some(w) = config.workload.wset
-        && w >> 20 >= config.vmsize_mib as u64
-    {
-        return Err(LabError::WsetTooLarge { wset_mib: w >> 20, vmsize_mib: config.vmsize_mib });
+    match config.guest {
+        GuestKind::Linux => {
+            if config.vmsize_mib < 128 {
+                return Err(LabError::VmTooSmall(config.vmsize_mib));
+            }
+            if let Some(w) = config.workload.wset
+                && w >> 20 >= config.vmsize_mib as u64
+            {
+                return Err(LabError::WsetTooLarge { wset_mib: w >> 20, vmsize_mib: config.vmsize_mib });
+            }
+        }
+        GuestKind::Minimal => {
+            if let Some(k) = &config.kernel {
+                let why = format!("--kernel {}: it boots its own ELF, not a Linux kernel", k.display());
+                return Err(MinimalError::Unsupported(why).into());
+            }
+            minimal::validate(&config.workload, config.vmsize_mib, config.vcpus)?
+        }
     }
     Ok(())
 }
+
+/// The firmware the minimal guest boots with.
+const QBOOT: &str = "qboot.rom";
 
 fn events_capability() -> q::MigrationCapabilityStatus {
     q::MigrationCapabilityStatus { capability: q::MigrationCapability::events, state: true }

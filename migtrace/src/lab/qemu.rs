@@ -1,5 +1,6 @@
 //! One QEMU process of the lab: started inside the lab's network namespace, console to a
-//! file, QMP on a unix socket, killed with its parent.
+//! file (the minimal guest's through a socket of ours), QMP on a unix socket, killed
+//! with its parent.
 
 use std::{
     fs,
@@ -13,6 +14,8 @@ use migtrace_common::host::{Accel, qemu::QemuBuild};
 use tokio::{process::Child, time::Instant};
 
 use super::{
+    GuestKind,
+    minimal::Console,
     netns::{self, GUEST_MAC},
     qmp::{Qmp, QmpError},
 };
@@ -27,8 +30,16 @@ pub struct MachineSpec {
     pub ram_kib: u64,
     pub vcpus: u32,
     pub kernel: PathBuf,
-    pub initramfs: PathBuf,
+    /// The Linux guest's initramfs; the minimal guest has none.
+    pub initramfs: Option<PathBuf>,
     pub append: String,
+    pub guest: GuestKind,
+    /// Firmware instead of QEMU's default (qboot for the minimal guest).
+    pub bios: Option<PathBuf>,
+    /// KVM is the paravirtual kvm_pvm: `-cpu host,arch-capabilities=off`.
+    pub kvm_pvm: bool,
+    /// KVM dirty ring entries per vCPU (`dirty-ring-size`) instead of dirty bitmaps.
+    pub dirty_ring: Option<u32>,
     /// Deviations from a plain VMSIZE machine, each with why (recorded per migration).
     pub workarounds: Vec<String>,
 }
@@ -39,12 +50,18 @@ pub const TCG_DIRTY_WORKAROUND_KIB: u64 = 8;
 impl MachineSpec {
     fn args(&self, tap: &str) -> Vec<String> {
         let cpu = match self.accel {
+            // kvm_pvm cannot set MSR 0x10a (IA32_ARCH_CAPABILITIES): QEMU aborts without this.
+            Accel::Kvm if self.kvm_pvm => "host,arch-capabilities=off",
             // Some nested hosts advertise arch-capabilities that KVM cannot migrate.
             Accel::Kvm => "host,-arch-capabilities",
             Accel::Tcg { .. } => "qemu64",
         };
         let mut args: Vec<String> =
             self.qemu.data_dirs.iter().flat_map(|d| ["-L".into(), d.display().to_string()]).collect();
+        let accel = match (&self.accel, self.dirty_ring) {
+            (Accel::Kvm, Some(n)) => format!("kvm,dirty-ring-size={n}"),
+            (a, _) => a.qemu_name().to_owned(),
+        };
         args.extend(
             [
                 "-nodefaults",
@@ -52,7 +69,7 @@ impl MachineSpec {
                 "-machine",
                 "pc",
                 "-accel",
-                self.accel.qemu_name(),
+                &accel,
                 "-cpu",
                 cpu,
                 "-m",
@@ -61,20 +78,29 @@ impl MachineSpec {
                 &self.vcpus.to_string(),
                 "-kernel",
                 &self.kernel.to_string_lossy(),
-                "-initrd",
-                &self.initramfs.to_string_lossy(),
                 "-append",
                 &self.append,
                 "-display",
                 "none",
-                "-netdev",
-                &format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
-                "-device",
-                &format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
             ]
             .iter()
             .map(|s| s.to_string()),
         );
+        if let Some(bios) = &self.bios {
+            args.extend(["-bios".into(), bios.display().to_string()]);
+        }
+        if let Some(initramfs) = &self.initramfs {
+            args.extend(["-initrd".into(), initramfs.display().to_string()]);
+        }
+        // The minimal guest has no network: its QEMU gets no NIC.
+        if self.guest == GuestKind::Linux {
+            args.extend([
+                "-netdev".into(),
+                format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=net0,mac={GUEST_MAC},romfile="),
+            ]);
+        }
         args
     }
 }
@@ -111,6 +137,8 @@ pub struct Qemu {
     pub stderr_log: PathBuf,
     child: Child,
     pub qmp: Qmp,
+    /// The minimal guest's serial link (heartbeats, check requests).
+    pub serial: Option<Console>,
 }
 
 impl Qemu {
@@ -131,13 +159,35 @@ impl Qemu {
         }
         let stderr =
             fs::File::create(&stderr_log).map_err(|source| QemuError::Io { path: stderr_log.clone(), source })?;
+        // The minimal guest's serial port connects to our socket as QEMU starts; the
+        // Linux guest's goes straight to the console file.
+        let serial_socket = dir.join(format!("{name}.serial"));
+        let serial_listener = match spec.guest {
+            GuestKind::Minimal => {
+                let _ = fs::remove_file(&serial_socket);
+                Some(
+                    tokio::net::UnixListener::bind(&serial_socket)
+                        .map_err(|source| QemuError::Io { path: serial_socket.clone(), source })?,
+                )
+            }
+            GuestKind::Linux => None,
+        };
+        let serial_args = match serial_listener {
+            Some(_) => vec![
+                "-chardev".to_owned(),
+                format!("socket,id=serial0,path={}", serial_socket.display()),
+                "-serial".to_owned(),
+                "chardev:serial0".to_owned(),
+            ],
+            None => vec!["-serial".to_owned(), format!("file:{}", console.display())],
+        };
         let mut cmd = tokio::process::Command::new(&spec.qemu.binary);
         if let Some(dir) = &spec.qemu.module_dir {
             cmd.env("QEMU_MODULE_DIR", dir);
         }
         cmd.args(["-name", name])
             .args(spec.args(tap))
-            .args(["-serial", &format!("file:{}", console.display())])
+            .args(&serial_args)
             .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp_socket.display())])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -173,15 +223,38 @@ impl Qemu {
         drop(ns_file);
         let pid = child.id().unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(20);
+        let early_exit = |status: std::io::Result<std::process::ExitStatus>| {
+            let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            let stderr = fs::read_to_string(&stderr_log).unwrap_or_default().trim().to_owned();
+            QemuError::EarlyExit { name: name.into(), status, stderr }
+        };
+        let serial = match serial_listener {
+            Some(listener) => {
+                let accepted = tokio::select! {
+                    accepted = tokio::time::timeout_at(deadline, listener.accept()) => accepted,
+                    status = child.wait() => return Err(early_exit(status)),
+                };
+                let io = |source| QemuError::Io { path: serial_socket.clone(), source };
+                let stream = accepted
+                    .map_err(|_| io(std::io::Error::other("QEMU did not connect its serial port within 20 s")))?
+                    .map_err(io)?
+                    .0
+                    .into_std()
+                    .map_err(io)?;
+                stream.set_nonblocking(false).map_err(io)?;
+                let _ = fs::remove_file(&serial_socket);
+                Some(
+                    Console::serve(stream, &console)
+                        .map_err(|source| QemuError::Io { path: console.clone(), source })?,
+                )
+            }
+            None => None,
+        };
         let qmp = tokio::select! {
             qmp = Qmp::connect(&qmp_socket, deadline) => qmp,
-            status = child.wait() => {
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                let stderr = fs::read_to_string(&stderr_log).unwrap_or_default().trim().to_owned();
-                return Err(QemuError::EarlyExit { name: name.into(), status, stderr });
-            }
+            status = child.wait() => return Err(early_exit(status)),
         }?;
-        Ok(Self { name: name.into(), pid, tap, qmp_socket, console, stderr_log, child, qmp })
+        Ok(Self { name: name.into(), pid, tap, qmp_socket, console, stderr_log, child, qmp, serial })
     }
 
     /// The last `n` lines of the guest console.
@@ -193,9 +266,10 @@ impl Qemu {
     pub async fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<String, QemuError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) =
-                fs::read_to_string(&self.console).unwrap_or_default().lines().find(|l| l.contains(needle))
-            {
+            let text = fs::read_to_string(&self.console).unwrap_or_default();
+            // Whole lines only: the guest may still be writing the last one.
+            let complete = text.rsplit_once('\n').map_or("", |(done, _)| done);
+            if let Some(line) = complete.lines().find(|l| l.contains(needle)) {
                 return Ok(line.to_owned());
             }
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -26,6 +26,10 @@ pub struct Downtimes {
     pub vcpu: Option<f64>,
     /// The hypervisor's own figure (QEMU: source VM stopped → source done).
     pub reported: Option<f64>,
+    /// Guest-progress gap: last guest heartbeat from the source → first from the
+    /// destination (a guest without network; see [`super::heartbeat`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_gap: Option<f64>,
 }
 
 /// Migration time by method, milliseconds.
@@ -406,7 +410,7 @@ pub fn compute(
     }
     missing.extend(timeline.missing.iter().map(|m| format!("timeline: {m}")));
     Measures {
-        downtime_ms: Downtimes { ping: ping_dt, ping_max_gap, probe_gap, vcpu, reported },
+        downtime_ms: Downtimes { ping: ping_dt, ping_max_gap, probe_gap, vcpu, reported, heartbeat_gap: None },
         migration_time_ms: MigrationTimes { command, reported: reported_total, traced, traced_to_resume },
         evidence,
         ping_gap: raw_ping_gap.and_then(Result::ok),

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     downtime::{Downtimes, MigrationTimes, ProbeSummary},
+    heartbeat::HeartbeatSummary,
     ping::PingReport,
     timeline::{Evidence, Timeline},
 };
@@ -59,6 +60,9 @@ pub struct MigrationRecord {
     /// migtrace's probe sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeSummary>,
+    /// The guest's heartbeats (a guest without network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<HeartbeatSummary>,
     /// Phases and rounds on both hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Timeline>,
@@ -98,6 +102,7 @@ impl MigrationRecord {
             evidence: BTreeMap::new(),
             ping: None,
             probe: None,
+            heartbeat: None,
             timeline: None,
             trace_health: None,
             guest: None,

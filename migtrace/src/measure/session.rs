@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     downtime::{self, ProbeSummary},
-    memcheck,
+    heartbeat, memcheck,
     ping::Ping,
     prober::Prober,
     record::MigrationRecord,
@@ -138,6 +138,8 @@ impl Session {
     ) -> Result<MigrationRecord, SessionError<P::Error>> {
         let (src, dst) = pair.pids();
         let (src_host, dst_host) = pair.endpoints();
+        // A guest without network: no ping, no probe sender; those measures are missing.
+        let offline = pair.guest_offline();
         let mut clocks_before = BTreeMap::new();
         match &mut self.tracing {
             Tracing::Off => {}
@@ -163,8 +165,15 @@ impl Session {
             }
         }
         let guest = self.network.guest.to_string();
-        let ping = self.options.ping_interval.map(|i| Ping::start(self.network.ns.as_deref(), &guest, i));
-        let prober = self.options.probe_interval.map(|i| Prober::start(self.network.ns.clone(), self.network.guest, i));
+        let online = offline.is_none();
+        let ping =
+            self.options.ping_interval.filter(|_| online).map(|i| Ping::start(self.network.ns.as_deref(), &guest, i));
+        let prober = self
+            .options
+            .probe_interval
+            .filter(|_| online)
+            .map(|i| Prober::start(self.network.ns.clone(), self.network.guest, i));
+        let observed_from = crate::clock::monotonic_ns();
         tokio::time::sleep(self.options.preroll).await;
 
         let result = {
@@ -209,12 +218,22 @@ impl Session {
         }
         let prober = prober.map(|p| tokio::task::block_in_place(|| p.stop()));
         let ping = ping.map(|p| tokio::task::block_in_place(|| p.stop()));
-        // The guest checks its own memory once it has settled on the destination.
+        // Heartbeats up to now: the check below pauses the guest's pattern (not its
+        // heartbeats), but the observation ends here.
+        let heartbeats = pair.heartbeats(observed_from);
+        // The guest checks its own memory once it has settled on the destination: over
+        // the hosts' own channel if they have one, else over the network.
         let memory_check = match (&result, self.options.memory_check) {
             (Ok(o), Some(timeout)) if o.status == crate::hypervisor::Status::Completed => {
-                Some(tokio::task::block_in_place(|| {
-                    memcheck::request(self.network.ns.as_deref(), self.network.guest, timeout)
-                }))
+                match pair.memory_check(timeout).await {
+                    Some(check) => Some(check),
+                    None => Some(match &offline {
+                        Some(why) => Err(format!("{why} and the hosts have no other channel to ask it")),
+                        None => tokio::task::block_in_place(|| {
+                            memcheck::request(self.network.ns.as_deref(), self.network.guest, timeout)
+                        }),
+                    }),
+                }
             }
             _ => None,
         };
@@ -238,7 +257,7 @@ impl Session {
             (outcome.source_pid, outcome.destination_pid) = (t.source_pid, t.destination_pid);
         }
 
-        let timeline: Timeline = timeline::assemble(&timeline::Input {
+        let mut timeline: Timeline = timeline::assemble(&timeline::Input {
             outcome: &outcome,
             trace: trace.as_ref(),
             qemu_version: pair.hypervisor_version(),
@@ -259,7 +278,28 @@ impl Session {
                 ..ProbeSummary::default()
             },
         });
-        let measures = downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
+        let heartbeat = heartbeats
+            .filter(|_| outcome.status == crate::hypervisor::Status::Completed)
+            .map(|beats| heartbeat::summarise(&beats, &src_host, &dst_host, outcome.start_ns));
+        if let Some(first) = heartbeat.as_ref().and_then(|h| h.first_destination_ns) {
+            heartbeat::add_phase(&mut timeline, first);
+        }
+        let mut measures = downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
+        if let Some(why) = &offline {
+            for m in measures.missing.iter_mut() {
+                if let Some((measure, _)) = m.split_once(": ")
+                    && matches!(measure, "downtime_ms.ping" | "downtime_ms.probe_gap")
+                {
+                    *m = format!("{measure}: {why}");
+                }
+            }
+        }
+        if let Some(h) = &heartbeat {
+            measures.downtime_ms.heartbeat_gap = h.gap_ms;
+            if let Some(e) = &h.error {
+                measures.missing.push(format!("downtime_ms.heartbeat_gap: {e}"));
+            }
+        }
         let origin = outcome.start_ns;
         let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
         record.machine = Some(pair.machine());
@@ -275,6 +315,7 @@ impl Session {
         record.migration_time_ms = measures.migration_time_ms;
         record.evidence = measures.evidence;
         record.probe = probe;
+        record.heartbeat = heartbeat;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
         if let Some(t) = &traced {
             record.clocks = t.clocks.clone();
@@ -288,9 +329,11 @@ impl Session {
         record.guest = (console.is_some() || memory_check.is_some()).then(|| {
             let mut g = console.unwrap_or_default();
             // The guest's own silence only: no answer, at the taps or at the sender's
-            // socket, to any probe sent after it resumed. A classifier that saw too few
-            // replies is a missing measure, not a hung guest.
-            g.unreachable = record.probe.as_ref().is_some_and(|p| p.error.is_none() && p.open_gap_ms.is_some());
+            // socket, to any probe sent after it resumed (or no heartbeat from the
+            // destination). A classifier that saw too few replies is a missing measure,
+            // not a hung guest.
+            g.unreachable = record.probe.as_ref().is_some_and(|p| p.error.is_none() && p.open_gap_ms.is_some())
+                || record.heartbeat.as_ref().is_some_and(|h| h.destination == 0);
             match memory_check {
                 // A rebooted guest's agent started over: its check covers the new boot only.
                 Some(Ok(_)) if g.rebooted => record.missing.push(

@@ -39,6 +39,8 @@ pub enum Evidence {
     Qmp,
     /// Packets at the taps.
     Packet,
+    /// Heartbeats on the guest's serial port, stamped by the host that read them.
+    Serial,
 }
 
 impl Evidence {
@@ -125,11 +127,27 @@ pub struct Marks {
     pub announce_ns: Option<u64>,
 }
 
+/// A vCPU thread at the switchover, from its runs of guest code (KVM_RUN ioctls, or
+/// TCG's `cpu_exec`): what the vCPU blackout is measured from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VcpuEdge {
+    pub host: Host,
+    pub tid: u32,
+    /// Source: its last exit from guest code. Destination: its first entry. Milliseconds
+    /// from the migration command.
+    pub at_ms: f64,
+    /// Entries into guest code since the thread was first traced.
+    pub enters: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timeline {
     pub phases: Vec<Phase>,
     pub rounds: Vec<Round>,
     pub marks: Marks,
+    /// The vCPU threads of both hosts at the switchover.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vcpus: Vec<VcpuEdge>,
     /// What each mark was taken from (`source-paused` → `probe`); a mark absent here
     /// and not named in `fallbacks` is from probes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -442,9 +460,29 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     );
     missing.extend(unplaced);
 
+    let mut vcpus = Vec::new();
+    if let Some(t) = input.trace {
+        let edge = |host, v: &crate::probe::tracer::VcpuStamp, at: u64| VcpuEdge {
+            host,
+            tid: v.tid,
+            at_ms: ms(at),
+            enters: v.enters,
+        };
+        vcpus.extend(
+            t.source_vcpus.iter().filter(|v| v.last_exit_ns > 0).map(|v| edge(Host::Source, v, v.last_exit_ns)),
+        );
+        vcpus.extend(
+            t.destination_vcpus
+                .iter()
+                .filter(|v| v.first_enter_ns > 0)
+                .map(|v| edge(Host::Destination, v, v.first_enter_ns)),
+        );
+    }
+
     Timeline {
         phases,
         rounds,
+        vcpus,
         marks: Marks {
             command_ns: origin,
             setup_ns: setup,

@@ -124,6 +124,13 @@ impl Probes {
         for tid in tids {
             let _ = runs.remove(&tid);
         }
+        let map = self.ebpf.map_mut("SLOT_PAGES").ok_or(ProbeError::Missing { what: "map", name: "SLOT_PAGES" })?;
+        let mut slots: HashMap<&mut MapData, u64, u64> =
+            HashMap::try_from(map).map_err(|source| ProbeError::Map { name: "SLOT_PAGES", source })?;
+        let keys: Vec<u64> = slots.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        for key in keys {
+            let _ = slots.remove(&key);
+        }
         self.remove_target(tgid)
     }
 }

@@ -139,16 +139,21 @@ impl Probes {
         migtrace_common::host::ensure_tracefs().map_err(ProbeError::Tracefs)?;
         let mut fallbacks = Vec::new();
         // The ioctl tracepoint's layout is read from tracefs, not assumed.
-        let cmd_offset = kvm::field_offset("syscalls", "sys_enter_ioctl", "cmd").unwrap_or_else(|| {
-            fallbacks.push(format!(
-                "syscalls:sys_enter_ioctl format unreadable: cmd assumed at offset {DEFAULT_IOCTL_CMD_OFFSET}"
-            ));
-            DEFAULT_IOCTL_CMD_OFFSET
-        });
+        let field = |category: &str, event: &str, name: &str, default: u32, fallbacks: &mut Vec<String>| {
+            kvm::field_offset(category, event, name).unwrap_or_else(|| {
+                fallbacks.push(format!("{category}:{event} format unreadable: {name} assumed at offset {default}"));
+                default
+            })
+        };
+        let cmd_offset = field("syscalls", "sys_enter_ioctl", "cmd", DEFAULT_IOCTL_CMD_OFFSET, &mut fallbacks);
+        let arg_offset = field("syscalls", "sys_enter_ioctl", "arg", 32, &mut fallbacks);
+        let ret_offset = field("syscalls", "sys_exit_ioctl", "ret", 16, &mut fallbacks);
         // aya-log's levels number like the log crate's (off 0, error 1 … trace 5).
         let log_level = log::max_level() as u8;
         let mut ebpf = EbpfLoader::new()
             .override_global("IOCTL_CMD_OFFSET", &cmd_offset, true)
+            .override_global("IOCTL_ARG_OFFSET", &arg_offset, true)
+            .override_global("IOCTL_RET_OFFSET", &ret_offset, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;

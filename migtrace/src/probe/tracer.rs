@@ -87,7 +87,8 @@ fn is_zero(v: &u64) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoundKvm {
     pub round: u32,
-    /// `get-dirty-log`, `clear-dirty-log`, `reset-dirty-rings`, `run`, `dirty-ring-push`, …
+    /// `get-dirty-log`, `clear-dirty-log`, `reset-dirty-rings`, `run`, `dirty-ring-push`,
+    /// `dirty-pages` (pages set in the KVM_GET_DIRTY_LOG bitmaps; count only), …
     pub what: String,
     #[serde(flatten)]
     pub counts: KvmCounts,
@@ -112,6 +113,7 @@ pub fn kvm_what_name(what: KvmWhat) -> &'static str {
         KvmWhat::DirtyRingPush => "dirty-ring-push",
         KvmWhat::DirtyRingReset => "dirty-ring-reset",
         KvmWhat::DirtyRingExit => "dirty-ring-exit",
+        KvmWhat::DirtyPages => "dirty-pages",
     }
 }
 

@@ -52,7 +52,8 @@ pub struct Group {
     /// Who reported the `reported` figures (`qemu query-migrate`, `libvirt job stats`).
     #[serde(default)]
     pub reported_by: Vec<String>,
-    /// Downtime by method: ping, ping_max_gap, probe_gap, vcpu, vcpu.qmp, reported.
+    /// Downtime by method: ping, ping_max_gap, probe_gap, vcpu, vcpu.qmp, reported,
+    /// heartbeat_gap.
     pub downtime_ms: BTreeMap<String, Summary>,
     /// Migration time by method: command, reported, traced(.qmp), traced_to_resume(.qmp).
     pub migration_time_ms: BTreeMap<String, Summary>,
@@ -71,8 +72,15 @@ pub struct Group {
 }
 
 /// Phases that lie between the source stopping the VM and the guest answering again.
-const SWITCHOVER: &[&str] =
-    &["vm-stop", "stop-and-copy", "destination load", "resume", "destination load + resume", "first guest packet"];
+const SWITCHOVER: &[&str] = &[
+    "vm-stop",
+    "stop-and-copy",
+    "destination load",
+    "resume",
+    "destination load + resume",
+    "first guest packet",
+    "first guest heartbeat",
+];
 
 /// `(key in the tables, measure of the statistics)`.
 const DOWNTIMES: &[(&str, &str)] = &[
@@ -82,6 +90,7 @@ const DOWNTIMES: &[(&str, &str)] = &[
     ("vcpu", "downtime.vcpu"),
     ("vcpu.qmp", "downtime.vcpu.qmp"),
     ("reported", "downtime.reported"),
+    ("heartbeat_gap", "downtime.heartbeat_gap"),
 ];
 const MIGRATION_TIMES: &[(&str, &str)] = &[
     ("command", "migration_time.command"),
@@ -123,8 +132,10 @@ fn group(name: String, records: &[&MigrationRecord]) -> Group {
             ping_intervals_ms.push(i);
         }
     }
-    let mut reported_by: Vec<String> =
-        used.iter().map(|r| r.outcome.stats.reported_by.clone().unwrap_or_else(|| "qemu query-migrate".into())).collect();
+    let mut reported_by: Vec<String> = used
+        .iter()
+        .map(|r| r.outcome.stats.reported_by.clone().unwrap_or_else(|| "qemu query-migrate".into()))
+        .collect();
     reported_by.sort();
     reported_by.dedup();
     let exact = Summary::of(exact_vs_reported.iter().map(|(e, _)| *e));
@@ -240,6 +251,7 @@ pub fn render(groups: &[Group]) -> String {
             ("vcpu", "source vCPUs stopped → destination vCPUs running (eBPF)"),
             ("vcpu.qmp", "the same from QMP STOP/RESUME (no probes)"),
             ("reported", reporter.own_figure),
+            ("heartbeat_gap", "guest heartbeats on its serial port, last source → first destination"),
         ];
         for (key, what) in methods {
             let Some(s) = g.downtime_ms.get(key) else { continue };

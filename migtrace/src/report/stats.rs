@@ -54,6 +54,7 @@ pub const MEASURES: &[Measure] = &[
     Measure { name: "downtime.vcpu", get: |r| from(r, "downtime_ms.vcpu", Evidence::Probe, r.downtime_ms.vcpu) },
     Measure { name: "downtime.vcpu.qmp", get: |r| from(r, "downtime_ms.vcpu", Evidence::Qmp, r.downtime_ms.vcpu) },
     Measure { name: "downtime.reported", get: |r| r.downtime_ms.reported },
+    Measure { name: "downtime.heartbeat_gap", get: |r| r.downtime_ms.heartbeat_gap },
     Measure { name: "migration_time.command", get: |r| r.migration_time_ms.command },
     Measure { name: "migration_time.reported", get: |r| r.migration_time_ms.reported },
     Measure {

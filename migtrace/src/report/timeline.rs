@@ -42,25 +42,52 @@ pub fn render(r: &MigrationRecord) -> String {
     align_right(&mut phases, &[2, 3]);
     let _ = writeln!(out, "{phases}");
     if !t.rounds.is_empty() {
-        let mut rounds =
-            table(&["round", "start ms", "duration ms", "sync ms", "remaining MiB", "KVM dirty-log ioctls"]);
+        let has = |what: &str| t.rounds.iter().any(|x| x.kvm.iter().any(|k| k.what == what));
+        let (bitmap, ring) = (has("dirty-pages"), has("dirty-ring-push"));
+        let mut header = vec!["round", "start ms", "duration ms", "sync ms", "remaining MiB"];
+        if bitmap {
+            header.push("dirty pages");
+        }
+        if ring {
+            header.push("dirty-ring pushes");
+        }
+        header.push("KVM dirty-log ioctls");
+        let mut rounds = table(&header);
         for x in &t.rounds {
+            // The ioctls with their latencies; vCPU runs and dirty-ring events apart.
             let kvm: Vec<String> = x
                 .kvm
                 .iter()
-                .filter(|k| k.what != "run")
-                .map(|k| format!("{} ×{} ({:.3} ms)", k.what, k.counts.count, k.counts.total_ns as f64 / 1e6))
+                .filter(|k| matches!(k.what.as_str(), "get-dirty-log" | "clear-dirty-log" | "reset-dirty-rings"))
+                .map(|k| {
+                    format!(
+                        "{} ×{} ({:.3} ms, max {:.3})",
+                        k.what,
+                        k.counts.count,
+                        k.counts.total_ns as f64 / 1e6,
+                        k.counts.max_ns as f64 / 1e6
+                    )
+                })
                 .collect();
-            rounds.add_row(vec![
+            let count = |what: &str| -> u64 { x.kvm.iter().filter(|k| k.what == what).map(|k| k.counts.count).sum() };
+            let mut row = vec![
                 format!("{}{}", x.round, if x.final_round { " (final, VM stopped)" } else { "" }),
                 format!("{:.3}", x.start_ms),
                 format!("{:.3}", x.duration_ms),
                 ms(x.sync_ms),
                 x.remaining_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / (1 << 20) as f64)),
-                if kvm.is_empty() { "-".into() } else { kvm.join(", ") },
-            ]);
+            ];
+            if bitmap {
+                row.push(count("dirty-pages").to_string());
+            }
+            if ring {
+                row.push(count("dirty-ring-push").to_string());
+            }
+            row.push(if kvm.is_empty() { "-".into() } else { kvm.join(", ") });
+            rounds.add_row(row);
         }
-        align_right(&mut rounds, &[1, 2, 3, 4]);
+        let numeric: Vec<usize> = (1..header.len() - 1).collect();
+        align_right(&mut rounds, &numeric);
         let _ = writeln!(out, "{rounds}");
     }
     let d = &r.downtime_ms;
@@ -70,7 +97,7 @@ pub fn render(r: &MigrationRecord) -> String {
     };
     let _ = writeln!(
         out,
-        "downtime ms: ping{} {} | ping largest gap {} | probe gap {}{} | vCPU {}{vcpu_from} | QEMU {}",
+        "downtime ms: ping{} {} | ping largest gap {} | probe gap {}{} | vCPU {}{vcpu_from} | QEMU {}{}",
         r.ping.as_ref().map_or(String::new(), |p| format!(" ({} ms)", p.interval_ms)),
         ms(d.ping),
         ms(d.ping_max_gap),
@@ -81,7 +108,38 @@ pub fn render(r: &MigrationRecord) -> String {
             .unwrap_or_default(),
         ms(d.vcpu),
         ms(d.reported),
+        d.heartbeat_gap.map_or(String::new(), |g| format!(" | heartbeat gap {g:.3}")),
     );
+    if let Some(h) = &r.heartbeat {
+        let _ = writeln!(
+            out,
+            "guest heartbeats: gap {} ms (source {} → destination {} heartbeats); intervals p50 {} | p99 {} | max {} ms",
+            ms(h.gap_ms),
+            h.source,
+            h.destination,
+            ms(h.interval_p50_ms),
+            ms(h.interval_p99_ms),
+            ms(h.interval_max_ms),
+        );
+    }
+    let runs = match r.machine.as_ref().map(|m| m.accelerator.as_str()) {
+        Some("kvm") => "KVM_RUN",
+        _ => "vCPU runs",
+    };
+    let edges: Vec<String> = t
+        .vcpus
+        .iter()
+        .map(|v| {
+            let (host, what) = match v.host {
+                crate::measure::timeline::Host::Source => ("source", "left guest code last"),
+                _ => ("destination", "entered guest code first"),
+            };
+            format!("{host} vCPU thread {} {what} at {:.3} ms ({} entries)", v.tid, v.at_ms, v.enters)
+        })
+        .collect();
+    if !edges.is_empty() {
+        let _ = writeln!(out, "vCPU blackout from {runs}: {}", edges.join("; "));
+    }
     let m = &r.migration_time_ms;
     let _ = writeln!(
         out,
