@@ -21,6 +21,7 @@ pub const BASE_PACKAGES: &[(&str, &str)] = &[
     ("libc6-dev", "linking the static guest agent"),
     ("libzstd-dev", "linking bpf-linker against LLVM"),
     ("zlib1g-dev", "linking bpf-linker against LLVM"),
+    ("chromium", "the browser test of report.html (headless)"),
 ];
 
 /// Debian's packaged Rust with library sources: the eBPF toolchain of last resort.
