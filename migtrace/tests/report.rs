@@ -546,3 +546,146 @@ fn chromium_renders_the_page_without_console_errors() {
     }
     fs::remove_dir_all(&page.dir).expect("cleanup");
 }
+
+const REAL_SPEC: &str = r#"name = "report-real"
+repetitions = 2
+warmup = "500ms"
+[factors]
+vmsize = ["256M"]
+wset = ["16M"]
+rate = [0, 2000]
+[measure]
+settle_s = 0.5
+"#;
+
+fn migtrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_migtrace"))
+}
+
+#[test]
+#[ignore = "needs root, QEMU and chromium: runs an experiment (run `cargo xtask test`)"]
+fn a_small_real_experiment_reports_progress_and_a_page_chromium_renders() {
+    let root = temp_dir("real");
+    let spec = root.join("spec.toml");
+    fs::write(&spec, REAL_SPEC).expect("spec");
+    // Standard error is a pipe here, as in CI: one line per treatment and repetition.
+    let out = migtrace().arg("run").arg(&spec).arg("--results").arg(&root).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let reps: Vec<&str> = stderr.lines().filter(|l| l.contains(" repetition ") && l.contains("ETA")).collect();
+    assert_eq!(reps.len(), 4, "one line per migration:\n{stderr}");
+    assert!(reps[0].starts_with("[1/4] treatment 1/2 vmsize=256,wset=16,rate=0 repetition 1/2: "), "{}", reps[0]);
+    assert!(reps.iter().all(|l| l.contains("downtime ms probe gap") || l.contains("failed")), "{reps:?}");
+    assert!(reps[3].ends_with("ETA 0s"), "{}", reps[3]);
+    let done: Vec<&str> = stderr.lines().filter(|l| l.contains(": done, ")).collect();
+    assert_eq!(done.len(), 2, "one line per treatment:\n{stderr}");
+    assert!(stdout.contains("report: "), "{stdout}");
+
+    let dir = root.join("report-real");
+    let records = record::read(&dir).expect("records");
+    let html = fs::read_to_string(dir.join("report.html")).expect("report.html");
+    let doc = parse(&html);
+    assert_eq!(row(&table(&doc, "counts"), &["run"])[1], records.len().to_string());
+    let usable: Vec<&MigrationRecord> = records.iter().filter(|r| stats::usable(r)).collect();
+    assert_eq!(row(&table(&doc, "counts"), &["usable"])[1], usable.len().to_string());
+    // The page's single values are the records' values.
+    let gaps: Vec<String> = usable
+        .iter()
+        .filter(|r| r.treatment.ends_with("rate=0"))
+        .filter_map(|r| r.downtime_ms.probe_gap)
+        .map(|v| format!("{v:.2}"))
+        .collect();
+    let t1 = table(&doc, "t001-vmsize_256-wset_16-rate_0-methods-data");
+    assert_eq!(row(&t1, &["downtime.probe_gap"])[7], gaps.join(", "));
+    for entry in fs::read_dir(dir.join("plots")).expect("plots") {
+        let p = entry.expect("entry").path();
+        let text = fs::read_to_string(&p).expect("svg");
+        roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+
+    // Perfetto: one treatment to a file; both into a directory; a file for two is refused.
+    let trace = root.join("rate2000.json");
+    let out = migtrace()
+        .arg("timeline")
+        .arg(&dir)
+        .args(["--treatment", "rate=2000", "--perfetto"])
+        .arg(&trace)
+        .output()
+        .expect("timeline");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--keep-trace"), "says what is missing");
+    let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&trace).expect("trace")).expect("json");
+    perfetto::validate(&json).unwrap_or_else(|p| panic!("invalid:\n{}", p.join("\n")));
+    let refused =
+        migtrace().arg("timeline").arg(&dir).arg("--perfetto").arg(root.join("all.json")).output().expect("run");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--treatment"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let traces = root.join("traces");
+    let out = migtrace()
+        .arg("timeline")
+        .arg(&dir)
+        .arg("--perfetto")
+        .arg(format!("{}/", traces.display()))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: Vec<PathBuf> = fs::read_dir(&traces).expect("traces").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(files.len(), 2);
+    for f in files {
+        let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&f).expect("trace")).expect("json");
+        perfetto::validate(&json).unwrap_or_else(|p| panic!("{}:\n{}", f.display(), p.join("\n")));
+    }
+
+    // `report --html` rewrites the page from the records.
+    fs::remove_file(dir.join("report.html")).expect("remove");
+    let out = migtrace().arg("report").arg(&dir).arg("--html").output().expect("report");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("report.html").is_file());
+
+    let png = screenshot_dir().join("real-top.png");
+    let log = screenshot(&dir.join("report.html"), &png, (1400, 3000));
+    let errors = console_errors(&log);
+    assert!(errors.is_empty(), "console errors:\n{}", errors.join("\n"));
+    eprintln!("screenshot: {}", png.display());
+    fs::remove_dir_all(&root).expect("cleanup");
+}
+
+#[test]
+#[ignore = "needs root and QEMU: runs lab migrations (run `cargo xtask test`)"]
+fn traced_lab_migrations_make_a_valid_perfetto_trace_with_vcpu_and_packet_tracks() {
+    let root = temp_dir("traced");
+    let out = migtrace()
+        .args(["migrate", "--lab", "--keep-trace", "--count", "2", "--workload", "wset=16M,rate=2000", "--out"])
+        .arg(&root)
+        .output()
+        .expect("migrate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trace = root.join("trace.json");
+    let out = migtrace().arg("timeline").arg(&root).arg("--perfetto").arg(&trace).output().expect("timeline");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&trace).expect("trace")).expect("json");
+    let v = perfetto::validate(&json).unwrap_or_else(|p| panic!("invalid:\n{}", p.join("\n")));
+    assert_eq!(json["otherData"]["migrations"], 2);
+    assert!(json["otherData"]["notes"].as_array().is_some_and(Vec::is_empty), "{}", json["otherData"]);
+    let events = json["traceEvents"].as_array().expect("events");
+    let thread = |prefix: &str| {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+            .filter(|e| e["args"]["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .count()
+    };
+    // Two migrations, each with a vCPU thread on both hosts; both taps.
+    assert!(thread("vCPU thread") >= 4, "{}", thread("vCPU thread"));
+    assert_eq!(thread("tap "), 2);
+    let setups = events.iter().filter(|e| e["ph"] == "X" && e["name"] == "setup").count();
+    assert_eq!(setups, 2);
+    assert!(events.iter().any(|e| e["ph"] == "i" && e["name"] == "probe reply"));
+    assert!(v.by_phase["i"] > 100, "{v:?}");
+    fs::remove_dir_all(&root).expect("cleanup");
+}
