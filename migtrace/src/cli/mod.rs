@@ -73,10 +73,17 @@ enum Command {
     Migrate(Box<migrate::MigrateArgs>),
     /// Run (or resume) an experiment: a spec of factors and levels, many migrations.
     ///
+    /// Results go to RESULTS/<name>/: the records, summaries, Table II, and report.html
+    /// with its figures in plots/ (also after each treatment while that is cheap). On a
+    /// terminal a bar shows the current treatment and the last migration's downtime;
+    /// otherwise (CI, a log file, `| tee`) one line per treatment and per migration with
+    /// its key figures and the ETA.
+    ///
     /// Example: migtrace run specs/default.toml
     Run(RunArgs),
-    /// Recompute an experiment's summaries from its records and print Table II; with
-    /// --html also write DIR/report.html and every figure as DIR/plots/*.svg.
+    /// Recompute an experiment's summaries and print Table II; --html: also report.html
+    ///
+    /// With --html also writes DIR/report.html and every figure as DIR/plots/*.svg.
     ///
     /// Examples:
     ///   migtrace report results/default
@@ -90,8 +97,9 @@ enum Command {
         #[arg(long)]
         html: bool,
     },
-    /// Print the phase timeline of recorded migrations as a table, or write them as a
-    /// trace for ui.perfetto.dev and chrome://tracing.
+    /// Print the phase timeline of recorded migrations, or write it for Perfetto
+    ///
+    /// As tables, or with --perfetto as a trace for ui.perfetto.dev and chrome://tracing.
     ///
     /// Examples:
     ///   migtrace timeline results/try --rep 2

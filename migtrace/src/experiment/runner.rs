@@ -173,11 +173,12 @@ impl Progress {
             );
         } else {
             let d = &r.downtime_ms;
+            let unit = |v: Option<f64>| v.map_or_else(|| "missing".to_owned(), |v| format!("{v:.1} ms"));
             self.bar.set_message(format!(
-                "{at} · last (repetition {}/{reps}): downtime probe gap {} ms, ping {} ms",
+                "{at} · last (repetition {}/{reps}): downtime probe gap {}, ping {}",
                 rep + 1,
-                ms(d.probe_gap),
-                ms(d.ping)
+                unit(d.probe_gap),
+                unit(d.ping)
             ));
         }
     }

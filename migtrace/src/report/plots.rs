@@ -333,6 +333,8 @@ pub fn heatmap(h: &Heatmap) -> Result<String, PlotError> {
             .disable_mesh()
             .disable_x_axis()
             .y_labels(5)
+            .y_label_style((FONT, 12))
+            .axis_desc_style((FONT, 13))
             .y_desc(format!("{} ms", short_label(&h.measure)))
             .draw()
             .map_err(fail(figure))?;
