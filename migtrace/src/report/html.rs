@@ -1026,7 +1026,7 @@ fn treatments_section(b: &mut Builder, e: &Experiment<'_>) -> Result<(), HtmlErr
             let d = &r.downtime_ms;
             let caption = format!(
                 "Phases on both hosts and the network. Downtime ms: ping {} | ping largest gap {} | probe gap {} | \
-                 vCPU {} | QEMU {}.",
+                 vCPU {} | reported {}.",
                 num(d.ping),
                 num(d.ping_max_gap),
                 num(d.probe_gap),

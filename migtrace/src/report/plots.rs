@@ -37,9 +37,9 @@ pub fn label(measure: &str) -> &str {
         "downtime.probe_gap" => "probe gap",
         "downtime.vcpu" => "vCPU blackout",
         "downtime.vcpu.qmp" => "vCPU blackout (QMP)",
-        "downtime.reported" => "QEMU reported",
+        "downtime.reported" => "reported (QEMU or libvirt)",
         "migration_time.command" => "command (paper)",
-        "migration_time.reported" => "QEMU total-time",
+        "migration_time.reported" => "reported (QEMU total-time or libvirt)",
         "migration_time.traced" => "traced",
         "migration_time.traced.qmp" => "traced (QMP)",
         "migration_time.traced_to_resume" => "traced to resume",
@@ -56,7 +56,7 @@ pub fn short_label(measure: &str) -> &str {
         "downtime.probe_gap" => "probe gap",
         "downtime.vcpu" => "vCPU",
         "downtime.vcpu.qmp" => "vCPU (QMP)",
-        "downtime.reported" => "QEMU",
+        "downtime.reported" => "reported",
         other => label(other),
     }
 }
