@@ -130,6 +130,11 @@ async fn downtime_methods_relate_idle_and_dirty() {
             // up to tens of ms later: 24 ms seen), while a wrong stamp conversion or
             // parse would land on other replies.
             let trace = r.trace.as_ref().expect("kept trace");
+            // Observation ends once QEMU's announce is over: all 5 of its RARPs seen.
+            let start = r.outcome.start_ns;
+            let (_, dst_tap) = r.outcome.direction.split_once(" → ").expect("direction");
+            let rarps = trace.packets.iter().filter(|p| p.kind == "rarp" && p.tap == dst_tap && p.ts_ns >= start).count();
+            assert!(rarps >= 5, "{workload}: {rarps} RARPs at {dst_tap} observed");
             let mut pings: Vec<u64> = trace
                 .packets
                 .iter()

@@ -250,4 +250,12 @@ impl HostPair for Testbed {
         }
         Ok(())
     }
+
+    async fn prepare_ahead(&mut self) -> Result<Option<u32>, TestbedError> {
+        Ok(match self {
+            Self::Qemu(l) => l.prepare_ahead().await?,
+            Self::LibvirtLab(l) => l.prepare_ahead().await?,
+            Self::Libvirt(p) => p.prepare_ahead().await?,
+        })
+    }
 }

@@ -254,6 +254,16 @@ pub trait HostPair {
     /// After a completed migration: make the old source ready to receive the VM back.
     async fn prepare_next(&mut self) -> Result<(), Self::Error>;
 
+    /// After a completed migration, while its observation ends: start what
+    /// [`HostPair::prepare_next`] would do, so that it is quick. Returns the pid of a
+    /// hypervisor process started for the next migration, to trace from its start. The
+    /// measured migration's processes keep running or have already done their part: the
+    /// lab quits the old source (its migration is over) and starts the next incoming
+    /// QEMU. Default: nothing ahead.
+    async fn prepare_ahead(&mut self) -> Result<Option<u32>, Self::Error> {
+        Ok(None)
+    }
+
     /// Why the guest cannot be reached over the network, if it cannot (a guest without
     /// a NIC): the ping and probe measures are then missing with this reason.
     fn guest_offline(&self) -> Option<String> {

@@ -124,6 +124,10 @@ impl HostPair for Lab {
         self.swap_roles().await
     }
 
+    async fn prepare_ahead(&mut self) -> Result<Option<u32>, LabError> {
+        Lab::prepare_ahead(self).await
+    }
+
     fn guest_offline(&self) -> Option<String> {
         (self.config.guest == GuestKind::Minimal).then(|| "the minimal guest has no network".to_owned())
     }

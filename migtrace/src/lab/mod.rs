@@ -156,6 +156,11 @@ pub struct Lab {
     pub source: Option<Qemu>,
     /// The QEMU waiting for the next migration.
     pub destination: Option<Qemu>,
+    /// Started ahead ([`Lab::prepare_ahead`]): the incoming QEMU for the migration after
+    /// this one, on the tap the old source freed.
+    next: Option<Qemu>,
+    /// The tap whose QEMU quit ahead of [`Lab::swap_roles`].
+    freed_tap: Option<&'static str>,
     /// Time from starting the first QEMU to the agent's start line.
     pub boot_time: Duration,
     /// The guest's start line (the agent's, or the minimal guest's): the workload it runs.
@@ -251,6 +256,8 @@ impl Lab {
             machine,
             source: None,
             destination: None,
+            next: None,
+            freed_tap: None,
             boot_time: Duration::ZERO,
             agent_line: String::new(),
             qemu_version,
@@ -335,22 +342,56 @@ impl Lab {
     /// After a completed migration: the destination runs the guest; the old source is
     /// stopped and replaced by a fresh incoming QEMU on its tap.
     pub async fn swap_roles(&mut self) -> Result<(), LabError> {
-        let (Some(old_source), Some(new_source)) = (self.source.take(), self.destination.take()) else {
+        if self.destination.is_none() {
             return Ok(());
+        }
+        let tap = match self.quit_source().await? {
+            Some(tap) => tap,
+            None => match self.freed_tap.take() {
+                Some(tap) => tap,
+                None => return Ok(()),
+            },
         };
-        let tap = old_source.tap;
-        let pid = old_source.pid;
-        old_source.stop().await;
-        self.registry.remove_qemu(pid)?;
-        self.source = Some(new_source);
-        self.destination = Some(self.start_destination(tap).await?);
+        let next = match self.next.take() {
+            Some(next) => next,
+            None => self.start_destination(tap).await?,
+        };
+        self.freed_tap = None;
+        self.source = self.destination.take();
+        self.destination = Some(next);
         Ok(())
+    }
+
+    /// After a completed migration, before [`Lab::swap_roles`]: the old source quits and
+    /// the next incoming QEMU starts on its tap, while the caller still observes the
+    /// guest on the destination. Returns the new QEMU's pid. The minimal guest's old
+    /// source keeps running: its serial port holds heartbeats still to be read.
+    pub async fn prepare_ahead(&mut self) -> Result<Option<u32>, LabError> {
+        if self.config.guest == GuestKind::Minimal || self.next.is_some() || self.destination.is_none() {
+            return Ok(None);
+        }
+        let Some(tap) = self.quit_source().await? else { return Ok(None) };
+        self.freed_tap = Some(tap);
+        let next = self.start_destination(tap).await?;
+        let pid = next.pid;
+        self.next = Some(next);
+        Ok(Some(pid))
+    }
+
+    /// Stops the source QEMU (after a completed migration it holds nothing of the
+    /// guest) and returns the tap it freed.
+    async fn quit_source(&mut self) -> Result<Option<&'static str>, LabError> {
+        let Some(old) = self.source.take() else { return Ok(None) };
+        let (tap, pid) = (old.tap, old.pid);
+        old.stop().await;
+        self.registry.remove_qemu(pid)?;
+        Ok(Some(tap))
     }
 
     /// Stops both QEMUs and deletes the network. Dropping a `Lab` does the same, less
     /// gracefully (SIGKILL).
     pub async fn down(mut self) {
-        for qemu in [self.source.take(), self.destination.take()].into_iter().flatten() {
+        for qemu in [self.source.take(), self.destination.take(), self.next.take()].into_iter().flatten() {
             qemu.stop().await;
         }
         let _ = self.net.delete();
@@ -363,6 +404,7 @@ impl Drop for Lab {
         // QEMU children are killed by kill_on_drop; the namespace by LabNet's Drop.
         self.source.take();
         self.destination.take();
+        self.next.take();
         let _ = self.net.delete();
         self.registry.remove();
     }

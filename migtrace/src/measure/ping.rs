@@ -5,7 +5,11 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+        mpsc,
+    },
     thread::JoinHandle,
     time::Duration,
 };
@@ -77,6 +81,8 @@ pub struct Ping {
     interval: Duration,
     error: Option<String>,
     replies: Option<mpsc::Receiver<()>>,
+    /// ping's `-D` stamp (Unix µs) of the latest reply it printed; 0 before the first.
+    last_reply_us: Arc<AtomicI64>,
     reader: Option<JoinHandle<String>>,
 }
 
@@ -101,17 +107,21 @@ impl Ping {
                     interval,
                     error: Some(format!("cannot run ping (iputils-ping): {e}")),
                     replies: None,
+                    last_reply_us: Arc::default(),
                     reader: None,
                 };
             }
         };
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take();
+        let last_reply_us = Arc::new(AtomicI64::new(0));
+        let last = last_reply_us.clone();
         let reader = std::thread::spawn(move || {
             let mut text = String::new();
             let Some(stdout) = stdout else { return text };
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if reply_line(&line).is_some() {
+                if let Some(reply) = reply_line(&line) {
+                    last.fetch_max(reply.unix_us, Ordering::Relaxed);
                     let _ = tx.send(());
                 }
                 text.push_str(&line);
@@ -119,7 +129,13 @@ impl Ping {
             }
             text
         });
-        Self { child: Some(child), interval, error: None, replies: Some(rx), reader: Some(reader) }
+        Self { child: Some(child), interval, error: None, replies: Some(rx), last_reply_us, reader: Some(reader) }
+    }
+
+    /// Whether ping has printed a reply stamped at or after `unix_us` (or cannot: a ping
+    /// that did not start has nothing to wait for).
+    pub fn replied_since(&self, unix_us: i64) -> bool {
+        self.child.is_none() || self.last_reply_us.load(Ordering::Relaxed) >= unix_us
     }
 
     /// Interrupts ping (as Ctrl-C would) and parses what it printed. The interrupt goes

@@ -15,13 +15,16 @@ use super::{
 };
 use crate::{
     clock::{HostClock, OffsetEstimate, WallClock},
-    hypervisor::{HostPair, MigrationParams},
+    hypervisor::{HostPair, MigrationOutcome, MigrationParams},
     probe::{
         agent::{AgentError, ClockRecord, HostSide},
         host::{HostTrace, Role},
         tracer::{Trace, TraceError, Tracer, VcpuStamp},
     },
 };
+
+/// RARPs QEMU sends per NIC after a migration (its `announce-rounds` default).
+const ANNOUNCE_RARPS: usize = 5;
 
 /// How a migration is observed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -34,10 +37,13 @@ pub struct MeasureOptions {
     pub probe_interval: Option<Duration>,
     /// Observation before the migration starts (probes reach steady state).
     pub preroll: Duration,
-    /// Observation after it completes (announce rounds, first packets, late replies).
+    /// Observation after it completes (first packets, late replies, announce rounds)
+    /// when this process does not stamp the destination's tap (no tracing, or tracing
+    /// agents on the hosts). With the lab traced here, observation ends as soon as the
+    /// guest answered a probe and a ping sent after the migration and QEMU's announce is
+    /// over (see `Session::settle`).
     pub settle: Duration,
-    /// With the probe sender and tracing on, observation continues past `settle` until
-    /// the guest answers a probe sent after the migration, up to this long in all.
+    /// Observation after a migration ends at the latest this long after it.
     pub settle_max: Duration,
     /// Keep the raw trace in the record.
     pub keep_trace: bool,
@@ -52,7 +58,7 @@ impl Default for MeasureOptions {
             trace: true,
             ping_interval: Some(Duration::from_millis(50)),
             probe_interval: Some(Duration::from_millis(1)),
-            preroll: Duration::from_millis(300),
+            preroll: Duration::from_millis(100),
             settle: Duration::from_millis(1000),
             settle_max: Duration::from_secs(10),
             keep_trace: false,
@@ -151,6 +157,77 @@ impl Session {
         Self { tracing, options, network }
     }
 
+    /// Observation after a completed migration, ended as soon as what it waits for has
+    /// been seen, bounded by `settle_max`:
+    /// 1. the guest answered again: a probe request and a ping sent after the migration
+    ///    ended were answered (so both gaps are closed);
+    /// 2. QEMU's self-announcement is over (its RARPs seen at the destination's tap),
+    ///    while the hosts get the next migration ready ([`HostPair::prepare_ahead`]).
+    ///
+    /// Without the tap's stamps (no tracing, or tracing agents on other hosts) each step
+    /// waits `settle` instead.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle<P: HostPair>(
+        &mut self,
+        pair: &mut P,
+        outcome: &MigrationOutcome,
+        end: u64,
+        prober: Option<&Prober>,
+        ping: Option<&Ping>,
+        dst_host: &str,
+        stages: &mut Stages,
+    ) -> Result<(), SessionError<P::Error>> {
+        let end_unix_us = outcome.start_unix_us + (end.saturating_sub(outcome.start_ns) / 1000) as i64;
+        let since_end = |end: u64| Duration::from_nanos(crate::clock::monotonic_ns().saturating_sub(end));
+        let bound = self.options.settle_max.max(self.options.settle);
+        let lab_traced = matches!(self.tracing, Tracing::Lab(_));
+        if !lab_traced {
+            tokio::time::sleep(self.options.settle.saturating_sub(since_end(end))).await;
+        }
+        loop {
+            let answered = match (prober, &mut self.tracing) {
+                (None, _) | (_, Tracing::Off) => true,
+                (Some(p), Tracing::Lab(t)) => t.answered_since(p.ident, end).await,
+                (Some(p), Tracing::Hosts(hosts)) => match hosts.get_mut(dst_host) {
+                    Some(h) => h.answered_since(p.ident, end).await?,
+                    None => true,
+                },
+            };
+            let pinged = ping.is_none_or(|p| p.replied_since(end_unix_us));
+            if (answered && pinged) || since_end(end) >= bound {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stages.mark("settle-answered");
+        // The old source is done with: the next destination starts while the announce
+        // runs, traced from its start.
+        let ahead = pair.prepare_ahead();
+        let announced = async {
+            let Tracing::Lab(t) = &self.tracing else {
+                tokio::time::sleep(self.options.settle.saturating_sub(since_end(end))).await;
+                return;
+            };
+            // QEMU sends the first round before it resumes the VM.
+            while t.rarps_since(dst_host, outcome.start_ns).await < ANNOUNCE_RARPS && since_end(end) < bound {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let (ahead, ()) = tokio::join!(ahead, announced);
+        match ahead {
+            Ok(Some(pid)) => {
+                if let Tracing::Lab(t) = &mut self.tracing {
+                    t.watch(pid)?;
+                }
+            }
+            Ok(None) => {}
+            // The measured migration stays measured; the next one starts its
+            // destination the usual way (`prepare_next`).
+            Err(e) => log::warn!("getting the next migration ready ahead failed: {e}"),
+        }
+        Ok(())
+    }
+
     /// Migrates once and measures it every way.
     pub async fn migrate<P: HostPair>(
         &mut self,
@@ -220,28 +297,13 @@ impl Session {
             }
         };
         stages.mark("migration");
-        if let Ok(outcome) = &result {
+        if let Ok(outcome) = &result
+            && outcome.status == crate::hypervisor::Status::Completed
+            && let Some(end) = outcome.end_ns
+        {
+            self.settle(pair, outcome, end, prober.as_ref(), ping.as_ref(), &dst_host, &mut stages).await?;
+        } else if result.is_ok() {
             tokio::time::sleep(self.options.settle).await;
-            // A guest can stay silent long after its vCPUs resumed: keep watching until
-            // it answers a request sent after the migration ended, or settle_max.
-            if let (Some(p), Some(end)) = (prober.as_ref(), outcome.end_ns) {
-                let deadline =
-                    tokio::time::Instant::now() + self.options.settle_max.saturating_sub(self.options.settle);
-                loop {
-                    let answered = match &mut self.tracing {
-                        Tracing::Off => true,
-                        Tracing::Lab(t) => t.answered_since(p.ident, end).await,
-                        Tracing::Hosts(hosts) => match hosts.get_mut(&dst_host) {
-                            Some(h) => h.answered_since(p.ident, end).await?,
-                            None => true,
-                        },
-                    };
-                    if answered || tokio::time::Instant::now() >= deadline {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
         }
         stages.mark("settle");
         let prober = prober.map(|p| tokio::task::block_in_place(|| p.stop()));

@@ -269,6 +269,25 @@ impl Tracer {
         })
     }
 
+    /// How many RARP announcements crossed tap `tap` at or after `since_ns` (QEMU's
+    /// self-announce after a migration; 0 for a tap not traced).
+    pub async fn rarps_since(&self, tap: &str, since_ns: u64) -> usize {
+        let Some(&(_, ifindex)) = self.taps.iter().find(|(n, _)| n == tap) else { return 0 };
+        if let Some(c) = &self.collector {
+            c.flush().await;
+        }
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store
+            .iter()
+            .filter(|e| match e {
+                Event::Packet(p) => {
+                    p.kind == PacketKind::Rarp as u32 && p.ifindex == ifindex && p.header.ts_ns >= since_ns
+                }
+                _ => false,
+            })
+            .count()
+    }
+
     /// Ends a migration: everything the kernel recorded since [`Tracer::begin`].
     pub async fn finish(&mut self, source: u32, destination: u32) -> Result<Trace, TraceError> {
         if let Some(c) = &self.collector {
