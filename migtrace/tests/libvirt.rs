@@ -260,7 +260,10 @@ fn migrate_points_at_two_libvirt_hosts_by_uri_with_agents_started_by_command() {
     assert_eq!(records.len(), 2);
     for r in &records {
         assert_eq!(r.outcome.status, Status::Completed);
-        assert!(r.missing.iter().all(|m| m.starts_with("timeline: ")), "{:?}", r.missing);
+        // A sender stalled by the loaded host voids its own gap, flagged, never passed off
+        // as the guest's; nothing else may be missing.
+        let stalled = |m: &String| m.contains("stalled") || m.contains("ping itself was");
+        assert!(r.missing.iter().all(|m| m.starts_with("timeline: ") || stalled(m)), "{:?}", r.missing);
         // Hosts named after their URIs' host part: here the local socket, so source/destination.
         assert_eq!(r.clocks.len(), 2);
     }
