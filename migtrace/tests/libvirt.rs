@@ -189,8 +189,21 @@ struct Child(std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
+        // Stopped as a user stops it (Ctrl-C): the lab tears itself down. A failed
+        // assertion must not leave the lab's daemons and their QEMU behind.
+        // SAFETY: signalling the child this test started, by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        // What it could not remove: `lab clean` takes labs whose owner is gone.
+        let _ = migtrace().args(["lab", "clean"]).status();
     }
 }
 
