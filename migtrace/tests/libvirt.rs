@@ -77,9 +77,13 @@ async fn ping_pong_migrations_traced_by_an_agent_in_each_hosts_namespace() {
     assert_eq!(directions, ["a → b", "b → a", "a → b"]);
     for r in &records {
         let what = format!("migration {} ({})", r.repetition, r.outcome.direction);
-        // Every measure is there; a timeline phase may be left unplaced (a destination
-        // that loaded before the source's last send returned, on a loaded machine).
-        let measures_missing: Vec<&String> = r.missing.iter().filter(|m| !m.starts_with("timeline: ")).collect();
+        // Every measure is there, but for a gap voided because its sender itself stalled
+        // (a loaded machine starves the ping or the probe sender; the record says so) and
+        // a timeline phase left unplaced (a destination that loaded before the source's
+        // last send returned).
+        let voided = |m: &&String| m.contains("stalled") || m.contains("late");
+        let measures_missing: Vec<&String> =
+            r.missing.iter().filter(|m| !m.starts_with("timeline: ") && !voided(m)).collect();
         assert!(measures_missing.is_empty(), "{what}: missing {measures_missing:?}");
         let d = &r.downtime_ms;
         for (name, v) in [
@@ -89,7 +93,8 @@ async fn ping_pong_migrations_traced_by_an_agent_in_each_hosts_namespace() {
             ("vcpu", d.vcpu),
             ("reported", d.reported),
         ] {
-            assert!(v.is_some(), "{what}: downtime_ms.{name} missing");
+            let why = r.missing.iter().find(|m| m.starts_with(&format!("downtime_ms.{name}:")));
+            assert!(v.is_some() || why.is_some_and(|m| voided(&m)), "{what}: downtime_ms.{name} missing ({why:?})");
         }
         // libvirt's own figures on both sides, labelled as libvirt's.
         assert_eq!(r.outcome.stats.reported_by.as_deref(), Some("libvirt job stats"), "{what}");

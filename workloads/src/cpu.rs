@@ -61,7 +61,7 @@ impl CpuGen {
     pub fn start(load: CpuLoad, stop: Arc<AtomicBool>) -> Self {
         let n = load.cpus.unwrap_or_else(online_cpus).max(1);
         let cpu_ns: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-        let busy = DUTY_PERIOD.mul_f64(load.percent / 100.0);
+        let busy_ns = DUTY_PERIOD.mul_f64(load.percent / 100.0).as_nanos() as u64;
         let online = online_cpus();
         let threads = (0..n)
             .map(|i| {
@@ -71,9 +71,15 @@ impl CpuGen {
                     let t0 = thread_cpu_ns();
                     let mut cycle = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
-                        let busy_until = cycle + busy;
-                        while Instant::now() < busy_until {
-                            std::hint::spin_loop();
+                        // The busy share is CPU time, not wall time: on a contended CPU the
+                        // thread keeps spinning until it has really burnt its share (or the
+                        // period is over), so the load it adds does not shrink with contention.
+                        let cycle_cpu = thread_cpu_ns();
+                        let period_end = cycle + DUTY_PERIOD;
+                        while thread_cpu_ns() - cycle_cpu < busy_ns && Instant::now() < period_end {
+                            for _ in 0..64 {
+                                std::hint::spin_loop();
+                            }
                         }
                         cpu_ns[i].store(thread_cpu_ns() - t0, Ordering::Relaxed);
                         cycle += DUTY_PERIOD;

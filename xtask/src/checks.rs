@@ -22,6 +22,7 @@ pub const BASE_PACKAGES: &[(&str, &str)] = &[
     ("binutils", "assembling the minimal guest (as, ld)"),
     ("libzstd-dev", "linking bpf-linker against LLVM"),
     ("zlib1g-dev", "linking bpf-linker against LLVM"),
+    ("chromium", "the browser test of report.html (headless)"),
 ];
 
 /// Debian's packaged Rust with library sources: the eBPF toolchain of last resort.

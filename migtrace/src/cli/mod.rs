@@ -74,18 +74,40 @@ enum Command {
     Migrate(Box<migrate::MigrateArgs>),
     /// Run (or resume) an experiment: a spec of factors and levels, many migrations.
     ///
+    /// Results go to RESULTS/<name>/: the records, summaries, Table II, and report.html
+    /// with its figures in plots/ (also after each treatment while that is cheap). On a
+    /// terminal a bar shows the current treatment and the last migration's downtime;
+    /// otherwise (CI, a log file, `| tee`) one line per treatment and per migration with
+    /// its key figures and the ETA.
+    ///
     /// Example: migtrace run specs/default.toml
     Run(RunArgs),
-    /// Recompute an experiment's summaries from its records and print Table II.
+    /// Recompute an experiment's summaries and print Table II; --html: also report.html
     ///
-    /// Example: migtrace report results/default
+    /// With --html also writes DIR/report.html and every figure as DIR/plots/*.svg.
+    ///
+    /// Examples:
+    ///   migtrace report results/default
+    ///   migtrace report results/default --html
+    #[command(verbatim_doc_comment)]
     Report {
         /// An experiment directory (results/<name>).
         dir: PathBuf,
+        /// Also write report.html (one self-contained page: inline SVG, no scripts, no
+        /// network) and plots/*.svg.
+        #[arg(long)]
+        html: bool,
     },
-    /// Print the phase timeline of recorded migrations as a table.
+    /// Print the phase timeline of recorded migrations, or write it for Perfetto
     ///
-    /// Example: migtrace timeline results/try --rep 2
+    /// As tables, or with --perfetto as a trace for ui.perfetto.dev and chrome://tracing.
+    ///
+    /// Examples:
+    ///   migtrace timeline results/try --rep 2
+    ///   migtrace timeline results/try --perfetto try.json
+    ///   migtrace timeline results/default --treatment rate=2000 --perfetto rate2000.json
+    ///   migtrace timeline results/default --perfetto traces/   (one file per treatment)
+    #[command(verbatim_doc_comment)]
     Timeline {
         /// A records file (`migrations.jsonl`) or a directory holding one.
         records: PathBuf,
@@ -95,6 +117,12 @@ enum Command {
         /// Only migrations of treatments containing this text.
         #[arg(long)]
         treatment: Option<String>,
+        /// Write the chosen migrations, one after another, as Trace Event Format JSON to
+        /// FILE (they must be of one treatment), or one file per treatment into an
+        /// existing directory (or a path ending in /). vCPU tracks, packets and probe
+        /// points need records taken with --keep-trace.
+        #[arg(long, value_name = "FILE.json")]
+        perfetto: Option<PathBuf>,
     },
     /// Compare the downtime methods side by side, per treatment and overall.
     ///
@@ -151,18 +179,23 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_experiment(args).await,
         Command::Model(cmd) => model::run(cmd),
         Command::Predict(args) => model::predict(*args).await,
-        Command::Report { dir } => {
+        Command::Report { dir, html } => {
             let text = std::fs::read_to_string(dir.join("spec.toml"))
                 .map_err(|e| anyhow::anyhow!("{}: not an experiment directory ({e})", dir.display()))?;
-            let spec = migtrace::experiment::spec::ExperimentSpec::parse(&text)?;
+            let spec = migtrace::experiment::spec::ExperimentSpec::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("spec.toml").display()))?;
             let root = dir.parent().map(PathBuf::from).unwrap_or_default();
             let store = migtrace::experiment::store::Store::open(&root, &spec, &text, false)?;
             let summary = store.write_summaries(&spec)?;
             print!("{}", migtrace::report::experiment::render(&spec.raw.name, &summary));
+            if html {
+                let w = store.write_report(&spec, &summary)?;
+                println!("{} ({} figures, each also in {})", w.html.display(), w.figures, w.plots.display());
+            }
             println!("results in {}", store.dir.display());
             Ok(())
         }
-        Command::Timeline { records, rep, treatment } => {
+        Command::Timeline { records, rep, treatment, perfetto } => {
             let all = migtrace::measure::record::read(&records)?;
             let chosen: Vec<_> = all
                 .iter()
@@ -172,10 +205,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             if chosen.is_empty() {
                 anyhow::bail!("no migration in {} matches (it holds {} records)", records.display(), all.len());
             }
-            for r in chosen {
-                println!("{}", migtrace::report::timeline::render(r));
+            match perfetto {
+                Some(path) => write_perfetto(&path, &chosen),
+                None => {
+                    for r in chosen {
+                        println!("{}", migtrace::report::timeline::render(r));
+                    }
+                    Ok(())
+                }
             }
-            Ok(())
         }
         Command::Compare { records, json } => {
             let mut all = Vec::new();
@@ -207,6 +245,61 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `timeline --perfetto`: one trace file of the chosen migrations (one treatment), or one
+/// per treatment into a directory.
+fn write_perfetto(path: &std::path::Path, chosen: &[&migtrace::measure::record::MigrationRecord]) -> Result<()> {
+    use migtrace::report::perfetto;
+    let mut groups: Vec<(&str, Vec<&migtrace::measure::record::MigrationRecord>)> = Vec::new();
+    for r in chosen {
+        match groups.iter_mut().find(|(t, _)| *t == r.treatment) {
+            Some(g) => g.1.push(r),
+            None => groups.push((&r.treatment, vec![r])),
+        }
+    }
+    let into_dir = path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/');
+    if groups.len() > 1 && !into_dir {
+        let names: Vec<&str> = groups.iter().map(|g| g.0).collect();
+        anyhow::bail!(
+            "the chosen migrations are of {} treatments ({}): pick one with --treatment, or give a directory to \
+             write one file per treatment",
+            groups.len(),
+            names.join("; ")
+        );
+    }
+    if into_dir {
+        std::fs::create_dir_all(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+    }
+    let mut notes = 0;
+    for (treatment, records) in &groups {
+        let out = if into_dir {
+            let slug: String = treatment
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+                .collect();
+            path.join(format!("{slug}.json"))
+        } else {
+            path.to_owned()
+        };
+        let export = perfetto::export(records);
+        let text = serde_json::to_string(&export.json)?;
+        std::fs::write(&out, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+        eprintln!(
+            "{}: {} migration(s) of {treatment}, {} trace events; open it in ui.perfetto.dev or chrome://tracing",
+            out.display(),
+            records.len(),
+            export.events
+        );
+        for n in export.notes.iter().take(3) {
+            eprintln!("  note: {n}");
+        }
+        notes += export.notes.len().saturating_sub(3);
+    }
+    if notes > 0 {
+        eprintln!("  ({notes} more notes in the files' otherData.notes)");
+    }
+    Ok(())
 }
 
 /// The default experiment of `cargo xtask run`.
@@ -272,11 +365,16 @@ async fn run_experiment(args: RunArgs) -> Result<()> {
     .await?;
     print!("{}", migtrace::report::experiment::render(&spec.raw.name, &report.summary));
     println!(
-        "{} migrations run, {} already recorded; results in {} (migrations.jsonl, summary.json, treatments.csv, migrations.csv, report.txt)",
+        "{} migrations run, {} already recorded; results in {} (migrations.jsonl, summary.json, treatments.csv, migrations.csv, report.txt, report.html, plots/)",
         report.ran,
         report.skipped,
         report.dir.display()
     );
+    match (&report.html, &report.html_error) {
+        (Some(html), _) => println!("report: {}", html.display()),
+        (None, Some(e)) => eprintln!("warning: report.html was not written: {e}"),
+        (None, None) => {}
+    }
     Ok(())
 }
 

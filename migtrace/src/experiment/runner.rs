@@ -2,7 +2,11 @@
 //! repetitions as ping-pong migrations, every record appended durably as it finishes,
 //! summaries after every treatment.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::IsTerminal as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,7 +19,7 @@ use super::{
 use crate::{
     hypervisor::{HostPair, Status},
     measure::{
-        record::RecordError,
+        record::{MigrationRecord, RecordError},
         session::{MeasureOptions, Session, SessionError},
     },
     probe::tracer::TraceError,
@@ -66,6 +70,122 @@ pub struct RunReport {
     pub ran: usize,
     pub skipped: usize,
     pub summary: ExperimentSummary,
+    /// `report.html`, unless writing it failed (the reason is in `html_error`).
+    pub html: Option<PathBuf>,
+    pub html_error: Option<String>,
+}
+
+/// `12.3` or `-`.
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
+/// The key figures of one migration, for a progress line.
+pub fn key_figures(r: &MigrationRecord) -> String {
+    if r.outcome.status != Status::Completed {
+        return format!(
+            "{}: {}",
+            format!("{:?}", r.outcome.status).to_lowercase(),
+            r.outcome.error.clone().unwrap_or_default()
+        );
+    }
+    let d = &r.downtime_ms;
+    let health = match crate::report::stats::category(r) {
+        crate::report::stats::Category::Usable => String::new(),
+        other => format!(
+            " [{}: excluded from statistics]",
+            serde_json::to_value(other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        ),
+    };
+    format!(
+        "downtime ms probe gap {} | ping {} | vCPU {} | QEMU {}; migration {} ms{health}",
+        ms(d.probe_gap),
+        ms(d.ping),
+        ms(d.vcpu),
+        ms(d.reported),
+        ms(r.migration_time_ms.command)
+    )
+}
+
+/// Progress a person can follow: an indicatif bar on a terminal (the current treatment
+/// and the last migration's downtime), else one line per treatment and per repetition
+/// with its key figures and the ETA (CI logs, `| tee`).
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+    started: Instant,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        let plain = !std::io::stderr().is_terminal();
+        let bar = if plain { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} migrations, ETA {eta} · {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self { bar, plain, started: Instant::now(), total, done: 0 }
+    }
+
+    fn say(&self, line: String) {
+        if self.plain {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    /// Remaining time at the pace so far (lab boots included).
+    fn eta(&self) -> String {
+        if self.done == 0 {
+            return "unknown".into();
+        }
+        let left = self.started.elapsed().as_secs_f64() / self.done as f64 * (self.total - self.done) as f64;
+        humantime::format_duration(Duration::from_secs(left.round() as u64)).to_string()
+    }
+
+    fn elapsed(&self) -> String {
+        humantime::format_duration(Duration::from_secs(self.started.elapsed().as_secs())).to_string()
+    }
+
+    fn treatment(&self, at: &str, what: &str) {
+        if self.plain {
+            eprintln!("{at}: {what}");
+        } else {
+            self.bar.set_message(format!("{at}: {what}"));
+        }
+    }
+
+    fn migrated(&mut self, at: &str, rep: u32, reps: u32, r: &MigrationRecord) {
+        self.done += 1;
+        self.bar.inc(1);
+        if self.plain {
+            eprintln!(
+                "[{}/{}] {at} repetition {}/{reps}: {}; elapsed {}, ETA {}",
+                self.done,
+                self.total,
+                rep + 1,
+                key_figures(r),
+                self.elapsed(),
+                self.eta()
+            );
+        } else {
+            let d = &r.downtime_ms;
+            let unit = |v: Option<f64>| v.map_or_else(|| "missing".to_owned(), |v| format!("{v:.1} ms"));
+            self.bar.set_message(format!(
+                "{at} · last (repetition {}/{reps}): downtime probe gap {}, ping {}",
+                rep + 1,
+                unit(d.probe_gap),
+                unit(d.ping)
+            ));
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn measure_options(spec: &ExperimentSpec) -> MeasureOptions {
@@ -102,23 +222,13 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
     let remaining: usize = todo.iter().map(|(_, _, r)| r.len()).sum();
     let skipped = treatments.len() * reps as usize - remaining;
 
-    let progress = ProgressBar::new(remaining as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} migrations, ETA {eta} · {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let say = |line: String| {
-        if progress.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            progress.println(line);
-        }
-    };
+    let mut progress = Progress::new(remaining);
     if skipped > 0 {
-        say(format!("resuming {}: {skipped} migrations already recorded, {remaining} to go", spec.raw.name));
+        progress.say(format!("resuming {}: {skipped} migrations already recorded, {remaining} to go", spec.raw.name));
     }
     let mut writer = store.writer()?;
     let mut ran = 0;
+    let mut last_report: Option<Duration> = None;
     let migtrace = opts.migtrace.clone().unwrap_or_else(testbed::this_binary);
     // Existing libvirt hosts serve every treatment; labs are made per treatment.
     let mut kept: Option<(Testbed, Session)> = None;
@@ -126,7 +236,9 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
         let name = treatment.name();
         let err = |source| RunError::Testbed { treatment: name.clone(), source };
         let params = treatment.migration_params(spec.raw.migration.timeout_s);
-        progress.set_message(format!("treatment {}/{} {name}: booting", index + 1, treatments.len()));
+        let at = format!("treatment {}/{} {name}", index + 1, treatments.len());
+        progress.treatment(&at, if kept.is_some() { "starting" } else { "starting its lab" });
+        let treatment_started = Instant::now();
         let (mut hosts, mut session) = match kept.take() {
             Some(k) => k,
             None => {
@@ -136,12 +248,6 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
             }
         };
         for (k, rep) in pending.iter().enumerate() {
-            progress.set_message(format!(
-                "treatment {}/{} {name}: repetition {}/{reps}",
-                index + 1,
-                treatments.len(),
-                rep + 1
-            ));
             let record = match session.migrate(&mut hosts, &params, *rep, &name).await {
                 Ok(r) => r,
                 Err(SessionError::Trace(source)) => return Err(RunError::Trace { treatment: name.clone(), source }),
@@ -150,12 +256,12 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
             };
             writer.append(&record)?;
             ran += 1;
-            progress.inc(1);
+            progress.migrated(&at, *rep, reps, &record);
             let status = record.outcome.status;
             let crashed = record.guest.as_ref().is_some_and(|g| !g.healthy());
             let dead = record.guest.as_ref().is_some_and(|g| g.dead());
             if status != Status::Completed || crashed {
-                say(format!(
+                progress.say(format!(
                     "{name} repetition {rep}: {}",
                     if crashed {
                         let corrupted = record
@@ -196,13 +302,34 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
         } else {
             kept = Some((hosts, session));
         }
-        store.write_summaries(spec)?;
+        let summary = store.write_summaries(spec)?;
+        // The page after each treatment while it is cheap next to the treatment itself.
+        let mut html = String::new();
+        if last_report.is_none_or(|d| d * 20 < treatment_started.elapsed()) {
+            let t = Instant::now();
+            match store.write_report(spec, &summary) {
+                Ok(_) => html = "; report.html updated".into(),
+                Err(e) => html = format!("; report.html not written: {e}"),
+            }
+            last_report = Some(t.elapsed());
+        }
+        let t = summary.treatments.iter().find(|t| t.treatment == name);
+        progress.say(format!(
+            "{at}: done, {} of {} usable, probe gap mean {} ms{html}",
+            t.map_or(0, |t| t.usable),
+            t.map_or(0, |t| t.migrations),
+            ms(t.and_then(|t| t.measures.get("downtime.probe_gap")).map(|s| s.mean)),
+        ));
     }
     if let Some((hosts, session)) = kept {
         let _ = session.stop().await;
         hosts.down().await;
     }
-    progress.finish_and_clear();
+    progress.finish();
     let summary = store.write_summaries(spec)?;
-    Ok(RunReport { dir: store.dir.clone(), ran, skipped, summary })
+    let (html, html_error) = match store.write_report(spec, &summary) {
+        Ok(w) => (Some(w.html), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Ok(RunReport { dir: store.dir.clone(), ran, skipped, summary, html, html_error })
 }

@@ -34,6 +34,8 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error("writing the HTML report: {0}")]
+    Html(#[from] crate::report::html::HtmlError),
 }
 
 /// `experiment.json`: identifies the spec the results belong to.
@@ -119,17 +121,8 @@ impl Store {
     /// `report.txt`. Returns the summary.
     pub fn write_summaries(&self, spec: &ExperimentSpec) -> Result<ExperimentSummary, StoreError> {
         let records = self.records()?;
-        let levels_of: Vec<(String, BTreeMap<String, String>)> = design::expand(spec)
-            .iter()
-            .map(|t| (t.name(), t.levels.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect()))
-            .collect();
-        let design = match spec.raw.design {
-            Design::Factorial => EffectDesign::Factorial,
-            Design::Sweep => {
-                EffectDesign::Sweep { base: spec.base.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect() }
-            }
-        };
-        let summary = stats::summarize(&records, &levels_of, &design);
+        let levels_of = levels_of(spec);
+        let summary = stats::summarize(&records, &levels_of, &effect_design(spec));
         write_atomic(
             &self.dir.join("summary.json"),
             serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes(),
@@ -144,8 +137,42 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Writes `report.html` and `plots/*.svg` from the records and `summary` (see
+    /// [`crate::report::html`]).
+    pub fn write_report(
+        &self,
+        spec: &ExperimentSpec,
+        summary: &ExperimentSummary,
+    ) -> Result<crate::report::html::Written, StoreError> {
+        let records = self.records()?;
+        let spec_text = fs::read_to_string(self.dir.join("spec.toml"))
+            .unwrap_or_else(|_| toml::to_string(&spec.raw).unwrap_or_default());
+        let e = crate::report::html::Experiment { spec, spec_text: &spec_text, records: &records, summary };
+        Ok(crate::report::html::write(&self.dir, &e)?)
+    }
+}
+
+/// Every treatment of `spec` in run order, with its levels by factor name.
+pub fn levels_of(spec: &ExperimentSpec) -> Vec<(String, BTreeMap<String, String>)> {
+    design::expand(spec)
+        .iter()
+        .map(|t| (t.name(), t.levels.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect()))
+        .collect()
+}
+
+/// How `spec`'s factor effects are read.
+pub fn effect_design(spec: &ExperimentSpec) -> EffectDesign {
+    match spec.raw.design {
+        Design::Factorial => EffectDesign::Factorial,
+        Design::Sweep => {
+            EffectDesign::Sweep { base: spec.base.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect() }
+        }
+    }
+}
+
 /// Writes through a temporary file and a rename: readers never see a torn file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))

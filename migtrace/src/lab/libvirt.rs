@@ -473,19 +473,17 @@ impl LibvirtLab {
     /// What Drop and down share: QEMUs (libvirt does not take them down with it), the
     /// namespaces, the state.
     fn teardown(&mut self) {
+        // Daemons first: a live libvirtd could start a QEMU after the QEMUs were killed.
         for d in &mut self.daemons {
             let _ = d.child.start_kill();
         }
-        for pid in registry::qemu_processes(&self.id) {
-            // SAFETY: killing a QEMU of this lab, recognised by its domain name.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
         for _ in 0..50 {
-            if registry::qemu_processes(&self.id).is_empty() {
+            if self.daemons.iter_mut().all(|d| !matches!(d.child.try_wait(), Ok(None))) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        registry::kill_qemus(&self.id);
         for ns in self.namespaces.drain(..) {
             if let Err(e) = netns::delete_ns(&ns) {
                 eprintln!("warning: {e}");

@@ -165,30 +165,22 @@ pub struct Removed {
 /// its namespace (and with it bridge, taps, veth), its state directory.
 pub fn remove(state: &State) -> Removed {
     let mut removed = Removed::default();
-    for pid in qemu_processes(&state.id) {
-        // SAFETY: signalling a process we verified is one of this lab's QEMUs.
-        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
-            removed.killed.push(pid);
-        }
-    }
-    // Daemons the lab started: only if they still are what we started (a libvirtd
-    // whose command line names this lab's state directory).
+    // Daemons first, so none of them starts another QEMU (libvirt spawns the destination's
+    // during a migration) after the QEMUs were killed. Only daemons that still are what
+    // the lab started: a libvirtd whose command line names this lab's state directory.
     let dir_marker = Path::new(RUN_DIR).join(&state.id).display().to_string();
+    let mut daemons = Vec::new();
     for &pid in &state.daemon_pids {
         if cmdline(pid).contains(&dir_marker) {
             // SAFETY: signalling a daemon this lab started, recognised by its command line.
             if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
                 removed.killed.push(pid);
+                daemons.push(pid);
             }
         }
     }
-    // Give the kernel a moment to release the taps of killed processes.
-    for _ in 0..50 {
-        if qemu_processes(&state.id).is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_gone(|| daemons.iter().any(|&pid| cmdline(pid).contains(&dir_marker)));
+    removed.killed.extend(kill_qemus(&state.id));
     removed.netns = netns::ns_path(&state.netns).exists() && netns::delete_ns(&state.netns).is_ok();
     for ns in &state.more_netns {
         removed.netns |= netns::ns_path(ns).exists() && netns::delete_ns(ns).is_ok();
@@ -196,6 +188,35 @@ pub fn remove(state: &State) -> Removed {
     let dir = Path::new(RUN_DIR).join(&state.id);
     removed.dir = dir.exists() && fs::remove_dir_all(&dir).is_ok();
     removed
+}
+
+/// SIGKILLs every QEMU of lab `id` and waits (up to a second) until none is left, so the
+/// kernel has released their taps before the namespace goes. Returns the pids signalled.
+pub fn kill_qemus(id: &str) -> Vec<u32> {
+    let mut killed = Vec::new();
+    for _ in 0..50 {
+        let left = qemu_processes(id);
+        if left.is_empty() {
+            break;
+        }
+        for pid in left {
+            // SAFETY: signalling a process we verified is one of this lab's QEMUs.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 && !killed.contains(&pid) {
+                killed.push(pid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    killed
+}
+
+fn wait_gone(alive: impl Fn() -> bool) {
+    for _ in 0..50 {
+        if !alive() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[cfg(test)]

@@ -80,6 +80,10 @@ pub struct MigrationRecord {
     /// puts on them, ms (the hosts' uncertainties added).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub uncertainty_ms: BTreeMap<String, f64>,
+    /// Where the measurement's wall time went, ms per stage (attach, preroll, migration,
+    /// settle, stop-observers, memory-check, finish): the cost of measuring, not a measure.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub procedure_ms: BTreeMap<String, f64>,
     /// Measures that are missing, each with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
@@ -108,6 +112,7 @@ impl MigrationRecord {
             guest: None,
             clocks: BTreeMap::new(),
             uncertainty_ms: BTreeMap::new(),
+            procedure_ms: BTreeMap::new(),
             missing: Vec::new(),
             trace: None,
         }

@@ -97,6 +97,29 @@ pub struct Session {
     network: Network,
 }
 
+/// Where the wall time of one measured migration went, stage by stage.
+struct Stages {
+    last: std::time::Instant,
+    ms: BTreeMap<String, f64>,
+}
+
+impl Stages {
+    fn start() -> Self {
+        Self { last: std::time::Instant::now(), ms: BTreeMap::new() }
+    }
+
+    /// The stage that just ended, named.
+    fn mark(&mut self, stage: &str) {
+        let now = std::time::Instant::now();
+        *self.ms.entry(stage.to_owned()).or_default() += (now - self.last).as_secs_f64() * 1e3;
+        self.last = now;
+    }
+
+    fn done(self) -> BTreeMap<String, f64> {
+        self.ms
+    }
+}
+
 /// What the hosts traced of one migration, on the coordinator's clock.
 struct Traced {
     trace: Trace,
@@ -136,6 +159,7 @@ impl Session {
         repetition: u32,
         treatment: &str,
     ) -> Result<MigrationRecord, SessionError<P::Error>> {
+        let mut stages = Stages::start();
         let (src, dst) = pair.pids();
         let (src_host, dst_host) = pair.endpoints();
         // A guest without network: no ping, no probe sender; those measures are missing.
@@ -174,7 +198,9 @@ impl Session {
             .filter(|_| online)
             .map(|i| Prober::start(self.network.ns.clone(), self.network.guest, i));
         let observed_from = crate::clock::monotonic_ns();
+        stages.mark("attach");
         tokio::time::sleep(self.options.preroll).await;
+        stages.mark("preroll");
 
         let result = {
             let migration = pair.migrate(params);
@@ -193,6 +219,7 @@ impl Session {
                 }
             }
         };
+        stages.mark("migration");
         if let Ok(outcome) = &result {
             tokio::time::sleep(self.options.settle).await;
             // A guest can stay silent long after its vCPUs resumed: keep watching until
@@ -216,8 +243,10 @@ impl Session {
                 }
             }
         }
+        stages.mark("settle");
         let prober = prober.map(|p| tokio::task::block_in_place(|| p.stop()));
         let ping = ping.map(|p| tokio::task::block_in_place(|| p.stop()));
+        stages.mark("stop-observers");
         // Heartbeats up to now: the check below pauses the guest's pattern (not its
         // heartbeats), but the observation ends here.
         let heartbeats = pair.heartbeats(observed_from);
@@ -237,6 +266,7 @@ impl Session {
             }
             _ => None,
         };
+        stages.mark("memory-check");
         let traced = match &mut self.tracing {
             Tracing::Off => None,
             Tracing::Lab(t) => Some(Traced {
@@ -286,10 +316,13 @@ impl Session {
         }
         let mut measures = downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
         if let Some(why) = &offline {
+            // No network: every measure taken on it is missing for that one reason.
             for m in measures.missing.iter_mut() {
-                if let Some((measure, _)) = m.split_once(": ")
-                    && matches!(measure, "downtime_ms.ping" | "downtime_ms.probe_gap")
-                {
+                let measure =
+                    ["downtime_ms.ping_max_gap", "downtime_ms.ping", "downtime_ms.probe_gap", "timeline: announce"]
+                        .into_iter()
+                        .find(|x| m.strip_prefix(x).is_some_and(|rest| rest.starts_with(": ")));
+                if let Some(measure) = measure {
                     *m = format!("{measure}: {why}");
                 }
             }
@@ -350,6 +383,8 @@ impl Session {
         if self.options.keep_trace {
             record.trace = trace;
         }
+        stages.mark("finish");
+        record.procedure_ms = stages.done();
         Ok(record)
     }
 

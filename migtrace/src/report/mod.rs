@@ -1,7 +1,11 @@
-//! Rendering measurements for people: timeline tables, method comparisons.
+//! Rendering measurements for people: timeline tables, method comparisons, the HTML
+//! report with its figures, Perfetto traces.
 
 pub mod compare;
 pub mod experiment;
+pub mod html;
+pub mod perfetto;
+pub mod plots;
 pub mod stats;
 pub mod timeline;
 
