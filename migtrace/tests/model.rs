@@ -116,6 +116,63 @@ fn fit_validate_and_predict_from_the_command_line() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
+/// An experiment directory with a validation: `report --html` shows the model's
+/// section, its error table (the figures of validation.json) and the plot with every
+/// held-out point of its panels; without one the page has no such section.
+#[test]
+fn the_html_report_shows_the_validation_of_its_directory() {
+    let root = temp_dir("report");
+    let dir = root.join("model-validation");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/model-validation.toml");
+    std::fs::copy(&spec, dir.join("spec.toml")).expect("spec");
+    std::fs::copy(fixture(), dir.join("migrations.jsonl")).expect("copy");
+    let report = |dir: &Path| {
+        let out = migtrace().arg("report").arg(dir).arg("--html").output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(dir.join("report.html")).expect("report.html")
+    };
+    let before = report(&dir);
+    assert!(!before.contains("id=\"model\""), "no validation, no model section");
+
+    let out = migtrace().args(["model", "validate"]).arg(&dir).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--html` adds its plot"), "the stale page is pointed out");
+    let v: validate::Validation =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("validation.json")).expect("json")).expect("parse");
+    let html = report(&dir);
+    assert!(html.contains("<a href=\"#model\">"), "linked from the navigation");
+    let opt = roxmltree::ParsingOptions { allow_dtd: true, ..roxmltree::ParsingOptions::default() };
+    roxmltree::Document::parse_with_options(&html, opt).expect("report.html is well-formed");
+    let section = &html[html.find("<section id=\"model\">").expect("model section")..];
+    let section = &section[..section.find("</section>").expect("section end")];
+    // The error table holds validation.json's figures.
+    let sim = &v.errors[&Variant::Simulation][&Measure::MigrationTime];
+    let row = format!("<td>{}</td><td>{}</td>", Measure::MigrationTime.label(), sim.n);
+    let at = section.find(&row).unwrap_or_else(|| panic!("no row {row} in {section}"));
+    let cells = &section[at..section[at..].find("</tr>").map_or(section.len(), |e| at + e)];
+    assert!(cells.contains(&format!("<td>{:.1}</td>", sim.median_ape)), "{cells}");
+    assert!(cells.contains(&format!("<td>{:.1}</td>", v.noise_floor[&Measure::MigrationTime].median_ape)), "{cells}");
+    // The plot: inline and under plots/, a circle per held-out point of its panels and
+    // one per legend entry.
+    let plotted = v.points.iter().filter(|p| model::plot::PANELS.contains(&p.measure)).count();
+    let figure = &section[section.find("<figure id=\"model-validation\">").expect("figure")..];
+    let figure = &figure[..figure.find("</figure>").expect("figure end")];
+    assert_eq!(figure.matches("<circle").count(), plotted + 3 * 2);
+    assert_eq!(figure.matches("<tr><td>").count(), plotted, "the figure's data table: a row per point");
+    let svg = std::fs::read_to_string(dir.join("plots").join(migtrace::report::html::MODEL_FIGURE)).expect("svg");
+    assert_eq!(svg.matches("<circle").count(), plotted + 3 * 2);
+
+    // A validation.json that is not one: the report is written without it.
+    std::fs::write(dir.join("validation.json"), "{}").expect("write");
+    let out = migtrace().arg("report").arg(&dir).arg("--html").output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a model validation"));
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(!html.contains("id=\"model\""));
+    std::fs::remove_dir_all(&root).expect("cleanup");
+}
+
 #[test]
 fn bad_input_names_the_fix() {
     let dir = temp_dir("bad");

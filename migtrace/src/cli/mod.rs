@@ -142,11 +142,16 @@ enum Command {
     /// Predict a migration before running it: migration time, rounds, QEMU downtime,
     /// vCPU blackout and guest-observed downtime, with an interval from the model's
     /// held-out errors. The VM is described (--vmsize --wset --rate) or measured
-    /// while it runs (--lab, --libvirt --domain: QEMU's dirty-rate calculation).
+    /// while it runs, without migrating it (--lab: QEMU's calc-dirty-rate; --libvirt
+    /// --domain: libvirt's dirty-rate calculation).
     ///
-    /// Example: migtrace predict --model results/model-validation --vmsize 512 --wset 96 --rate 10000
-    /// Example: migtrace predict --model results/model-validation --lab 3fa2c1
-    /// Example: migtrace predict --model model.json --libvirt qemu+ssh://h1/system --domain web1 --bandwidth 1000
+    /// Examples:
+    ///   migtrace predict --model results/model-validation --vmsize 512 --wset 96 --rate 10000
+    ///   migtrace predict --model results/model-validation --vmsize 1024 --wset 256 --rate 20000 \
+    ///       --bandwidth 256 --downtime-limit 100
+    ///   migtrace predict --model results/model-validation --lab 3fa2c1
+    ///   migtrace predict --model model.json --libvirt qemu+ssh://h1/system --domain web1
+    #[command(verbatim_doc_comment)]
     Predict(Box<model::PredictArgs>),
     /// Trace this hypervisor host for one domain and answer a coordinating migtrace on
     /// stdin and stdout (JSON lines); started by `migrate --libvirt` on each host.

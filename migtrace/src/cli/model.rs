@@ -23,7 +23,8 @@ pub enum ModelCommand {
     },
     /// Leave-one-treatment-out cross-validation: per measure the median and 90th
     /// percentile absolute percentage error of both variants, beside the noise floor.
-    /// Writes DIR/validation.json and DIR/validation.svg (predicted against measured).
+    /// Writes DIR/validation.json and DIR/validation.svg (predicted against measured);
+    /// `migtrace report DIR --html` then shows both in report.html.
     ///
     /// Example: migtrace model validate results/model-validation
     Validate {
@@ -64,10 +65,10 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Validate { dir, json } => {
             let obs = observations(&dir)?;
             let v = validate::cross_validate(&obs)?;
-            let json_path = dir.join("validation.json");
+            let json_path = dir.join(validate::VALIDATION_FILE);
             std::fs::write(&json_path, serde_json::to_string_pretty(&v)? + "\n")
                 .with_context(|| format!("writing {}", json_path.display()))?;
-            let svg_path = dir.join("validation.svg");
+            let svg_path = dir.join(validate::VALIDATION_SVG);
             std::fs::write(&svg_path, plot::plot_svg(&v.points)?)
                 .with_context(|| format!("writing {}", svg_path.display()))?;
             if json {
@@ -75,6 +76,13 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             } else {
                 print!("{}", validate::render(&v));
                 println!("written: {} and {}", json_path.display(), svg_path.display());
+                if dir.join(migtrace::report::html::REPORT_FILE).exists() {
+                    println!(
+                        "{} predates this validation: `migtrace report {} --html` adds its plot",
+                        migtrace::report::html::REPORT_FILE,
+                        dir.display()
+                    );
+                }
             }
             Ok(())
         }

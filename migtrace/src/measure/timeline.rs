@@ -419,7 +419,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             }
         };
         let in_round = || remaining.iter().filter(|(t, _)| *t >= start && *t <= end);
-        let remaining_bytes = in_round().last().map(|(_, b)| *b);
+        let remaining_bytes = in_round().next_back().map(|(_, b)| *b);
         let dirty_bytes = in_round().next().map(|(_, b)| *b);
         let checks = (!final_round && !remaining.is_empty()).then(|| in_round().count() as u32);
         let threshold_bytes = thresholds.iter().rfind(|(t, _)| *t >= start && *t <= end).map(|(_, b)| *b);

@@ -197,11 +197,11 @@ pub fn measure_libvirt(uri: &str, name: &str, periods: &[u64]) -> Result<(Vec<Di
         let deadline = std::time::Instant::now() + Duration::from_secs(secs + 10);
         loop {
             let stats = dirtyrate_stats(&dom)?;
-            // calc_status: 0 unstarted, 1 measuring, 2 measured.
-            if stats.0 == Some(2) {
-                let mib = stats.1.ok_or_else(|| DirtyRateError::Reply("no dirtyrate.megabytes_per_second".into()))?;
-                let period = stats.2.unwrap_or(secs as f64);
-                out.push(DirtySample { calc_time_s: period, mib_per_s: mib, mode: stats.3.unwrap_or_default() });
+            if stats.status == Some(2) {
+                let mib =
+                    stats.mib_per_s.ok_or_else(|| DirtyRateError::Reply("no dirtyrate.megabytes_per_second".into()))?;
+                let period = stats.period_s.unwrap_or(secs as f64);
+                out.push(DirtySample { calc_time_s: period, mib_per_s: mib, mode: stats.mode.unwrap_or_default() });
                 break;
             }
             if std::time::Instant::now() > deadline {
@@ -213,11 +213,18 @@ pub fn measure_libvirt(uri: &str, name: &str, periods: &[u64]) -> Result<(Vec<Di
     Ok((out, ram))
 }
 
-/// The domain's `dirtyrate.*` statistics: (calc_status, megabytes_per_second,
-/// calc_period, calc_mode).
-fn dirtyrate_stats(
-    dom: &virt::domain::Domain,
-) -> Result<(Option<i32>, Option<f64>, Option<f64>, Option<String>), DirtyRateError> {
+/// A domain's `dirtyrate.*` statistics.
+#[derive(Default)]
+struct DirtyRateStats {
+    /// `calc_status`: 0 unstarted, 1 measuring, 2 measured.
+    status: Option<i32>,
+    mib_per_s: Option<f64>,
+    period_s: Option<f64>,
+    mode: Option<String>,
+}
+
+/// The domain's `dirtyrate.*` statistics.
+fn dirtyrate_stats(dom: &virt::domain::Domain) -> Result<DirtyRateStats, DirtyRateError> {
     use std::ffi::CStr;
     use virt::sys;
     // SAFETY: the pointer stays valid while `dom` lives, for this call.
@@ -231,7 +238,7 @@ fn dirtyrate_stats(
             virt::error::Error::last_error()
         )));
     }
-    let mut found = (None, None, None, None);
+    let mut found = DirtyRateStats::default();
     // SAFETY: libvirt returned `n` records, each with `nparams` typed parameters; the
     // strings are read before the list is freed.
     unsafe {
@@ -248,11 +255,11 @@ fn dirtyrate_stats(
                     _ => None,
                 };
                 match field.as_ref() {
-                    "dirtyrate.calc_status" => found.0 = num.map(|v| v as i32),
-                    "dirtyrate.megabytes_per_second" => found.1 = num,
-                    "dirtyrate.calc_period" => found.2 = num,
+                    "dirtyrate.calc_status" => found.status = num.map(|v| v as i32),
+                    "dirtyrate.megabytes_per_second" => found.mib_per_s = num,
+                    "dirtyrate.calc_period" => found.period_s = num,
                     "dirtyrate.calc_mode" if p.type_ as u32 == sys::VIR_TYPED_PARAM_STRING && !p.value.s.is_null() => {
-                        found.3 = Some(CStr::from_ptr(p.value.s).to_string_lossy().into_owned())
+                        found.mode = Some(CStr::from_ptr(p.value.s).to_string_lossy().into_owned())
                     }
                     _ => {}
                 }

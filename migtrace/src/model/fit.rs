@@ -373,11 +373,12 @@ fn least_squares(rows: &[([f64; 3], f64)]) -> Option<[f64; 3]> {
         if a[c][c].abs() < 1e-12 * a[c][c].abs().max(1.0) || a[c][c] == 0.0 {
             return None;
         }
-        for i in 0..n {
+        let pivot = a[c].clone();
+        for (i, row) in a.iter_mut().enumerate() {
             if i != c {
-                let f = a[i][c] / a[c][c];
-                for k in c..=n {
-                    a[i][k] -= f * a[c][k];
+                let f = row[c] / pivot[c];
+                for (v, p) in row.iter_mut().zip(&pivot).skip(c) {
+                    *v -= f * p;
                 }
             }
         }

@@ -47,6 +47,12 @@ pub enum ModelError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{path}: not a model validation ({source}); rewrite it with `migtrace model validate DIR`")]
+    Validation {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{path}: model schema {found}, this migtrace reads {MODEL_SCHEMA}; refit with `migtrace model fit DIR`")]
     Schema { path: String, found: u32 },
     #[error("{0}")]
@@ -234,7 +240,7 @@ impl Model {
     /// errors, if validation had any.
     pub fn interval(&self, variant: Variant, measure: Measure, value: f64) -> Option<(f64, f64)> {
         let band = self.errors.get(&variant)?.get(&measure)?;
-        (band.n > 0).then(|| (value * band.ratio_p10, value * band.ratio_p90))
+        (band.n > 0).then_some((value * band.ratio_p10, value * band.ratio_p90))
     }
 }
 

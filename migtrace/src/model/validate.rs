@@ -13,6 +13,11 @@ use super::{
     quantile,
 };
 
+/// The file `model validate` writes into the experiment directory (the HTML report
+/// shows it when present), and its plot.
+pub const VALIDATION_FILE: &str = "validation.json";
+pub const VALIDATION_SVG: &str = "validation.svg";
+
 /// One held-out migration's measure, predicted by a model fitted without its treatment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeldOut {
@@ -50,6 +55,20 @@ pub struct Validation {
     pub preferred: Variant,
     /// Every held-out prediction (the plot's points).
     pub points: Vec<HeldOut>,
+}
+
+impl Validation {
+    /// `DIR/validation.json`, if `model validate` wrote one there.
+    pub fn load(dir: &std::path::Path) -> Result<Option<Self>, ModelError> {
+        let path = dir.join(VALIDATION_FILE);
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ModelError::Io { path: shown, source }),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|source| ModelError::Validation { path: shown, source })
+    }
 }
 
 /// Fits on all treatments but one and predicts that one, for every treatment.
