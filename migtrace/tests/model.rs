@@ -281,18 +281,21 @@ fn predict_measures_a_lab_started_by_lab_up() {
         }
     }
     let _stop = Stop(up.id());
+    // Its output is read to the end (a closed pipe would fail its next line).
     let stdout = up.stdout.take().expect("stdout");
-    let mut id = None;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-        let line = line.expect("line");
-        if let Some(rest) = line.strip_prefix("lab ")
-            && line.contains(" up in ")
-        {
-            id = rest.split_whitespace().next().map(str::to_owned);
-            break;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("lab ")
+                && line.contains(" up in ")
+            {
+                let _ = tx.send(rest.split_whitespace().next().map(str::to_owned));
+            }
         }
-    }
-    let id = id.expect("lab id");
+    });
+    let id = rx.recv_timeout(Duration::from_secs(180)).ok().flatten().expect("lab id");
+    // The workload first fills its working set at full speed: measure its steady rate.
+    std::thread::sleep(Duration::from_secs(3));
     let out = migtrace()
         .args(["predict", "--model"])
         .arg(&dir)
@@ -306,6 +309,7 @@ fn predict_measures_a_lab_started_by_lab_up() {
     assert_eq!(v["vm"]["rate_kind"], "measured");
     assert!(v["prediction"]["migration_time_ms"].as_f64().expect("time") > 500.0);
     // The lab still runs: its own QMP connection was not disturbed.
+    assert!(up.try_wait().expect("lab up").is_none(), "lab up exited");
     assert!(migtrace::lab::registry::list().iter().any(|s| s.id == id && s.source_qmp.is_some()));
     drop(_stop);
     let _ = up.wait();
