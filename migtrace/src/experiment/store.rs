@@ -138,7 +138,8 @@ impl Store {
 }
 
 impl Store {
-    /// Writes `report.html` and `plots/*.svg` from the records and `summary` (see
+    /// Writes `report.html` and `plots/*.svg` from the records and `summary`, with the
+    /// model validation of `validation.json` when the directory has one (see
     /// [`crate::report::html`]).
     pub fn write_report(
         &self,
@@ -148,7 +149,19 @@ impl Store {
         let records = self.records()?;
         let spec_text = fs::read_to_string(self.dir.join("spec.toml"))
             .unwrap_or_else(|_| toml::to_string(&spec.raw).unwrap_or_default());
-        let e = crate::report::html::Experiment { spec, spec_text: &spec_text, records: &records, summary };
+        // A validation the directory holds is shown; one that cannot be read is said so
+        // and left out, the rest of the report still written.
+        let validation = crate::model::validate::Validation::load(&self.dir).unwrap_or_else(|e| {
+            log::warn!("{e}: the report leaves the model validation out");
+            None
+        });
+        let e = crate::report::html::Experiment {
+            spec,
+            spec_text: &spec_text,
+            records: &records,
+            summary,
+            validation: validation.as_ref(),
+        };
         Ok(crate::report::html::write(&self.dir, &e)?)
     }
 }

@@ -270,6 +270,7 @@ impl Lab {
             return Err(LabError::MinimalGuest(message));
         }
         lab.boot_time = started.elapsed();
+        lab.registry.set_source_qmp(&source.user_qmp_socket)?;
         lab.source = Some(source);
         let destination = lab.start_destination(TAPS[1]).await?;
         lab.destination = Some(destination);
@@ -342,6 +343,7 @@ impl Lab {
         let pid = old_source.pid;
         old_source.stop().await;
         self.registry.remove_qemu(pid)?;
+        self.registry.set_source_qmp(&new_source.user_qmp_socket)?;
         self.source = Some(new_source);
         self.destination = Some(self.start_destination(tap).await?);
         Ok(())

@@ -133,6 +133,9 @@ pub struct Qemu {
     pub pid: u32,
     pub tap: &'static str,
     pub qmp_socket: PathBuf,
+    /// A second QMP monitor for other clients (`migtrace predict --lab`): QEMU serves
+    /// one client per monitor, and `qmp` holds the first.
+    pub user_qmp_socket: PathBuf,
     pub console: PathBuf,
     pub stderr_log: PathBuf,
     child: Child,
@@ -152,9 +155,10 @@ impl Qemu {
         incoming: bool,
     ) -> Result<Self, QemuError> {
         let qmp_socket = dir.join(format!("{name}.qmp"));
+        let user_qmp_socket = dir.join(format!("{name}.user.qmp"));
         let console = dir.join(format!("{name}.console"));
         let stderr_log = dir.join(format!("{name}.stderr"));
-        for p in [&qmp_socket, &console] {
+        for p in [&qmp_socket, &user_qmp_socket, &console] {
             let _ = fs::remove_file(p);
         }
         let stderr =
@@ -189,6 +193,7 @@ impl Qemu {
             .args(spec.args(tap))
             .args(&serial_args)
             .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp_socket.display())])
+            .args(["-qmp", &format!("unix:{},server=on,wait=off", user_qmp_socket.display())])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -254,7 +259,7 @@ impl Qemu {
             qmp = Qmp::connect(&qmp_socket, deadline) => qmp,
             status = child.wait() => return Err(early_exit(status)),
         }?;
-        Ok(Self { name: name.into(), pid, tap, qmp_socket, console, stderr_log, child, qmp, serial })
+        Ok(Self { name: name.into(), pid, tap, qmp_socket, user_qmp_socket, console, stderr_log, child, qmp, serial })
     }
 
     /// The last `n` lines of the guest console.
@@ -309,12 +314,14 @@ impl Qemu {
             }
         }
         let _ = fs::remove_file(&self.qmp_socket);
+        let _ = fs::remove_file(&self.user_qmp_socket);
     }
 
     /// Kills the process at once (SIGKILL) and reaps it.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
         let _ = fs::remove_file(&self.qmp_socket);
+        let _ = fs::remove_file(&self.user_qmp_socket);
     }
 }
 
