@@ -5,8 +5,10 @@
 //! - [`hypervisor`]: a pair of hosts that can migrate a VM.
 //! - [`measure`]: a measured migration, its timeline, downtime every way, the record.
 //! - [`report`]: tables for people.
+//! - [`files`]: results on disk (modes, atomic writes, the results directory's lock).
 pub mod clock;
 pub mod experiment;
+pub mod files;
 pub mod hypervisor;
 pub mod lab;
 pub mod measure;

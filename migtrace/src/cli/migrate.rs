@@ -218,6 +218,15 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
         PathBuf::from("results").join(format!("migrate-{stamp}"))
     });
+    if args.lab {
+        // Root, capabilities, tracefs: refused now rather than after the guest booted.
+        migtrace::lab::check_privileges()?;
+        if options.trace {
+            migtrace::probe::preflight().context("the eBPF probes (--no-probes measures without them)")?;
+        }
+    }
+    // One run per output directory; checked to take files before any lab starts.
+    let _lock = migtrace::files::DirLock::acquire(&out)?;
     let mut writer = RecordWriter::open(&out)?;
     let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
     if let Some(uris) = &args.libvirt {

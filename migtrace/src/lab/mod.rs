@@ -109,6 +109,11 @@ pub enum LabError {
     #[error("the lab needs root (network namespaces, taps, eBPF): run migtrace as root")]
     NotRoot,
     #[error(
+        "the lab needs CAP_SYS_ADMIN and CAP_NET_ADMIN (namespaces, mounts, taps); this process lacks {0}: run \
+         migtrace as root with its full capability set (a container: --privileged)"
+    )]
+    NoCapability(String),
+    #[error(
         "workload wset={wset_mib} MiB must be smaller than the guest's {vmsize_mib} MiB (the guest kernel needs room too)"
     )]
     WsetTooLarge { wset_mib: u64, vmsize_mib: u32 },
@@ -368,11 +373,24 @@ impl Drop for Lab {
     }
 }
 
-/// Checks a lab configuration before anything is started.
-pub fn validate(config: &LabConfig) -> Result<(), LabError> {
+/// Whether this process may build a lab: root, with the capabilities namespaces and
+/// taps take.
+pub fn check_privileges() -> Result<(), LabError> {
+    use migtrace_common::host::cap;
     if !host::is_root() {
         return Err(LabError::NotRoot);
     }
+    let missing: Vec<&str> =
+        [cap::SYS_ADMIN, cap::NET_ADMIN].into_iter().filter(|c| !host::has_capability(*c)).map(cap::name).collect();
+    if !missing.is_empty() {
+        return Err(LabError::NoCapability(missing.join(", ")));
+    }
+    Ok(())
+}
+
+/// Checks a lab configuration before anything is started.
+pub fn validate(config: &LabConfig) -> Result<(), LabError> {
+    check_privileges()?;
     if config.vcpus == 0 {
         return Err(LabError::NoVcpus);
     }
