@@ -5,6 +5,7 @@
 //! - [`minimal`]: migtrace's minimal bare-metal guest, for KVM where Linux cannot run.
 //! - [`netns`]: the namespace with its bridge, taps and probe interface.
 //! - [`qemu`]: starting and stopping one QEMU; [`qmp`]: talking to it.
+//! - [`tied`]: children (QEMUs, daemons) that die with migtrace, SIGKILL included.
 //!
 //! Migrations ping-pong: after each one the old source is replaced by a fresh `-incoming`
 //! QEMU on its tap, which becomes the next destination; the guest keeps running.
@@ -18,6 +19,7 @@ pub mod netns;
 pub mod qemu;
 pub mod qmp;
 pub mod registry;
+pub mod tied;
 
 use std::{fmt, path::PathBuf, time::Duration};
 
