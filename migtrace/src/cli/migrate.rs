@@ -348,7 +348,7 @@ fn agent_argv(given: Option<&str>, host: &str) -> Result<Vec<String>> {
             }
             Ok(argv)
         }
-        None => Ok(["ssh", host, "migtrace", "agent"].map(str::to_owned).to_vec()),
+        None => Ok(migtrace::probe::agent::ssh_argv(host)?),
     }
 }
 
