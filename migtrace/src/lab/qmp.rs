@@ -120,6 +120,11 @@ impl Qmp {
         }
     }
 
+    /// Whether the connection has closed (QEMU exited or closed the socket).
+    pub fn closed(&self) -> bool {
+        *self.log.closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Number of events received so far: a cursor for [`Qmp::wait_event`].
     pub fn event_count(&self) -> usize {
         self.log.events.lock().unwrap_or_else(|p| p.into_inner()).len()
