@@ -66,10 +66,10 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             let obs = observations(&dir)?;
             let v = validate::cross_validate(&obs)?;
             let json_path = dir.join(validate::VALIDATION_FILE);
-            std::fs::write(&json_path, serde_json::to_string_pretty(&v)? + "\n")
+            migtrace::files::write_atomic(&json_path, (serde_json::to_string_pretty(&v)? + "\n").as_bytes())
                 .with_context(|| format!("writing {}", json_path.display()))?;
             let svg_path = dir.join(validate::VALIDATION_SVG);
-            std::fs::write(&svg_path, plot::plot_svg(&v.points)?)
+            migtrace::files::write_atomic(&svg_path, plot::plot_svg(&v.points)?.as_bytes())
                 .with_context(|| format!("writing {}", svg_path.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

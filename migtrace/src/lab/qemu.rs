@@ -206,8 +206,8 @@ impl Qemu {
         let overlay = mount_pairs(&spec.qemu.overlay());
         // SAFETY: only async-signal-safe calls between fork and exec, on data prepared
         // before: setns on an fd we own, unshare and mount for a cached QEMU's own
-        // directories, prctl. QEMU then opens its tap inside the lab namespace, and dies
-        // with us.
+        // directories. QEMU then opens its tap inside the lab namespace; `tied::spawn`
+        // makes it die with us.
         unsafe {
             use std::os::fd::AsRawFd as _;
             let fd = ns_file.as_raw_fd();
@@ -218,12 +218,11 @@ impl Qemu {
                 if !overlay.is_empty() {
                     mount_private_overlay(&overlay)?;
                 }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
+        let mut child = super::tied::spawn(cmd)
+            .await
             .map_err(|source| QemuError::Spawn { binary: spec.qemu.binary.display().to_string(), source })?;
         drop(ns_file);
         let pid = child.id().unwrap_or(0);

@@ -233,7 +233,8 @@ impl Model {
 
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         let text = serde_json::to_string_pretty(self).map_err(|e| ModelError::Fit(e.to_string()))?;
-        std::fs::write(path, text + "\n").map_err(|source| ModelError::Io { path: path.display().to_string(), source })
+        crate::files::write_atomic(path, (text + "\n").as_bytes())
+            .map_err(|source| ModelError::Io { path: path.display().to_string(), source })
     }
 
     /// The 80 % interval around a predicted `value` of `measure` from the held-out

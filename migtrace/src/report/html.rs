@@ -45,7 +45,7 @@ pub enum HtmlError {
     Plot(#[from] PlotError),
     #[error("the model validation's plot: {0}")]
     Model(#[from] model::ModelError),
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", crate::files::hint(.source))]
     Io {
         path: PathBuf,
         #[source]
@@ -108,7 +108,7 @@ pub fn write(dir: &Path, e: &Experiment<'_>) -> Result<Written, HtmlError> {
         let path = path.to_owned();
         move |source| HtmlError::Io { path, source }
     };
-    fs::create_dir_all(&plots).map_err(io_err(&plots))?;
+    crate::files::create_dir(&plots).map_err(io_err(&plots))?;
     let keep: std::collections::BTreeSet<&str> = page.figures.iter().map(|f| f.file.as_str()).collect();
     if let Ok(entries) = fs::read_dir(&plots) {
         for entry in entries.flatten() {
@@ -120,17 +120,11 @@ pub fn write(dir: &Path, e: &Experiment<'_>) -> Result<Written, HtmlError> {
     }
     for f in &page.figures {
         let path = plots.join(&f.file);
-        write_atomic(&path, f.svg.as_bytes()).map_err(io_err(&path))?;
+        crate::files::write_atomic(&path, f.svg.as_bytes()).map_err(io_err(&path))?;
     }
     let html = dir.join(REPORT_FILE);
-    write_atomic(&html, page.html.as_bytes()).map_err(io_err(&html))?;
+    crate::files::write_atomic(&html, page.html.as_bytes()).map_err(io_err(&html))?;
     Ok(Written { html, plots, figures: page.figures.len() })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
 }
 
 /// Escapes text for HTML (and XML: the page is well-formed XML too).
