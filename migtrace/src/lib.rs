@@ -5,10 +5,14 @@
 //! - [`hypervisor`]: a pair of hosts that can migrate a VM.
 //! - [`measure`]: a measured migration, its timeline, downtime every way, the record.
 //! - [`report`]: tables for people.
+//! - [`model`]: predicting a migration before it happens, fitted on traces.
+//! - [`files`]: results on disk (modes, atomic writes, the results directory's lock).
 pub mod clock;
 pub mod experiment;
+pub mod files;
 pub mod hypervisor;
 pub mod lab;
 pub mod measure;
+pub mod model;
 pub mod probe;
 pub mod report;

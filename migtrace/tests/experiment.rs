@@ -1,5 +1,6 @@
 //! Root, QEMU (TCG here): the experiment runner end to end, through the `migtrace`
-//! binary as a user runs it. Resume after a kill by pid loses and duplicates nothing;
+//! binary as a user runs it. Resume after a kill by pid mid-migration loses and
+//! duplicates nothing, and the run's QEMUs die with it;
 //! Ctrl-C ends cleanly; the default experiment runs. Run with `cargo xtask test`.
 
 use std::{
@@ -55,20 +56,75 @@ fn wait_for_records(dir: &Path, n: usize, child: &mut std::process::Child) {
     }
 }
 
+/// Whether process `pid` has a TCP connection to or from the lab's migration port
+/// (4444, `lab::MIGRATION_URI`) established: a migration is under way. Read in its own
+/// network namespace's view.
+fn migrating(pid: u32) -> bool {
+    let table = fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[3] == "01" && (f[1].ends_with(":115C") || f[2].ends_with(":115C"))
+    })
+}
+
+/// Waits until a lab of run `pid` is migrating; returns that lab.
+fn wait_for_migration(pid: u32, child: &mut std::process::Child) -> registry::State {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "no migration under way within 2 minutes");
+        assert!(child.try_wait().expect("poll").is_none(), "run ended early");
+        let labs = registry::list().into_iter().filter(|s| s.owner_pid == pid);
+        if let Some(lab) = labs.into_iter().find(|s| s.qemu_pids.iter().any(|&q| migrating(q))) {
+            return lab;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Processes in network namespace `ns` (a named one, /run/netns/NS).
+fn in_namespace(ns: &str) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(inode) = fs::metadata(migtrace::lab::netns::ns_path(ns)).map(|m| m.ino()) else { return Vec::new() };
+    let want = format!("net:[{inode}]");
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+                .filter(|p| fs::read_link(format!("/proc/{p}/ns/net")).is_ok_and(|l| l.to_string_lossy() == want))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 #[ignore = "needs root and QEMU: runs experiments (run `cargo xtask test`)"]
 fn resume_after_kill_by_pid_loses_and_duplicates_nothing() {
     let root = temp_root("resume");
     let spec = root.join("spec.toml");
-    fs::write(&spec, SPEC).expect("spec");
+    // With the ping on: its process must not outlive the run either.
+    fs::write(&spec, SPEC.replace("ping_interval_ms = 0", "ping_interval_ms = 50")).expect("spec");
     let dir = root.join("resume-test");
     let mut child =
         migtrace().arg("run").arg(&spec).arg("--results").arg(&root).stderr(Stdio::null()).spawn().expect("run");
     wait_for_records(&dir, 2, &mut child);
     let pid = child.id();
+    // Mid-migration: the source QEMU holds the migration stream's connection open.
+    let lab = wait_for_migration(pid, &mut child);
     // SAFETY: killing the migtrace process this test started, by pid.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     child.wait().expect("reap");
+    // Its QEMUs and ping die with it (nothing forked by migtrace outlives it): the lab's
+    // namespace holds no process even before `lab clean`.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !registry::qemu_processes(&lab.id).is_empty() || !in_namespace(&lab.netns).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "outlived the killed run: QEMUs {:?}, processes in its namespace {:?}",
+            registry::qemu_processes(&lab.id),
+            in_namespace(&lab.netns)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let before = fs::read_to_string(dir.join("migrations.jsonl")).expect("records");
     let complete_before = before.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()).count();
     assert!(complete_before >= 2);
@@ -77,6 +133,7 @@ fn resume_after_kill_by_pid_loses_and_duplicates_nothing() {
     let clean = migtrace().args(["lab", "clean"]).output().expect("lab clean");
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
     assert!(labs_of(pid).is_empty(), "lab clean left {:?}", labs_of(pid));
+    assert!(!migtrace::lab::netns::ns_path(&lab.netns).exists(), "lab clean left the namespace");
 
     let out = migtrace().arg("run").arg(&spec).arg("--results").arg(&root).output().expect("resume");
     assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));

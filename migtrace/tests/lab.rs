@@ -106,6 +106,88 @@ async fn killed_destination_fails_the_migration_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
+async fn killed_source_fails_the_migration_cleanly() {
+    let config = LabConfig { workload: Spec::parse("wset=64M,rate=20000").expect("spec"), ..LabConfig::default() };
+    let mut lab = Lab::up(config).await.expect("lab up");
+    let id = lab.id.clone();
+    let (src, _) = lab.pids();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: killing the source QEMU this test started, by pid.
+        unsafe { libc::kill(src as i32, libc::SIGKILL) };
+    });
+    let o = lab.migrate(&params()).await.expect("migration attempt is recorded, not an error");
+    killer.join().expect("killer thread");
+    assert_eq!(o.status, Status::Failed);
+    let error = o.error.expect("error text");
+    assert!(error.contains(&format!("source QEMU (pid {src}) exited")), "error names the problem: {error}");
+    drop(lab); // the guest died with its source: Drop cleans up the rest
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_gone(&id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
+async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_failed() {
+    use migtrace::{
+        measure::{
+            record::{self, RecordWriter},
+            session::{MeasureOptions, Network, Session},
+        },
+        report::stats::{self, Category},
+    };
+    // 64 MiB of dirty pages at 32 MiB/s: the stream is still flowing when it is cut.
+    let config = LabConfig { workload: Spec::parse("wset=64M,rate=2000").expect("spec"), ..LabConfig::default() };
+    let mut lab = Lab::up(config).await.expect("lab up");
+    let id = lab.id.clone();
+    let ns = lab.ns().to_owned();
+    let network = Network { ns: Some(ns.clone()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
+    let options = MeasureOptions {
+        trace: false,
+        ping_interval: None,
+        probe_interval: None,
+        settle: Duration::from_millis(100),
+        settle_max: Duration::from_millis(100),
+        memory_check: None,
+        ..MeasureOptions::default()
+    };
+    let mut session = Session::start(network, options).expect("session");
+    // The stream runs over the namespace's loopback (MIGRATION_URI): down, every segment
+    // between the two QEMUs is dropped and the connection hangs, as on a cut cable.
+    let cutter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        netns::ip(&["-n", &ns, "link", "set", "lo", "down"]).expect("cut the stream");
+    });
+    let params = MigrationParams { max_bandwidth: Some(32 << 20), timeout_s: 4.0, ..MigrationParams::default() };
+    let r = session.migrate(&mut lab, &params, 0, "cut").await.expect("attempt recorded");
+    cutter.join().expect("cutter thread");
+    assert_eq!(r.outcome.status, Status::TimedOut, "{:?}", r.outcome.error);
+    assert!(
+        r.outcome.error.as_deref().is_some_and(|e| e.contains("did not complete within 4 s")),
+        "{:?}",
+        r.outcome.error
+    );
+    // Cancelled: the source runs the guest again and answers ping.
+    let source = lab.source.as_ref().expect("source");
+    let state = source.qmp.run_state().await.expect("query-status");
+    assert_eq!(state, "running", "the source resumed the guest after the cancel");
+    assert!(ping_once(lab.ns()), "guest still answers on the source");
+    // A failed record, written like any other and kept out of the statistics.
+    assert_eq!(stats::category(&r), Category::Failed);
+    let dir = std::env::temp_dir().join(format!("migtrace-cut-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    RecordWriter::open(&dir).expect("writer").append(&r).expect("append");
+    let back = record::read(&dir).expect("read back");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].outcome.status, Status::TimedOut);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    session.stop().await.expect("stop");
+    lab.down().await;
+    assert_gone(&id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
 async fn migration_that_does_not_converge_times_out_and_is_cancelled() {
     // 64 MiB of dirty pages over a 1 MiB/s link cannot converge in 3 s.
     let config = LabConfig { workload: Spec::parse("wset=64M,rate=2000").expect("spec"), ..LabConfig::default() };

@@ -189,8 +189,21 @@ struct Child(std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
+        // Stopped as a user stops it (Ctrl-C): the lab tears itself down. A failed
+        // assertion must not leave the lab's daemons and their QEMU behind.
+        // SAFETY: signalling the child this test started, by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        // What it could not remove: `lab clean` takes labs whose owner is gone.
+        let _ = migtrace().args(["lab", "clean"]).status();
     }
 }
 
@@ -260,7 +273,10 @@ fn migrate_points_at_two_libvirt_hosts_by_uri_with_agents_started_by_command() {
     assert_eq!(records.len(), 2);
     for r in &records {
         assert_eq!(r.outcome.status, Status::Completed);
-        assert!(r.missing.iter().all(|m| m.starts_with("timeline: ")), "{:?}", r.missing);
+        // A sender stalled by the loaded host voids its own gap, flagged, never passed off
+        // as the guest's; nothing else may be missing.
+        let stalled = |m: &String| m.contains("stalled") || m.contains("ping itself was");
+        assert!(r.missing.iter().all(|m| m.starts_with("timeline: ") || stalled(m)), "{:?}", r.missing);
         // Hosts named after their URIs' host part: here the local socket, so source/destination.
         assert_eq!(r.clocks.len(), 2);
     }

@@ -126,7 +126,10 @@ async fn kvm_migrations_of_the_minimal_guest_are_traced_end_to_end() {
         error * 1e6,
         start.calibration_spread_ppm
     );
-    assert!(error.abs() < 1e-3, "guest TSC {} kHz vs KVM {host_khz} kHz", start.tsc_khz);
+    // Within 0.1 %, or within the spread the guest measured itself (a loaded host
+    // delays its PIT reads).
+    let tolerance = 1e-3_f64.max(start.calibration_spread_ppm as f64 * 1e-6);
+    assert!(error.abs() < tolerance, "guest TSC {} kHz vs KVM {host_khz} kHz", start.tsc_khz);
 
     let params = MigrationParams { timeout_s: 120.0, ..MigrationParams::default() };
     let options = MeasureOptions { keep_trace: true, ..MeasureOptions::default() };
@@ -170,11 +173,26 @@ async fn kvm_migrations_of_the_minimal_guest_are_traced_end_to_end() {
         let last_exit = trace.source_vcpus.iter().map(|v| v.last_exit_ns).max().expect("source vCPU");
         let first_enter =
             trace.destination_vcpus.iter().map(|v| v.first_enter_ns).filter(|&t| t > 0).min().expect("dest vCPU");
-        assert_eq!(t.marks.destination_resumed_ns, Some(first_enter), "{what}: resume from KVM_RUN");
+        // Clamped to the resume_all_vcpus call (see `Marks`): on rare runs a vCPU thread
+        // was seen entering KVM_RUN just before the call's entry probe fired.
+        let resume_call = |ret: bool| {
+            trace
+                .phases
+                .iter()
+                .find(|p| p.tgid == trace.destination_pid && p.point == "ResumeAllVcpus" && p.ret == ret)
+                .map(|p| p.ts_ns)
+                .expect("resume_all_vcpus probed")
+        };
+        let (resume_in, resume_out) = (resume_call(false), resume_call(true));
+        if first_enter < resume_in {
+            eprintln!("{what}: first KVM_RUN {} µs before resume_all_vcpus", (resume_in - first_enter) / 1000);
+        }
+        let expected = first_enter.clamp(resume_in, resume_out.max(resume_in));
+        assert_eq!(t.marks.destination_resumed_ns, Some(expected), "{what}: resume from KVM_RUN");
         let (stop, paused) = (t.marks.vm_stop_ns.expect("vm stop"), t.marks.source_paused_ns.expect("paused"));
         assert!(paused >= stop && (last_exit < stop || paused == last_exit), "{what}: pause from KVM_RUN");
         let vcpu = r.downtime_ms.vcpu.expect("vCPU blackout");
-        assert!((vcpu - (first_enter - paused) as f64 / 1e6).abs() < 1e-6);
+        assert!((vcpu - (expected - paused) as f64 / 1e6).abs() < 1e-6);
         assert!(t.vcpus.iter().any(|v| v.host == migtrace::measure::timeline::Host::Destination));
         assert!(vcpu > 0.0 && r.downtime_ms.reported.is_some());
 
@@ -192,7 +210,7 @@ async fn kvm_migrations_of_the_minimal_guest_are_traced_end_to_end() {
         assert!(t.phase("first guest heartbeat").is_some(), "{what}: phase");
 
         // No network: exactly the network measures are missing, with the reason.
-        assert_eq!(r.missing.len(), 2, "{what}: {:?}", r.missing);
+        assert_eq!(r.missing.len(), 4, "{what}: ping, its gap, probe gap, announce: {:?}", r.missing);
         assert!(r.missing.iter().all(|m| m.ends_with(": the minimal guest has no network")), "{:?}", r.missing);
         assert!(r.ping.is_none() && r.probe.is_none() && r.downtime_ms.probe_gap.is_none());
         let health = r.trace_health.as_ref().expect("health");

@@ -138,6 +138,14 @@ fn main_chain_is_complete_contiguous_and_ordered() {
     // Remaining bytes of round 2: the out-parameters of the pending check returning at
     // 804.300 ms, 14,426,112 bytes.
     assert_eq!(t.rounds[1].remaining_bytes, Some(14_426_112));
+    // Round 1 starts with all of RAM pending and checks 8 times (every 100 ms window)
+    // before the check entering at 804.148 ms syncs; that check's result opens round 2,
+    // whose stop decision used its threshold (128 MiB/s measured × 300 ms).
+    let (r1, r2) = (&t.rounds[0], &t.rounds[1]);
+    assert_eq!((r1.dirty_bytes, r1.checks, r1.remaining_bytes), (Some(268_967_936), Some(8), Some(82_173_952)));
+    assert_eq!(r1.threshold_bytes, Some(40_272_795));
+    assert_eq!((r2.dirty_bytes, r2.checks, r2.threshold_bytes), (Some(14_426_112), Some(1), Some(40_276_089)));
+    assert_eq!((t.rounds[2].dirty_bytes, t.rounds[2].checks), (None, None), "the final round checks nothing");
 }
 
 #[test]

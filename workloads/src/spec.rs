@@ -110,7 +110,7 @@ pub fn parse_duration(key: &'static str, value: &str) -> Result<Duration, SpecEr
     if !secs.is_finite() || secs <= 0.0 {
         return Err(bad(key, value, "must be greater than zero"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| bad(key, value, "too large"))
 }
 
 fn parse_percent(key: &'static str, value: &str) -> Result<f64, SpecError> {

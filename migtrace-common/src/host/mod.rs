@@ -198,6 +198,38 @@ pub fn has_pmu(name: &str) -> bool {
     Path::new("/sys/bus/event_source/devices").join(name).join("type").exists()
 }
 
+/// Capability numbers (`linux/capability.h`) migtrace needs.
+pub mod cap {
+    pub const NET_ADMIN: u32 = 12;
+    pub const SYS_ADMIN: u32 = 21;
+    pub const PERFMON: u32 = 38;
+    pub const BPF: u32 = 39;
+
+    pub fn name(cap: u32) -> &'static str {
+        match cap {
+            NET_ADMIN => "CAP_NET_ADMIN",
+            SYS_ADMIN => "CAP_SYS_ADMIN",
+            PERFMON => "CAP_PERFMON",
+            BPF => "CAP_BPF",
+            _ => "a capability",
+        }
+    }
+}
+
+/// The process's effective capability set (`CapEff` of /proc/self/status); None if it
+/// cannot be read.
+pub fn effective_capabilities() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Whether the process holds capability `cap` (see [`cap`]); true when the set cannot
+/// be read (the kernel then has the last word).
+pub fn has_capability(cap: u32) -> bool {
+    effective_capabilities().is_none_or(|set| set & (1u64 << cap) != 0)
+}
+
 /// Whether the process runs as root (effective uid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

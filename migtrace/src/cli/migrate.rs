@@ -1,5 +1,6 @@
 //! `migtrace migrate`
 
+use migtrace::experiment::spec::MAX_SECONDS;
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
@@ -137,8 +138,8 @@ pub struct MigrationArgs {
 
 impl MigrationArgs {
     pub fn params(&self) -> Result<MigrationParams> {
-        if self.timeout.is_nan() || self.timeout <= 0.0 {
-            bail!("--timeout must be positive");
+        if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= MAX_SECONDS) {
+            bail!("--timeout must be positive and at most {MAX_SECONDS} s (a week)");
         }
         Ok(MigrationParams {
             max_bandwidth: self.max_bandwidth.map(|m| m << 20),
@@ -179,16 +180,22 @@ pub struct MeasureArgs {
 impl MeasureArgs {
     pub fn options(&self) -> Result<MeasureOptions> {
         if self.ping_interval < 0.0
-            || self.ping_interval.is_nan()
+            || !self.ping_interval.is_finite()
             || (self.ping_interval > 0.0 && self.ping_interval < 2.0)
+            || self.ping_interval > 60_000.0
         {
-            bail!("--ping-interval must be 0 (off) or at least 2 ms (iputils' floor)");
+            bail!("--ping-interval must be 0 (off) or from 2 ms (iputils' floor) to 60000 ms");
         }
         if self.probe_rate < 0.0 || self.probe_rate.is_nan() || self.probe_rate > 100_000.0 {
             bail!("--probe-rate must be between 0 (off) and 100000 Hz");
         }
-        if self.settle < 0.0 || self.settle.is_nan() || self.settle_max.is_nan() || self.settle_max < self.settle {
-            bail!("--settle must not be negative, and --settle-max not below --settle");
+        if self.settle < 0.0
+            || !self.settle.is_finite()
+            || !self.settle_max.is_finite()
+            || self.settle_max < self.settle
+            || self.settle_max > MAX_SECONDS
+        {
+            bail!("--settle must not be negative, and --settle-max not below --settle nor above a week");
         }
         Ok(MeasureOptions {
             trace: !self.no_probes,
@@ -218,8 +225,17 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
         PathBuf::from("results").join(format!("migrate-{stamp}"))
     });
+    if args.lab {
+        // Root, capabilities, tracefs: refused now rather than after the guest booted.
+        migtrace::lab::check_privileges()?;
+        if options.trace {
+            migtrace::probe::preflight().context("the eBPF probes (--no-probes measures without them)")?;
+        }
+    }
+    // One run per output directory; checked to take files before any lab starts.
+    let _lock = migtrace::files::DirLock::acquire(&out)?;
     let mut writer = RecordWriter::open(&out)?;
-    let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
+    let warmup = Duration::try_from_secs_f64(args.warmup.max(0.0)).context("--warmup: seconds")?;
     if let Some(uris) = &args.libvirt {
         let domain = args.domain.clone().unwrap_or_default();
         let hosts = [LibvirtHost::from_uri(&uris[0], "source"), LibvirtHost::from_uri(&uris[1], "destination")];
@@ -339,7 +355,7 @@ fn agent_argv(given: Option<&str>, host: &str) -> Result<Vec<String>> {
             }
             Ok(argv)
         }
-        None => Ok(["ssh", host, "migtrace", "agent"].map(str::to_owned).to_vec()),
+        None => Ok(migtrace::probe::agent::ssh_argv(host)?),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod lab;
 pub mod migrate;
+mod model;
 
 use std::path::PathBuf;
 
@@ -134,6 +135,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The pre-copy model: fit it on an experiment's traces, validate it on held-out
+    /// treatments.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Predict a migration before running it: migration time, rounds, QEMU downtime,
+    /// vCPU blackout and guest-observed downtime, with an interval from the model's
+    /// held-out errors. The VM is described (--vmsize --wset --rate) or measured
+    /// while it runs, without migrating it (--lab: QEMU's calc-dirty-rate; --libvirt
+    /// --domain: libvirt's dirty-rate calculation).
+    ///
+    /// Examples:
+    ///   migtrace predict --model results/model-validation --vmsize 512 --wset 96 --rate 10000
+    ///   migtrace predict --model results/model-validation --vmsize 1024 --wset 256 --rate 20000 \
+    ///       --bandwidth 256 --downtime-limit 100
+    ///   migtrace predict --model results/model-validation --lab 3fa2c1
+    ///   migtrace predict --model model.json --libvirt qemu+ssh://h1/system --domain web1
+    #[command(verbatim_doc_comment)]
+    Predict(Box<model::PredictArgs>),
     /// Trace this hypervisor host for one domain and answer a coordinating migtrace on
     /// stdin and stdout (JSON lines); started by `migrate --libvirt` on each host.
     ///
@@ -163,6 +182,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Lab(cmd) => lab::run(cmd).await,
         Command::Migrate(args) => migrate::run(*args).await,
         Command::Run(args) => run_experiment(args).await,
+        Command::Model(cmd) => model::run(cmd),
+        Command::Predict(args) => model::predict(*args).await,
         Command::Report { dir, html } => {
             let text = std::fs::read_to_string(dir.join("spec.toml"))
                 .map_err(|e| anyhow::anyhow!("{}: not an experiment directory ({e})", dir.display()))?;

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{
     design::{self, Treatment},
-    spec::{ExperimentSpec, SpecError},
+    spec::{Backend, ExperimentSpec, SpecError},
     store::{Store, StoreError},
     testbed::{self, Testbed, TestbedError},
 };
@@ -52,6 +52,10 @@ pub enum RunError {
         #[source]
         source: TraceError,
     },
+    #[error("{0}")]
+    Lab(#[from] crate::lab::LabError),
+    #[error("{0} (or set `probes = false` under [measure])")]
+    Probes(#[from] crate::probe::ProbeError),
 }
 
 #[derive(Clone, Debug)]
@@ -210,7 +214,17 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
     for q in selectors {
         migtrace_common::host::qemu::select(q).map_err(|e| SpecError::Treatment(format!("qemu = {q:?}: {e}")))?;
     }
-    let store = Store::open(&opts.results, spec, spec_text, opts.force_new)?;
+    // What a lab on this machine needs (root, capabilities, tracefs) fails now, not
+    // after the first boot.
+    if matches!(spec.backend(), Backend::Lab | Backend::LibvirtLab) {
+        crate::lab::check_privileges()?;
+        if spec.raw.measure.probes {
+            crate::probe::preflight()?;
+        }
+    }
+    // Locked for this run (a second run of the experiment is refused) and checked to
+    // take files: a read-only or full results directory fails here, before any lab.
+    let store = Store::open_for_run(&opts.results, spec, spec_text, opts.force_new)?;
     let done = store.done()?;
     let reps = spec.raw.repetitions;
     let todo: Vec<(usize, &Treatment, Vec<u32>)> = treatments

@@ -175,6 +175,9 @@ impl Default for MeasureSection {
     }
 }
 
+/// The longest time any knob of a spec may say (settle, timeouts): a week.
+pub const MAX_SECONDS: f64 = 7.0 * 86_400.0;
+
 /// `[migration]`: knobs that are not factors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -494,8 +497,26 @@ impl ExperimentSpec {
             base.entry(*factor).or_insert_with(|| levels[0].clone());
         }
         let m = &raw.measure;
-        if m.ping_interval_ms < 0.0 || (m.ping_interval_ms > 0.0 && m.ping_interval_ms < 2.0) {
-            return Err(SpecError::Measure("ping_interval_ms must be 0 (off) or at least 2".into()));
+        // Finite and bounded (TOML has inf and nan): every one of them becomes a Duration.
+        let seconds = |key: &str, v: f64, lowest: f64| {
+            if v.is_finite() && v >= lowest && v <= MAX_SECONDS {
+                Ok(())
+            } else {
+                Err(format!("{key} = {v}: expected a number of seconds from {lowest} to {MAX_SECONDS} (a week)"))
+            }
+        };
+        if !m.ping_interval_ms.is_finite()
+            || m.ping_interval_ms < 0.0
+            || (m.ping_interval_ms > 0.0 && m.ping_interval_ms < 2.0)
+            || m.ping_interval_ms > 60_000.0
+        {
+            return Err(SpecError::Measure("ping_interval_ms must be 0 (off) or from 2 to 60000".into()));
+        }
+        seconds("settle_s", m.settle_s, 0.0).map_err(SpecError::Measure)?;
+        seconds("settle_max_s", m.settle_max_s, 0.0).map_err(SpecError::Measure)?;
+        let g = &raw.migration;
+        for (key, v) in [("timeout_s", g.timeout_s), ("boot_timeout_s", g.boot_timeout_s)] {
+            seconds(key, v, 0.001).map_err(|e| SpecError::Treatment(format!("[migration] {e}")))?;
         }
         if !(0.0..=100_000.0).contains(&m.probe_rate_hz) {
             return Err(SpecError::Measure("probe_rate_hz must be between 0 (off) and 100000".into()));
@@ -524,6 +545,28 @@ mod tests {
     use super::*;
 
     const DEFAULT: &str = include_str!("../../../specs/default.toml");
+
+    #[test]
+    fn times_that_would_not_make_a_duration_are_refused() {
+        for (section, line) in [
+            ("measure", "settle_s = inf"),
+            ("measure", "settle_s = nan"),
+            ("measure", "settle_max_s = 1e300"),
+            ("measure", "ping_interval_ms = inf"),
+            ("migration", "timeout_s = -1"),
+            ("migration", "timeout_s = nan"),
+            ("migration", "boot_timeout_s = inf"),
+        ] {
+            let text = format!("name = \"t\"\nrepetitions = 1\n[factors]\nwset = [\"16M\"]\n[{section}]\n{line}\n");
+            let e = ExperimentSpec::parse(&text).expect_err(line).to_string();
+            assert!(!e.contains('\n') && e.contains(line.split(' ').next().unwrap_or_default()), "{line}: {e}");
+        }
+        let e = ExperimentSpec::parse(
+            "name = \"t\"\nrepetitions = 1\nwarmup = \"99999999999999999999999s\"\n[factors]\nwset = [\"16M\"]\n",
+        )
+        .expect_err("huge");
+        assert!(e.to_string().contains("warmup"), "{e}");
+    }
 
     #[test]
     fn the_default_spec_parses() {

@@ -15,6 +15,7 @@ use super::{
     spec::{Design, ExperimentSpec},
 };
 use crate::{
+    files::{self, DirLock},
     measure::record::{self, MigrationRecord, RecordError, RecordWriter},
     report::stats::{self, EffectDesign, ExperimentSummary, MEASURES},
 };
@@ -26,7 +27,7 @@ pub enum StoreError {
          pass --force-new to start over (the old results are kept in {dir}.old-<time>)"
     )]
     SpecChanged { name: String, dir: PathBuf, old: String, new: String },
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", crate::files::hint(.source))]
     Io {
         path: PathBuf,
         #[source]
@@ -34,6 +35,8 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Locked(#[from] crate::files::LockError),
     #[error("writing the HTML report: {0}")]
     Html(#[from] crate::report::html::HtmlError),
 }
@@ -51,6 +54,8 @@ pub struct Manifest {
 
 pub struct Store {
     pub dir: PathBuf,
+    /// Held by a run: no other run writes into `dir` meanwhile.
+    lock: Option<DirLock>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -60,7 +65,30 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 impl Store {
     /// Opens (or creates) `root/<name>/` for `spec`. `spec_text` is stored as run.
     pub fn open(root: &Path, spec: &ExperimentSpec, spec_text: &str, force_new: bool) -> Result<Self, StoreError> {
+        Self::open_inner(root, spec, spec_text, force_new, false)
+    }
+
+    /// Opens the store for a run: as [`Store::open`], holding the directory's lock
+    /// ([`DirLock`]) while the store lives, and checked to take files before anything
+    /// long starts. A second run of the same experiment is refused, naming the first.
+    pub fn open_for_run(
+        root: &Path,
+        spec: &ExperimentSpec,
+        spec_text: &str,
+        force_new: bool,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(root, spec, spec_text, force_new, true)
+    }
+
+    fn open_inner(
+        root: &Path,
+        spec: &ExperimentSpec,
+        spec_text: &str,
+        force_new: bool,
+        lock: bool,
+    ) -> Result<Self, StoreError> {
         let dir = root.join(&spec.raw.name);
+        let mut held = if lock { Some(DirLock::acquire(&dir)?) } else { None };
         let manifest_path = dir.join("experiment.json");
         if let Ok(text) = fs::read_to_string(&manifest_path)
             && let Ok(old) = serde_json::from_str::<Manifest>(&text)
@@ -77,8 +105,17 @@ impl Store {
             let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let aside = PathBuf::from(format!("{}.old-{stamp}", dir.display()));
             fs::rename(&dir, &aside).map_err(io_err(&dir))?;
+            // The lock went aside with the old results: take the new directory's before
+            // letting go of it.
+            if held.is_some() {
+                held = Some(DirLock::acquire(&dir)?);
+            }
         }
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        files::create_dir(&dir).map_err(io_err(&dir))?;
+        if held.is_some() {
+            files::check_writable(&dir).map_err(io_err(&dir))?;
+            remove_stale_temporaries(&dir);
+        }
         if !manifest_path.exists() {
             let manifest = Manifest {
                 name: spec.raw.name.clone(),
@@ -93,7 +130,12 @@ impl Store {
             write_atomic(&dir.join("spec.toml"), spec_text.as_bytes())?;
             write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap_or_default().as_bytes())?;
         }
-        Ok(Self { dir })
+        Ok(Self { dir, lock: held })
+    }
+
+    /// Whether this store holds its directory's lock (opened for a run).
+    pub fn locked(&self) -> bool {
+        self.lock.is_some()
     }
 
     pub fn records_path(&self) -> PathBuf {
@@ -138,7 +180,8 @@ impl Store {
 }
 
 impl Store {
-    /// Writes `report.html` and `plots/*.svg` from the records and `summary` (see
+    /// Writes `report.html` and `plots/*.svg` from the records and `summary`, with the
+    /// model validation of `validation.json` when the directory has one (see
     /// [`crate::report::html`]).
     pub fn write_report(
         &self,
@@ -148,7 +191,19 @@ impl Store {
         let records = self.records()?;
         let spec_text = fs::read_to_string(self.dir.join("spec.toml"))
             .unwrap_or_else(|_| toml::to_string(&spec.raw).unwrap_or_default());
-        let e = crate::report::html::Experiment { spec, spec_text: &spec_text, records: &records, summary };
+        // A validation the directory holds is shown; one that cannot be read is said so
+        // and left out, the rest of the report still written.
+        let validation = crate::model::validate::Validation::load(&self.dir).unwrap_or_else(|e| {
+            log::warn!("{e}: the report leaves the model validation out");
+            None
+        });
+        let e = crate::report::html::Experiment {
+            spec,
+            spec_text: &spec_text,
+            records: &records,
+            summary,
+            validation: validation.as_ref(),
+        };
         Ok(crate::report::html::write(&self.dir, &e)?)
     }
 }
@@ -171,11 +226,26 @@ pub fn effect_design(spec: &ExperimentSpec) -> EffectDesign {
     }
 }
 
-/// Writes through a temporary file and a rename: readers never see a torn file.
+/// Writes through a temporary file and a rename: readers never see a torn file, and a
+/// failed write (a full disk) leaves the previous file as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    files::write_atomic(path, bytes).map_err(io_err(path))
+}
+
+/// Temporary files of [`files::write_atomic`] left by a process that was killed while
+/// writing (`.<name>.tmp.<pid>`, the pid no longer running). Only the lock holder calls
+/// this: nobody else writes here.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp.")).and_then(|(_, p)| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn csv_line(fields: impl IntoIterator<Item = String>) -> String {

@@ -115,12 +115,14 @@ impl Testbed {
                             .iter()
                             .zip([&l.agent_source, &l.agent_destination])
                             .map(|(h, argv)| {
-                                let argv = argv.clone().unwrap_or_else(|| {
-                                    ["ssh", &h.name, "migtrace", "agent"].map(str::to_owned).to_vec()
-                                });
-                                (h.name.clone(), argv)
+                                let argv = match argv {
+                                    Some(argv) => argv.clone(),
+                                    None => crate::probe::agent::ssh_argv(&h.name)
+                                        .map_err(|e| TestbedError::Config(e.to_string()))?,
+                                };
+                                Ok((h.name.clone(), argv))
                             })
-                            .collect(),
+                            .collect::<Result<_, TestbedError>>()?,
                     ),
                 };
                 let mut options = options;

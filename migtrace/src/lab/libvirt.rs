@@ -388,11 +388,11 @@ impl LibvirtLab {
                     ))?;
                 }
                 check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(io(Path::new("/usr/sbin/libvirtd")))?;
+        // Dies with us (see `tied`).
+        let child = super::tied::spawn(cmd).await.map_err(io(Path::new("/usr/sbin/libvirtd")))?;
         drop(ns_file);
         let pid = child.id().unwrap_or(0);
         self.registry.add_daemon(pid)?;

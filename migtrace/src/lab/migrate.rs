@@ -82,7 +82,26 @@ impl HostPair for Lab {
                 if e.0 == Status::TimedOut {
                     let _ = src.qmp.execute(q::migrate_cancel {}).await;
                 }
-                Err(e)
+                // A source killed mid-migration closes its QMP socket as it exits: give
+                // the kernel a moment to make it a zombie, then say what happened.
+                let qmp_closed = src.qmp.closed();
+                let mut exited = src.exited();
+                for _ in 0..20 {
+                    if exited || !qmp_closed {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    exited = src.exited();
+                }
+                if exited {
+                    let status = src.wait_exit().await;
+                    Err((
+                        Status::Failed,
+                        format!("source QEMU (pid {source_pid}) exited during the migration: {status}"),
+                    ))
+                } else {
+                    Err(e)
+                }
             }
         };
         let end_ns = result.is_ok().then(monotonic_ns);

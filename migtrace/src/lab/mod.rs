@@ -5,6 +5,7 @@
 //! - [`minimal`]: migtrace's minimal bare-metal guest, for KVM where Linux cannot run.
 //! - [`netns`]: the namespace with its bridge, taps and probe interface.
 //! - [`qemu`]: starting and stopping one QEMU; [`qmp`]: talking to it.
+//! - [`tied`]: children (QEMUs, daemons) that die with migtrace, SIGKILL included.
 //!
 //! Migrations ping-pong: after each one the old source is replaced by a fresh `-incoming`
 //! QEMU on its tap, which becomes the next destination; the guest keeps running.
@@ -18,6 +19,7 @@ pub mod netns;
 pub mod qemu;
 pub mod qmp;
 pub mod registry;
+pub mod tied;
 
 use std::{fmt, path::PathBuf, time::Duration};
 
@@ -108,6 +110,11 @@ impl Default for LabConfig {
 pub enum LabError {
     #[error("the lab needs root (network namespaces, taps, eBPF): run migtrace as root")]
     NotRoot,
+    #[error(
+        "the lab needs CAP_SYS_ADMIN and CAP_NET_ADMIN (namespaces, mounts, taps); this process lacks {0}: run \
+         migtrace as root with its full capability set (a container: --privileged)"
+    )]
+    NoCapability(String),
     #[error(
         "workload wset={wset_mib} MiB must be smaller than the guest's {vmsize_mib} MiB (the guest kernel needs room too)"
     )]
@@ -277,6 +284,7 @@ impl Lab {
             return Err(LabError::MinimalGuest(message));
         }
         lab.boot_time = started.elapsed();
+        lab.registry.set_source_qmp(&source.user_qmp_socket)?;
         lab.source = Some(source);
         let destination = lab.start_destination(TAPS[1]).await?;
         lab.destination = Some(destination);
@@ -358,6 +366,9 @@ impl Lab {
         };
         self.freed_tap = None;
         self.source = self.destination.take();
+        if let Some(source) = &self.source {
+            self.registry.set_source_qmp(&source.user_qmp_socket)?;
+        }
         self.destination = Some(next);
         Ok(())
     }
@@ -410,11 +421,24 @@ impl Drop for Lab {
     }
 }
 
-/// Checks a lab configuration before anything is started.
-pub fn validate(config: &LabConfig) -> Result<(), LabError> {
+/// Whether this process may build a lab: root, with the capabilities namespaces and
+/// taps take.
+pub fn check_privileges() -> Result<(), LabError> {
+    use migtrace_common::host::cap;
     if !host::is_root() {
         return Err(LabError::NotRoot);
     }
+    let missing: Vec<&str> =
+        [cap::SYS_ADMIN, cap::NET_ADMIN].into_iter().filter(|c| !host::has_capability(*c)).map(cap::name).collect();
+    if !missing.is_empty() {
+        return Err(LabError::NoCapability(missing.join(", ")));
+    }
+    Ok(())
+}
+
+/// Checks a lab configuration before anything is started.
+pub fn validate(config: &LabConfig) -> Result<(), LabError> {
+    check_privileges()?;
     if config.vcpus == 0 {
         return Err(LabError::NoVcpus);
     }

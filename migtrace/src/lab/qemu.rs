@@ -133,6 +133,9 @@ pub struct Qemu {
     pub pid: u32,
     pub tap: &'static str,
     pub qmp_socket: PathBuf,
+    /// A second QMP monitor for other clients (`migtrace predict --lab`): QEMU serves
+    /// one client per monitor, and `qmp` holds the first.
+    pub user_qmp_socket: PathBuf,
     pub console: PathBuf,
     pub stderr_log: PathBuf,
     child: Child,
@@ -152,9 +155,10 @@ impl Qemu {
         incoming: bool,
     ) -> Result<Self, QemuError> {
         let qmp_socket = dir.join(format!("{name}.qmp"));
+        let user_qmp_socket = dir.join(format!("{name}.user.qmp"));
         let console = dir.join(format!("{name}.console"));
         let stderr_log = dir.join(format!("{name}.stderr"));
-        for p in [&qmp_socket, &console] {
+        for p in [&qmp_socket, &user_qmp_socket, &console] {
             let _ = fs::remove_file(p);
         }
         let stderr =
@@ -189,6 +193,7 @@ impl Qemu {
             .args(spec.args(tap))
             .args(&serial_args)
             .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp_socket.display())])
+            .args(["-qmp", &format!("unix:{},server=on,wait=off", user_qmp_socket.display())])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -201,8 +206,8 @@ impl Qemu {
         let overlay = mount_pairs(&spec.qemu.overlay());
         // SAFETY: only async-signal-safe calls between fork and exec, on data prepared
         // before: setns on an fd we own, unshare and mount for a cached QEMU's own
-        // directories, prctl. QEMU then opens its tap inside the lab namespace, and dies
-        // with us.
+        // directories. QEMU then opens its tap inside the lab namespace; `tied::spawn`
+        // makes it die with us.
         unsafe {
             use std::os::fd::AsRawFd as _;
             let fd = ns_file.as_raw_fd();
@@ -213,12 +218,11 @@ impl Qemu {
                 if !overlay.is_empty() {
                     mount_private_overlay(&overlay)?;
                 }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
+        let mut child = super::tied::spawn(cmd)
+            .await
             .map_err(|source| QemuError::Spawn { binary: spec.qemu.binary.display().to_string(), source })?;
         drop(ns_file);
         let pid = child.id().unwrap_or(0);
@@ -254,7 +258,7 @@ impl Qemu {
             qmp = Qmp::connect(&qmp_socket, deadline) => qmp,
             status = child.wait() => return Err(early_exit(status)),
         }?;
-        Ok(Self { name: name.into(), pid, tap, qmp_socket, console, stderr_log, child, qmp, serial })
+        Ok(Self { name: name.into(), pid, tap, qmp_socket, user_qmp_socket, console, stderr_log, child, qmp, serial })
     }
 
     /// The last `n` lines of the guest console.
@@ -309,12 +313,14 @@ impl Qemu {
             }
         }
         let _ = fs::remove_file(&self.qmp_socket);
+        let _ = fs::remove_file(&self.user_qmp_socket);
     }
 
     /// Kills the process at once (SIGKILL) and reaps it.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
         let _ = fs::remove_file(&self.qmp_socket);
+        let _ = fs::remove_file(&self.user_qmp_socket);
     }
 }
 

@@ -48,7 +48,8 @@ fn host_event(e: &qmp::Event) -> Option<HostEvent> {
     let ts = &v["timestamp"];
     Some(HostEvent {
         event: v["event"].as_str()?.to_owned(),
-        unix_us: ts["seconds"].as_i64()? * 1_000_000 + ts["microseconds"].as_i64()?,
+        // Checked: a reply is input, and a wild timestamp must not overflow.
+        unix_us: ts["seconds"].as_i64()?.checked_mul(1_000_000)?.checked_add(ts["microseconds"].as_i64()?)?,
         data: v.get("data").cloned().unwrap_or_default(),
     })
 }
@@ -61,6 +62,10 @@ struct EventLog {
     closed: Mutex<bool>,
     notify: Notify,
 }
+
+/// How long a QMP command may take to answer (every command migtrace sends returns at
+/// once; `migrate` starts the migration and returns).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A QMP connection: commands through [`Qmp::execute`], events recorded in order.
 pub struct Qmp {
@@ -105,9 +110,19 @@ impl Qmp {
         Ok(Self { service, log, reader })
     }
 
-    /// Executes a command and returns its result.
+    /// Executes a command and returns its result; a reply that never comes (a QEMU that
+    /// hangs, or answers with an id nobody asked for) is an error after
+    /// [`COMMAND_TIMEOUT`].
     pub async fn execute<C: qmp::QmpCommand + qapi::Command>(&self, command: C) -> Result<C::Ok, QmpError> {
-        self.service.execute(command).await.map_err(|e| QmpError::Command { command: C::NAME, message: e.to_string() })
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.service.execute(command)).await {
+            Ok(reply) => reply.map_err(|e| QmpError::Command { command: C::NAME, message: e.to_string() }),
+            Err(_) => Err(QmpError::Timeout(COMMAND_TIMEOUT, format!("the reply to {}", C::NAME))),
+        }
+    }
+
+    /// Whether the connection has closed (QEMU exited or closed the socket).
+    pub fn closed(&self) -> bool {
+        *self.log.closed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Number of events received so far: a cursor for [`Qmp::wait_event`].

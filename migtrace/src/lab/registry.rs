@@ -25,6 +25,10 @@ pub struct State {
     /// Daemons the lab started (the libvirt lab's libvirtd per host).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub daemon_pids: Vec<u32>,
+    /// The QMP socket of the QEMU running the guest that other clients may use
+    /// (`migtrace predict --lab`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_qmp: Option<PathBuf>,
 }
 
 /// The registry entry of a lab this process owns.
@@ -77,6 +81,12 @@ impl Entry {
     /// Records a daemon the lab started.
     pub fn add_daemon(&mut self, pid: u32) -> Result<(), LabError> {
         self.state.daemon_pids.push(pid);
+        self.save()
+    }
+
+    /// Records which QMP socket reaches the QEMU running the guest.
+    pub fn set_source_qmp(&mut self, socket: &Path) -> Result<(), LabError> {
+        self.state.source_qmp = Some(socket.to_owned());
         self.save()
     }
 

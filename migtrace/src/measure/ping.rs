@@ -99,7 +99,8 @@ impl Ping {
             None => Command::new("ping"),
         };
         cmd.args(["-D", "-n", "-i", &secs, target]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = match cmd.spawn() {
+        // Dies with us: a ping left running would keep the lab's namespace alive.
+        let mut child = match crate::lab::tied::spawn_std(cmd) {
             Ok(child) => child,
             Err(e) => {
                 return Self {

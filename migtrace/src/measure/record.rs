@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::{self, BufRead as _, Write as _},
+    io::{self, Write as _},
     path::{Path, PathBuf},
 };
 
@@ -121,7 +121,7 @@ impl MigrationRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", crate::files::hint(.source))]
     Io {
         path: PathBuf,
         #[source]
@@ -143,13 +143,14 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    /// Opens `dir/migrations.jsonl` for appending, creating `dir` if needed.
+    /// Opens `dir/migrations.jsonl` for appending, creating `dir` if needed. Fails now,
+    /// not after a migration, if `dir` takes no file (read-only, full, no permission).
     pub fn open(dir: &Path) -> Result<Self, RecordError> {
         let path = dir.join(RECORDS_FILE);
+        crate::files::check_writable(dir).map_err(|source| RecordError::Io { path: dir.to_owned(), source })?;
         let err = |source| RecordError::Io { path: path.clone(), source };
-        fs::create_dir_all(dir).map_err(err)?;
         repair_torn_tail(&path).map_err(err)?;
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
+        let file = crate::files::open_append(&path).map_err(err)?;
         Ok(Self { path, file })
     }
 
@@ -162,10 +163,15 @@ impl RecordWriter {
         let err = |source| RecordError::Io { path: self.path.clone(), source };
         let mut line = serde_json::to_vec(record).map_err(|e| err(io::Error::other(e)))?;
         line.push(b'\n');
+        let before = self.file.metadata().map_err(err)?.len();
         // One write of a whole line: a crash leaves at most a torn last line, which
-        // readers skip.
-        self.file.write_all(&line).map_err(err)?;
-        self.file.sync_data().map_err(err)
+        // readers skip and the next open cuts off. A failed write (a full disk) is cut
+        // off now, so the file never holds half a record while we run on.
+        if let Err(e) = self.file.write_all(&line).and_then(|()| self.file.sync_data()) {
+            let _ = self.file.set_len(before);
+            return Err(err(e));
+        }
+        Ok(())
     }
 }
 
@@ -184,22 +190,31 @@ fn repair_torn_tail(path: &Path) -> io::Result<()> {
 }
 
 /// Reads the records of a JSON-lines file or of a directory's `migrations.jsonl`. A
-/// torn last line (crash while writing) is ignored; a bad line elsewhere is an error.
+/// torn last line (crash while writing, possibly in the middle of a character) is
+/// ignored; a bad line elsewhere is an error naming it.
 pub fn read(path: &Path) -> Result<Vec<MigrationRecord>, RecordError> {
     let path = if path.is_dir() { path.join(RECORDS_FILE) } else { path.to_owned() };
-    let err = |source| RecordError::Io { path: path.clone(), source };
-    let lines: Vec<String> =
-        io::BufReader::new(File::open(&path).map_err(err)?).lines().collect::<Result<_, _>>().map_err(err)?;
-    let last = lines.len();
+    let bytes = fs::read(&path).map_err(|source| RecordError::Io { path: path.clone(), source })?;
+    parse(&path, &bytes)
+}
+
+/// The records in `bytes`, the contents of `path` (see [`read`]).
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<MigrationRecord>, RecordError> {
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    // Text after the last newline is a line still being written (or torn): the only one
+    // that may be incomplete. A whole line (newline-terminated) that is not a record is
+    // an error wherever it is.
+    let terminated = bytes.ends_with(b"\n");
+    let last = lines.len() - usize::from(terminated);
     let mut records = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+    for (i, line) in lines.iter().enumerate().take(last) {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        match serde_json::from_str(line) {
+        match serde_json::from_slice(line) {
             Ok(r) => records.push(r),
-            Err(_) if i + 1 == last => break,
-            Err(source) => return Err(RecordError::Parse { path: path.clone(), line: i + 1, source }),
+            Err(_) if i + 1 == last && !terminated => break,
+            Err(source) => return Err(RecordError::Parse { path: path.to_owned(), line: i + 1, source }),
         }
     }
     Ok(records)
@@ -226,5 +241,38 @@ mod tests {
         let text = fs::read_to_string(&path).expect("read");
         assert_eq!(text, "{\"a\":1}\n{\"a\":3}\n");
         fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn only_an_unterminated_last_line_may_be_torn() {
+        let path = Path::new("migrations.jsonl");
+        let outcome = crate::hypervisor::MigrationOutcome {
+            status: crate::hypervisor::Status::Completed,
+            error: None,
+            direction: "tap-a → tap-b".into(),
+            source_pid: 1,
+            destination_pid: 2,
+            start_unix_us: 0,
+            start_ns: 0,
+            end_ns: Some(1),
+            stats: Default::default(),
+            destination_stats: None,
+            source_events: Vec::new(),
+            destination_events: Vec::new(),
+        };
+        let record = MigrationRecord::new(0, "t".into(), crate::hypervisor::MigrationParams::default(), outcome);
+        let one = serde_json::to_string(&record).expect("json");
+        let torn = format!("{one}\n{}", &one[..one.len() / 2]);
+        assert_eq!(parse(path, torn.as_bytes()).expect("torn tail skipped").len(), 1);
+        // Cut inside a multi-byte character: still just a torn tail.
+        let mut bytes = format!("{one}\n").into_bytes();
+        bytes.extend_from_slice(&"{\"treatment\": \"é".as_bytes()[..15]);
+        assert_eq!(parse(path, &bytes).expect("torn tail skipped").len(), 1);
+        // A whole line that is not a record is an error naming it, last or not.
+        for text in [format!("{one}\ngarbage\n"), format!("garbage\n{one}\n")] {
+            let e = parse(path, text.as_bytes()).expect_err("garbage refused");
+            assert!(matches!(e, RecordError::Parse { .. }), "{e}");
+        }
+        assert!(parse(path, b"").expect("empty").is_empty());
     }
 }

@@ -378,10 +378,13 @@ impl Session {
         }
         let mut measures = downtime::compute(&outcome, &timeline, ping.as_ref(), probe.as_ref());
         if let Some(why) = &offline {
+            // No network: every measure taken on it is missing for that one reason.
             for m in measures.missing.iter_mut() {
-                if let Some((measure, _)) = m.split_once(": ")
-                    && matches!(measure, "downtime_ms.ping" | "downtime_ms.probe_gap")
-                {
+                let measure =
+                    ["downtime_ms.ping_max_gap", "downtime_ms.ping", "downtime_ms.probe_gap", "timeline: announce"]
+                        .into_iter()
+                        .find(|x| m.strip_prefix(x).is_some_and(|rest| rest.starts_with(": ")));
+                if let Some(measure) = measure {
                     *m = format!("{measure}: {why}");
                 }
             }

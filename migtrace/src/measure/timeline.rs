@@ -80,6 +80,18 @@ pub struct Round {
     /// Bytes still to send at the last pending check in the round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_bytes: Option<u64>,
+    /// Bytes pending right after the sync that opened the round (the first pending check
+    /// in it, which did the sync): what the round has to send, the pages dirtied in the
+    /// previous round plus what it left unsent. Round 1: all of RAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_bytes: Option<u64>,
+    /// Pending checks in the round (QEMU checks once per rate-limit window, 100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<u32>,
+    /// QEMU's stop threshold at the round's last check (bandwidth × downtime limit, the
+    /// `threshold_size` argument of QEMU < 8.0's `qemu_savevm_state_pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_bytes: Option<u64>,
     /// The round that runs with the VM stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub final_round: bool,
@@ -381,6 +393,17 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         .map(|p| (p.ts_ns, p.args.iter().sum::<u64>()))
         .collect();
     remaining.sort_unstable();
+    // QEMU < 8.0 passes its threshold to every pending check (0 before the first
+    // window); stamped at the check's return, as its result is.
+    let thresholds: Vec<(u64, u64)> = if v < (8, 0) {
+        let entries: Vec<&PhaseStamp> = src.all("SavevmStatePending", false).copied().collect();
+        src.all("SavevmStatePending", true)
+            .filter_map(|r| entries.iter().rfind(|e| e.ts_ns <= r.ts_ns).map(|e| (r.ts_ns, e.args[1])))
+            .filter(|&(_, b)| b > 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
     for (i, &(sync_at, sync_ret)) in syncs.iter().enumerate() {
         let n = i as u32 + 1;
         let final_round = stop.is_some_and(|s| sync_at >= s);
@@ -395,7 +418,11 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
                 continue;
             }
         };
-        let remaining_bytes = remaining.iter().rfind(|(t, _)| *t >= start && *t <= end).map(|(_, b)| *b);
+        let in_round = || remaining.iter().filter(|(t, _)| *t >= start && *t <= end);
+        let remaining_bytes = in_round().next_back().map(|(_, b)| *b);
+        let dirty_bytes = in_round().next().map(|(_, b)| *b);
+        let checks = (!final_round && !remaining.is_empty()).then(|| in_round().count() as u32);
+        let threshold_bytes = thresholds.iter().rfind(|(t, _)| *t >= start && *t <= end).map(|(_, b)| *b);
         let kvm =
             input.trace.map(|t| t.source_kvm.iter().filter(|k| k.round == n).cloned().collect()).unwrap_or_default();
         rounds.push(Round {
@@ -404,6 +431,9 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             duration_ms,
             sync_ms: sync_ret.and_then(|r| span_ms(sync_at, r).ok()),
             remaining_bytes,
+            dirty_bytes,
+            checks,
+            threshold_bytes,
             final_round,
             kvm,
         });

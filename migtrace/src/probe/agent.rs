@@ -51,6 +51,44 @@ pub enum AgentError {
     Trace(#[from] TraceError),
 }
 
+/// The default agent command for `host` (from a URI): `ssh HOST migtrace agent`. A host
+/// that ssh would take for an option (a leading `-`) is refused.
+pub fn ssh_argv(host: &str) -> Result<Vec<String>, AgentError> {
+    if host.is_empty() || host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(AgentError::Agent {
+            host: host.into(),
+            message: format!(
+                "{host:?} is not a host name ssh can be given: fix the URI, or give the agent command yourself \
+                 (--agent-source/--agent-destination, agent_source/agent_destination)"
+            ),
+        });
+    }
+    Ok(["ssh", host, "migtrace", "agent"].map(str::to_owned).to_vec())
+}
+
+/// The agent's full command: `argv` (a configured command, already split into words)
+/// with `--domain`, `--mac` and `--clock-offset-ns` appended. It is run without a shell;
+/// but ssh joins the words after the host into one string for the remote user's shell,
+/// so when the program is `ssh` the appended values (a domain name from a spec or a URI)
+/// are shell-quoted: the remote side gets them back as the same words, never as shell
+/// syntax.
+pub fn agent_argv(host: &str, argv: &[String], opts: &AgentOptions) -> Result<Vec<String>, AgentError> {
+    let Some(program) = argv.first() else {
+        return Err(AgentError::Agent { host: host.into(), message: "empty agent command".into() });
+    };
+    let remote_shell = std::path::Path::new(program).file_name().is_some_and(|n| n == "ssh");
+    let mut extra = vec!["--domain".to_owned(), opts.domain.clone()];
+    if let Some(mac) = &opts.guest_mac {
+        extra.extend(["--mac".to_owned(), mac.clone()]);
+    }
+    if opts.clock_offset_ns != 0 {
+        extra.extend(["--clock-offset-ns".to_owned(), opts.clock_offset_ns.to_string()]);
+    }
+    let mut out = argv.to_vec();
+    out.extend(extra.into_iter().map(|w| if remote_shell { shell_words::quote(&w).into_owned() } else { w }));
+    Ok(out)
+}
+
 /// What `migtrace agent` is asked to trace.
 #[derive(Clone, Debug, Default)]
 pub struct AgentOptions {
@@ -184,20 +222,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Agent {
     /// Starts `argv` (e.g. `ssh HOST migtrace agent`) with `--domain` and `--mac`
-    /// appended, and waits for it to report ready. Nothing goes through a shell.
+    /// appended (see [`agent_argv`]), and waits for it to report ready. Nothing goes
+    /// through a shell here.
     pub async fn spawn(host: &str, argv: &[String], opts: &AgentOptions) -> Result<Self, AgentError> {
+        let argv = agent_argv(host, argv, opts)?;
         let command = argv.join(" ");
         let Some((program, args)) = argv.split_first() else {
             return Err(AgentError::Agent { host: host.into(), message: "empty agent command".into() });
         };
         let mut cmd = Command::new(program);
-        cmd.args(args).args(["--domain", &opts.domain]);
-        if let Some(mac) = &opts.guest_mac {
-            cmd.args(["--mac", mac]);
-        }
-        if opts.clock_offset_ns != 0 {
-            cmd.args(["--clock-offset-ns", &opts.clock_offset_ns.to_string()]);
-        }
+        cmd.args(args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|source| AgentError::Spawn { command: command.clone(), source })?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -425,6 +459,30 @@ impl ClockRecord {
 mod tests {
     use super::*;
     use crate::probe::tracer::{PacketStamp, PhaseStamp, VcpuStamp};
+
+    #[test]
+    fn nothing_from_a_spec_or_uri_reaches_a_shell_as_syntax() {
+        let evil = "web; touch /tmp/pwned $(id) `id` 'q'";
+        let opts =
+            AgentOptions { domain: evil.into(), guest_mac: Some("52:54:00:12:34:56".into()), clock_offset_ns: 0 };
+        // Run directly: the domain is one word, as it is.
+        let local = agent_argv("h", &["/usr/bin/migtrace".into(), "agent".into()], &opts).expect("argv");
+        assert_eq!(local, ["/usr/bin/migtrace", "agent", "--domain", evil, "--mac", "52:54:00:12:34:56"]);
+        // Over ssh the remote shell reads the joined words: quoted, they come back whole.
+        let remote = agent_argv("h", &ssh_argv("h1.example").expect("host"), &opts).expect("argv");
+        assert_eq!(&remote[..4], ["ssh", "h1.example", "migtrace", "agent"]);
+        let joined = remote[2..].join(" ");
+        assert_eq!(
+            shell_words::split(&joined).expect("the remote shell's reading"),
+            ["migtrace", "agent", "--domain", evil, "--mac", "52:54:00:12:34:56"]
+        );
+        // A URI host ssh would take for an option is refused, with what to do.
+        for bad in ["-oProxyCommand=touch /tmp/pwned", "", "a b"] {
+            let e = ssh_argv(bad).expect_err("refused").to_string();
+            assert!(e.contains("agent command yourself"), "{e}");
+        }
+        assert!(agent_argv("h", &[], &opts).is_err());
+    }
 
     #[test]
     fn an_injected_offset_moves_host_stamps_but_not_echoed_send_stamps() {

@@ -37,7 +37,16 @@ pub enum ProbeError {
     NotBuilt,
     #[error("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON): run migtrace as root")]
     NotRoot,
-    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
+    #[error(
+        "loading eBPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and CAP_NET_ADMIN for the tap \
+         classifiers; this process lacks {0}: run migtrace as root with its full capability set (a container: \
+         --privileged)"
+    )]
+    NoCapability(String),
+    #[error(
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({0}): mount it \
+         (`mount -t tracefs tracefs /sys/kernel/tracing`; the kernel needs CONFIG_FTRACE)"
+    )]
     Tracefs(#[source] io::Error),
     #[error("loading the eBPF object into the kernel failed")]
     Load(#[source] aya::EbpfError),
@@ -57,6 +66,27 @@ pub enum ProbeError {
     Missing { what: &'static str, name: &'static str },
     #[error(transparent)]
     Symbols(#[from] symbols::SymbolError),
+    #[error(
+        "{RING_BYTES_ENV}={0:?}: the events ring buffer's size in bytes must be a power of two of at least 4096 \
+         (a page); unset it for the default 8 MiB"
+    )]
+    RingSize(String),
+}
+
+/// Overrides the size of the events ring buffer (bytes, a power of two ≥ 4096): a
+/// small one makes loss easy to provoke (the fault tests), a larger one absorbs a slower
+/// collector.
+pub const RING_BYTES_ENV: &str = "MIGTRACE_EVENTS_RING_BYTES";
+
+/// The events ring buffer's size from [`RING_BYTES_ENV`], None when unset (the object's
+/// own 8 MiB).
+fn ring_bytes() -> Result<Option<u32>, ProbeError> {
+    let Some(value) = std::env::var_os(RING_BYTES_ENV) else { return Ok(None) };
+    let text = value.to_string_lossy().into_owned();
+    match text.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n >= 4096 => Ok(Some(n)),
+        _ => Err(ProbeError::RingSize(text)),
+    }
 }
 
 /// Whether this binary carries its eBPF programs.
@@ -125,18 +155,40 @@ impl Drop for ProgramLog {
     }
 }
 
+/// What loading and attaching the programs needs, checked before anything is started:
+/// the object built in, root, the capabilities, tracefs (mounted if it is not). Each
+/// failure is one line with its cause and its fix.
+pub fn preflight() -> Result<(), ProbeError> {
+    use migtrace_common::host::{cap, has_capability};
+    if !is_built() {
+        return Err(ProbeError::NotBuilt);
+    }
+    if !migtrace_common::host::is_root() {
+        return Err(ProbeError::NotRoot);
+    }
+    let bpf = (has_capability(cap::BPF) && has_capability(cap::PERFMON)) || has_capability(cap::SYS_ADMIN);
+    let mut missing: Vec<&str> = Vec::new();
+    if !bpf {
+        missing.extend(
+            [cap::BPF, cap::PERFMON, cap::SYS_ADMIN].into_iter().filter(|c| !has_capability(*c)).map(cap::name),
+        );
+    }
+    if !has_capability(cap::NET_ADMIN) {
+        missing.push(cap::name(cap::NET_ADMIN));
+    }
+    if !missing.is_empty() {
+        return Err(ProbeError::NoCapability(missing.join(", ")));
+    }
+    migtrace_common::host::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+    Ok(())
+}
+
 impl Probes {
     /// Loads the embedded eBPF object. Programs are loaded lazily, when first attached.
     /// The programs' diagnostics go to migtrace's log at the level `log::max_level()`
     /// allows; below it they are compiled in but skipped in the kernel.
     pub fn load() -> Result<Self, ProbeError> {
-        if !is_built() {
-            return Err(ProbeError::NotBuilt);
-        }
-        if !migtrace_common::host::is_root() {
-            return Err(ProbeError::NotRoot);
-        }
-        migtrace_common::host::ensure_tracefs().map_err(ProbeError::Tracefs)?;
+        preflight()?;
         let mut fallbacks = Vec::new();
         // The ioctl tracepoint's layout is read from tracefs, not assumed.
         let field = |category: &str, event: &str, name: &str, default: u32, fallbacks: &mut Vec<String>| {
@@ -150,7 +202,11 @@ impl Probes {
         let ret_offset = field("syscalls", "sys_exit_ioctl", "ret", 16, &mut fallbacks);
         // aya-log's levels number like the log crate's (off 0, error 1 … trace 5).
         let log_level = log::max_level() as u8;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(bytes) = ring_bytes()? {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader
             .override_global("IOCTL_CMD_OFFSET", &cmd_offset, true)
             .override_global("IOCTL_ARG_OFFSET", &arg_offset, true)
             .override_global("IOCTL_RET_OFFSET", &ret_offset, true)

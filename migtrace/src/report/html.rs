@@ -5,7 +5,9 @@
 //! single-variable plots (mean and 95 % CI per level); for every pair of numeric factors
 //! heatmaps of the treatment means (the paper's surfaces); per treatment the downtime
 //! methods side by side (every single migration), CDFs from the stored HDR histograms,
-//! and the timelines of its median and worst migration; Table II and the effect tables.
+//! and the timelines of its median and worst migration; Table II and the effect tables;
+//! and, when `migtrace model validate` has run on the directory, the downtime model's
+//! held-out errors and its predicted-against-measured plot.
 //! Each figure has its numbers in a table beside it: the page shows nothing the records
 //! do not hold.
 
@@ -30,13 +32,20 @@ use super::{
 use crate::{
     experiment::spec::{Design, ExperimentSpec, Level},
     measure::{record::MigrationRecord, timeline::Host},
+    model::{
+        self, Measure,
+        precopy::Variant,
+        validate::{VALIDATION_FILE, Validation},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum HtmlError {
     #[error(transparent)]
     Plot(#[from] PlotError),
-    #[error("{path}: {source}")]
+    #[error("the model validation's plot: {0}")]
+    Model(#[from] model::ModelError),
+    #[error("{path}: {source}{}", crate::files::hint(.source))]
     Io {
         path: PathBuf,
         #[source]
@@ -52,6 +61,9 @@ pub const PLOTS_DIR: &str = "plots";
 /// figures of the others are still written to `plots/`.
 pub const MAX_TREATMENT_SECTIONS: usize = 60;
 
+/// The figure of the model's held-out predictions under `plots/`.
+pub const MODEL_FIGURE: &str = "model-validation.svg";
+
 /// Facet combinations up to which heatmaps are drawn per level of the other factors;
 /// beyond, a cell is the mean of the treatment means over them.
 const MAX_FACETS: usize = 6;
@@ -63,6 +75,8 @@ pub struct Experiment<'a> {
     pub spec_text: &'a str,
     pub records: &'a [MigrationRecord],
     pub summary: &'a ExperimentSummary,
+    /// The directory's `validation.json` (`migtrace model validate`), if any.
+    pub validation: Option<&'a Validation>,
 }
 
 /// A figure: its file under `plots/` and its SVG.
@@ -94,7 +108,7 @@ pub fn write(dir: &Path, e: &Experiment<'_>) -> Result<Written, HtmlError> {
         let path = path.to_owned();
         move |source| HtmlError::Io { path, source }
     };
-    fs::create_dir_all(&plots).map_err(io_err(&plots))?;
+    crate::files::create_dir(&plots).map_err(io_err(&plots))?;
     let keep: std::collections::BTreeSet<&str> = page.figures.iter().map(|f| f.file.as_str()).collect();
     if let Ok(entries) = fs::read_dir(&plots) {
         for entry in entries.flatten() {
@@ -106,17 +120,11 @@ pub fn write(dir: &Path, e: &Experiment<'_>) -> Result<Written, HtmlError> {
     }
     for f in &page.figures {
         let path = plots.join(&f.file);
-        write_atomic(&path, f.svg.as_bytes()).map_err(io_err(&path))?;
+        crate::files::write_atomic(&path, f.svg.as_bytes()).map_err(io_err(&path))?;
     }
     let html = dir.join(REPORT_FILE);
-    write_atomic(&html, page.html.as_bytes()).map_err(io_err(&html))?;
+    crate::files::write_atomic(&html, page.html.as_bytes()).map_err(io_err(&html))?;
     Ok(Written { html, plots, figures: page.figures.len() })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
 }
 
 /// Escapes text for HTML (and XML: the page is well-formed XML too).
@@ -645,8 +653,9 @@ pub fn render(e: &Experiment<'_>) -> Result<Page, HtmlError> {
          <title>migtrace: {n}</title><style>{STYLE}</style></head><body>\n\
          <h1>migtrace experiment {n}</h1>\n<nav><a href=\"#overview\">overview</a><a href=\"#effects\">factor effects</a>\
          <a href=\"#heatmaps\">heatmaps</a><a href=\"#cdf\">CDFs</a><a href=\"#treatments\">treatments</a>\
-         <a href=\"#tables\">Table II and effects</a></nav>\n",
-        n = esc(name)
+         <a href=\"#tables\">Table II and effects</a>{m}</nav>\n",
+        n = esc(name),
+        m = if e.validation.is_some() { "<a href=\"#model\">downtime model</a>" } else { "" },
     );
     overview(&mut b.html, e);
     effects_section(&mut b, e)?;
@@ -654,6 +663,9 @@ pub fn render(e: &Experiment<'_>) -> Result<Page, HtmlError> {
     cdf_section(&mut b, e)?;
     treatments_section(&mut b, e)?;
     tables_section(&mut b.html, s);
+    if let Some(v) = e.validation {
+        model_section(&mut b, v)?;
+    }
     b.html.push_str("</body></html>\n");
     Ok(Page { html: b.html, figures: b.figures })
 }
@@ -1144,4 +1156,90 @@ fn tables_section(out: &mut String, s: &ExperimentSummary) {
         table(out, &format!("effect-{}", slug(&t.factor)), "effect", &header, &rows);
     }
     out.push_str("</section>\n");
+}
+
+/// The downtime model's leave-one-treatment-out validation: per measure both variants'
+/// held-out errors beside the noise floor, and every held-out prediction against what
+/// was measured.
+fn model_section(b: &mut Builder, v: &Validation) -> Result<(), HtmlError> {
+    let _ = write!(
+        b.html,
+        "<section id=\"model\"><h2>Downtime model: predicted against measured</h2>\n<p class=\"note\">From \
+         {VALIDATION_FILE} (<code>migtrace model validate</code>): each of the {} treatments predicted by the model \
+         fitted on the others, {} migrations. APE: absolute percentage error of a held-out migration; noise floor: \
+         each repetition against the mean of its treatment's other repetitions (the best a prediction of the \
+         treatment can do). Better fit: {}.</p>\n",
+        v.treatments,
+        v.migrations,
+        esc(v.preferred.name()),
+    );
+    let pct = |x: Option<f64>| x.map_or_else(|| "–".into(), |x| format!("{x:.1}"));
+    let rows: Vec<Vec<String>> = Measure::ALL
+        .iter()
+        .filter_map(|&measure| {
+            let band = |variant| v.errors.get(&variant).and_then(|e| e.get(&measure));
+            let (c, s) = (band(Variant::ClosedForm), band(Variant::Simulation));
+            if c.is_none() && s.is_none() {
+                return None;
+            }
+            let noise = v.noise_floor.get(&measure);
+            Some(vec![
+                esc(measure.label()),
+                s.or(c).map_or(0, |b| b.n).to_string(),
+                pct(c.map(|b| b.median_ape)),
+                pct(c.map(|b| b.p90_ape)),
+                pct(s.map(|b| b.median_ape)),
+                pct(s.map(|b| b.p90_ape)),
+                pct(noise.map(|n| n.median_ape)),
+                pct(noise.map(|n| n.p90_ape)),
+            ])
+        })
+        .collect();
+    table(
+        &mut b.html,
+        "model-errors",
+        "model",
+        &[
+            "measure",
+            "n",
+            "closed form: median APE %",
+            "p90 APE %",
+            "simulation: median APE %",
+            "p90 APE %",
+            "noise floor: median %",
+            "p90 %",
+        ],
+        &rows,
+    );
+    let rows: Vec<Vec<String>> = v
+        .points
+        .iter()
+        .filter(|p| model::plot::PANELS.contains(&p.measure))
+        .map(|p| {
+            vec![
+                esc(&p.treatment),
+                esc(p.variant.name()),
+                esc(p.measure.label()),
+                format!("{:.2}", p.measured),
+                format!("{:.2}", p.predicted),
+            ]
+        })
+        .collect();
+    let mut data = String::new();
+    table(
+        &mut data,
+        "model-validation-data",
+        "data",
+        &["treatment", "variant", "measure", "measured ms", "predicted ms"],
+        &rows,
+    );
+    b.figure(
+        MODEL_FIGURE.into(),
+        model::plot::plot_svg(&v.points)?,
+        "Held-out predictions against the measured values, a point per migration and variant (closed form blue, \
+         simulation red); on the diagonal they agree.",
+        &data,
+    );
+    b.html.push_str("</section>\n");
+    Ok(())
 }
