@@ -133,7 +133,8 @@ async fn downtime_methods_relate_idle_and_dirty() {
             // Observation ends once QEMU's announce is over: all 5 of its RARPs seen.
             let start = r.outcome.start_ns;
             let (_, dst_tap) = r.outcome.direction.split_once(" → ").expect("direction");
-            let rarps = trace.packets.iter().filter(|p| p.kind == "rarp" && p.tap == dst_tap && p.ts_ns >= start).count();
+            let rarps =
+                trace.packets.iter().filter(|p| p.kind == "rarp" && p.tap == dst_tap && p.ts_ns >= start).count();
             assert!(rarps >= 5, "{workload}: {rarps} RARPs at {dst_tap} observed");
             let mut pings: Vec<u64> = trace
                 .packets

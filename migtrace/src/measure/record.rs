@@ -80,8 +80,9 @@ pub struct MigrationRecord {
     /// puts on them, ms (the hosts' uncertainties added).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub uncertainty_ms: BTreeMap<String, f64>,
-    /// Where the measurement's wall time went, ms per stage (attach, preroll, migration,
-    /// settle, stop-observers, memory-check, finish): the cost of measuring, not a measure.
+    /// Where the measurement's wall time went, ms per stage (detach, attach-probes,
+    /// attach, preroll, migration, settle-answered, settle, stop-observers,
+    /// memory-check, finish): the cost of measuring, not a measure.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub procedure_ms: BTreeMap<String, f64>,
     /// Measures that are missing, each with the reason.

@@ -181,7 +181,10 @@ impl Session {
         let since_end = |end: u64| Duration::from_nanos(crate::clock::monotonic_ns().saturating_sub(end));
         let bound = self.options.settle_max.max(self.options.settle);
         let lab_traced = matches!(self.tracing, Tracing::Lab(_));
-        if !lab_traced {
+        let pair_offline = pair.guest_offline().is_some();
+        // A guest without a network tells nothing here: its heartbeats (if any) arrive
+        // over the hosts' channel within `settle`.
+        if !lab_traced || pair_offline {
             tokio::time::sleep(self.options.settle.saturating_sub(since_end(end))).await;
         }
         loop {
@@ -204,9 +207,14 @@ impl Session {
         // runs, traced from its start.
         let ahead = pair.prepare_ahead();
         let announced = async {
-            let Tracing::Lab(t) = &self.tracing else {
-                tokio::time::sleep(self.options.settle.saturating_sub(since_end(end))).await;
-                return;
+            let t = match &self.tracing {
+                Tracing::Lab(t) if t.stamps_tap(dst_host) => t,
+                // A guest without a NIC announces nothing.
+                _ if pair_offline => return,
+                _ => {
+                    tokio::time::sleep(self.options.settle.saturating_sub(since_end(end))).await;
+                    return;
+                }
             };
             // QEMU sends the first round before it resumes the VM.
             while t.rarps_since(dst_host, outcome.start_ns).await < ANNOUNCE_RARPS && since_end(end) < bound {
@@ -250,8 +258,10 @@ impl Session {
                         t.unwatch(pid)?;
                     }
                 }
+                stages.mark("detach");
                 t.watch(src)?;
                 t.watch(dst)?;
+                stages.mark("attach-probes");
                 t.begin(src, dst).await?;
             }
             Tracing::Hosts(hosts) => {

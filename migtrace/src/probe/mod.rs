@@ -100,6 +100,9 @@ pub struct Probes {
     /// Defaults taken because the host did not tell (e.g. an unreadable format file).
     pub fallbacks: Vec<String>,
     log: Option<ProgramLog>,
+    /// Threads dropping the links of processes no longer watched (see
+    /// [`Probes::detach_qemu`]).
+    detaching: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// `cmd` of `syscalls:sys_enter_ioctl` on x86_64 Linux 6.x, when its format file cannot
@@ -214,7 +217,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         let log = ProgramLog::start(&mut ebpf);
-        Ok(Self { ebpf, fallbacks, log })
+        Ok(Self { ebpf, fallbacks, log, detaching: Vec::new() })
     }
 
     /// Hands the programs' diagnostics logged so far to migtrace's log now.

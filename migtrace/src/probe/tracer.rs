@@ -269,6 +269,11 @@ impl Tracer {
         })
     }
 
+    /// Whether packets crossing tap `tap` are stamped.
+    pub fn stamps_tap(&self, tap: &str) -> bool {
+        self.taps.iter().any(|(n, _)| n == tap)
+    }
+
     /// How many RARP announcements crossed tap `tap` at or after `since_ns` (QEMU's
     /// self-announce after a migration; 0 for a tap not traced).
     pub async fn rarps_since(&self, tap: &str, since_ns: u64) -> usize {
@@ -365,6 +370,8 @@ impl Tracer {
         for pid in self.watched() {
             let _ = self.unwatch(pid);
         }
+        // At most one process's links are still going (about 2 s).
+        self.probes.wait_detached();
         match self.collector.take() {
             Some(c) => c.stop().await.map_err(TraceError::Collector),
             None => Ok(CollectorStats::default()),
