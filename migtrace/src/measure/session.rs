@@ -254,8 +254,14 @@ impl Session {
             Tracing::Off => {}
             Tracing::Lab(t) => {
                 for pid in t.watched() {
-                    if pid != src && pid != dst {
+                    if pid == src || pid == dst {
+                        continue;
+                    }
+                    // The old source has quit: its uprobes go in the background.
+                    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
                         t.unwatch(pid)?;
+                    } else {
+                        t.unwatch_exited(pid)?;
                     }
                 }
                 stages.mark("detach");

@@ -165,10 +165,13 @@ impl Probes {
     /// Detaches the phase probes of a QEMU process (e.g. once it has exited) and drops
     /// its kernel-side state.
     ///
-    /// The links are dropped on a thread of their own: the kernel waits for an RCU grace
-    /// period per uprobe it unregisters (2.2 s for one QEMU's links measured here), which
-    /// the next migration need not wait for. [`Probes::wait_detached`] waits for them.
-    pub fn detach_qemu(&mut self, probes: QemuProbes) -> Result<(), ProbeError> {
+    /// `in_background`: the links are dropped on a thread of their own. The kernel waits
+    /// for an RCU grace period per uprobe it unregisters (2.2 s for one QEMU's links
+    /// measured here), which the next migration need not wait for; only for a process
+    /// that has exited and while no other process of the binary is being attached
+    /// (agents attach to a new incoming QEMU at any time: they detach in place).
+    /// [`Probes::wait_detached`] waits for them.
+    pub fn detach_qemu(&mut self, probes: QemuProbes, in_background: bool) -> Result<(), ProbeError> {
         let mut links = Vec::with_capacity(probes.links.len());
         for (program, link) in probes.links {
             let uprobe: &mut UProbe = self.program(program)?;
@@ -176,6 +179,10 @@ impl Probes {
             if let Ok(link) = uprobe.take_link(link) {
                 links.push(link);
             }
+        }
+        if !in_background {
+            drop(links);
+            return self.forget_process(probes.pid);
         }
         self.detaching.retain(|t| !t.is_finished());
         let dropper = std::thread::Builder::new().name("migtrace-detach".into()).spawn(move || drop(links));

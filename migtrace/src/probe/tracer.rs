@@ -231,7 +231,16 @@ impl Tracer {
     /// Detaches from a QEMU process that is gone or no longer of interest.
     pub fn unwatch(&mut self, pid: u32) -> Result<(), TraceError> {
         if let Some(q) = self.qemus.remove(&pid) {
-            self.probes.detach_qemu(q)?;
+            self.probes.detach_qemu(q, false)?;
+        }
+        Ok(())
+    }
+
+    /// As [`Tracer::unwatch`], for a process that has exited, its uprobes unregistered
+    /// in the background (see [`Probes::detach_qemu`]).
+    pub fn unwatch_exited(&mut self, pid: u32) -> Result<(), TraceError> {
+        if let Some(q) = self.qemus.remove(&pid) {
+            self.probes.detach_qemu(q, true)?;
         }
         Ok(())
     }
