@@ -473,6 +473,7 @@ proptest! {
         });
         drop(runtime);
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
         prop_assert_eq!(panics(), before);
     }
 }
