@@ -177,6 +177,8 @@ pub fn kvm_stat_add<C: EbpfContext>(ctx: &C, key: &KvmStatKey, ns: u64) {
 }
 
 /// Adds `n` to the count under `key` (a quantity such as pages, without latency).
+/// The lookup-or-create stays written out in both: a shared helper returning the
+/// entry's pointer made `kvm_ioctl_exit` fail verification (state explosion).
 #[inline(always)]
 pub fn kvm_stat_add_n<C: EbpfContext>(ctx: &C, key: &KvmStatKey, n: u64) {
     if KVM_STATS.get_ptr_mut(key).is_none() {

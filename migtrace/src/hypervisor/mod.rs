@@ -169,6 +169,25 @@ pub struct MigrationOutcome {
 }
 
 impl MigrationOutcome {
+    /// A completed lab migration with nothing observed, for tests to fill in.
+    #[cfg(test)]
+    pub(crate) fn completed_for_test(end_ns: Option<u64>) -> Self {
+        Self {
+            status: Status::Completed,
+            error: None,
+            direction: "tap-a → tap-b".into(),
+            source_pid: 1,
+            destination_pid: 2,
+            start_unix_us: 0,
+            start_ns: 0,
+            end_ns,
+            stats: ReportedStats::default(),
+            destination_stats: None,
+            source_events: Vec::new(),
+            destination_events: Vec::new(),
+        }
+    }
+
     /// The paper's migration time: runtime of the command that triggers the migration.
     pub fn command_ms(&self) -> Option<f64> {
         self.end_ns.map(|e| e.saturating_sub(self.start_ns) as f64 / 1e6)

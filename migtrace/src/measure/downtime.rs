@@ -634,20 +634,7 @@ mod tests {
     }
 
     fn outcome(end_ns: Option<u64>) -> MigrationOutcome {
-        MigrationOutcome {
-            status: crate::hypervisor::Status::Completed,
-            error: None,
-            direction: "tap-a → tap-b".into(),
-            source_pid: 1,
-            destination_pid: 2,
-            start_unix_us: 1_000_000,
-            start_ns: 0,
-            end_ns,
-            stats: Default::default(),
-            destination_stats: None,
-            source_events: Vec::new(),
-            destination_events: Vec::new(),
-        }
+        MigrationOutcome { start_unix_us: 1_000_000, ..MigrationOutcome::completed_for_test(end_ns) }
     }
 
     fn compute_with_probe(s: &ProbeSummary) -> Measures {

@@ -247,20 +247,7 @@ mod tests {
     #[test]
     fn only_an_unterminated_last_line_may_be_torn() {
         let path = Path::new("migrations.jsonl");
-        let outcome = crate::hypervisor::MigrationOutcome {
-            status: crate::hypervisor::Status::Completed,
-            error: None,
-            direction: "tap-a → tap-b".into(),
-            source_pid: 1,
-            destination_pid: 2,
-            start_unix_us: 0,
-            start_ns: 0,
-            end_ns: Some(1),
-            stats: Default::default(),
-            destination_stats: None,
-            source_events: Vec::new(),
-            destination_events: Vec::new(),
-        };
+        let outcome = crate::hypervisor::MigrationOutcome::completed_for_test(Some(1));
         let record = MigrationRecord::new(0, "t".into(), crate::hypervisor::MigrationParams::default(), outcome);
         let one = serde_json::to_string(&record).expect("json");
         let torn = format!("{one}\n{}", &one[..one.len() / 2]);

@@ -428,7 +428,7 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 pub(crate) mod tests {
     use super::*;
     use crate::{
-        hypervisor::{MigrationOutcome, MigrationParams, RamStats, ReportedStats, Status},
+        hypervisor::{MigrationOutcome, MigrationParams, RamStats, ReportedStats},
         measure::timeline::{Evidence, Host, Phase, Round, Timeline},
         model::precopy::{Variant, predict},
     };
@@ -515,14 +515,6 @@ pub(crate) mod tests {
         ];
         let n_rounds = rounds.len() as u64;
         let outcome = MigrationOutcome {
-            status: Status::Completed,
-            error: None,
-            direction: "tap-a → tap-b".into(),
-            source_pid: 1,
-            destination_pid: 2,
-            start_unix_us: 0,
-            start_ns: 0,
-            end_ns: None,
             stats: ReportedStats {
                 downtime: Some(pred.qemu_downtime_ms.round() as u64),
                 ram: Some(RamStats {
@@ -533,9 +525,7 @@ pub(crate) mod tests {
                 }),
                 ..ReportedStats::default()
             },
-            destination_stats: None,
-            source_events: Vec::new(),
-            destination_events: Vec::new(),
+            ..MigrationOutcome::completed_for_test(None)
         };
         let params = MigrationParams {
             max_bandwidth: vm.max_bandwidth.map(|b| b as u64),

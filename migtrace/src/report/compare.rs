@@ -309,7 +309,7 @@ mod tests {
     use super::*;
 
     use crate::{
-        hypervisor::{GuestCheck, MigrationOutcome, MigrationParams, Status},
+        hypervisor::{GuestCheck, MigrationOutcome, MigrationParams},
         measure::ping::PingReport,
     };
 
@@ -321,20 +321,7 @@ mod tests {
     }
 
     fn record(rep: u32, probe_gap: f64, reported: f64) -> MigrationRecord {
-        let outcome = MigrationOutcome {
-            status: Status::Completed,
-            error: None,
-            direction: "tap-a → tap-b".into(),
-            source_pid: 1,
-            destination_pid: 2,
-            start_unix_us: 0,
-            start_ns: 0,
-            end_ns: Some(1),
-            stats: Default::default(),
-            destination_stats: None,
-            source_events: Vec::new(),
-            destination_events: Vec::new(),
-        };
+        let outcome = MigrationOutcome::completed_for_test(Some(1));
         let mut r = MigrationRecord::new(rep, "t".into(), MigrationParams::default(), outcome);
         r.downtime_ms.probe_gap = Some(probe_gap);
         r.downtime_ms.reported = Some(reported);

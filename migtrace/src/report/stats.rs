@@ -499,20 +499,7 @@ mod tests {
     }
 
     fn record(treatment: &str, rep: u32, probe_gap: f64, ping: f64) -> MigrationRecord {
-        let outcome = MigrationOutcome {
-            status: Status::Completed,
-            error: None,
-            direction: "tap-a → tap-b".into(),
-            source_pid: 1,
-            destination_pid: 2,
-            start_unix_us: 0,
-            start_ns: 0,
-            end_ns: Some(1),
-            stats: Default::default(),
-            destination_stats: None,
-            source_events: Vec::new(),
-            destination_events: Vec::new(),
-        };
+        let outcome = MigrationOutcome::completed_for_test(Some(1));
         let mut r = MigrationRecord::new(rep, treatment.into(), MigrationParams::default(), outcome);
         r.downtime_ms.probe_gap = Some(probe_gap);
         r.downtime_ms.ping = Some(ping);
