@@ -178,6 +178,41 @@ pub fn noise_floor(obs: &[fit::Observation]) -> BTreeMap<Measure, NoiseFloor> {
     out
 }
 
+/// One measure's held-out errors (median and p90 absolute percentage error, %): closed
+/// form, simulation, noise floor, in that order.
+pub struct ErrorRow {
+    pub measure: Measure,
+    pub n: usize,
+    pub ape: [Option<f64>; 6],
+}
+
+/// Per measure that either variant predicted, its [`ErrorRow`].
+pub fn error_rows(v: &Validation) -> Vec<ErrorRow> {
+    Measure::ALL
+        .iter()
+        .filter_map(|&measure| {
+            let band = |variant| v.errors.get(&variant).and_then(|e| e.get(&measure));
+            let (c, s) = (band(Variant::ClosedForm), band(Variant::Simulation));
+            if c.is_none() && s.is_none() {
+                return None;
+            }
+            let noise = v.noise_floor.get(&measure);
+            Some(ErrorRow {
+                measure,
+                n: s.or(c).map_or(0, |b| b.n),
+                ape: [
+                    c.map(|b| b.median_ape),
+                    c.map(|b| b.p90_ape),
+                    s.map(|b| b.median_ape),
+                    s.map(|b| b.p90_ape),
+                    noise.map(|n| n.median_ape),
+                    noise.map(|n| n.p90_ape),
+                ],
+            })
+        })
+        .collect()
+}
+
 /// The validation as a table: per measure, both variants' held-out errors and the
 /// noise floor.
 pub fn render(v: &Validation) -> String {
@@ -194,23 +229,10 @@ pub fn render(v: &Validation) -> String {
         "p90",
     ]);
     let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.1} %"));
-    for measure in Measure::ALL {
-        let band = |variant| v.errors.get(&variant).and_then(|e| e.get(&measure));
-        let (c, s) = (band(Variant::ClosedForm), band(Variant::Simulation));
-        if c.is_none() && s.is_none() {
-            continue;
-        }
-        let noise = v.noise_floor.get(&measure);
-        t.add_row(vec![
-            measure.label().to_owned(),
-            s.or(c).map_or(0, |b| b.n).to_string(),
-            pct(c.map(|b| b.median_ape)),
-            pct(c.map(|b| b.p90_ape)),
-            pct(s.map(|b| b.median_ape)),
-            pct(s.map(|b| b.p90_ape)),
-            pct(noise.map(|n| n.median_ape)),
-            pct(noise.map(|n| n.p90_ape)),
-        ]);
+    for row in error_rows(v) {
+        let mut cells = vec![row.measure.label().to_owned(), row.n.to_string()];
+        cells.extend(row.ape.map(pct));
+        t.add_row(cells);
     }
     format!(
         "leave-one-treatment-out over {} treatments, {} migrations (APE: absolute percentage error of a held-out \

@@ -33,9 +33,8 @@ use crate::{
     experiment::spec::{Design, ExperimentSpec, Level},
     measure::{record::MigrationRecord, timeline::Host},
     model::{
-        self, Measure,
-        precopy::Variant,
-        validate::{VALIDATION_FILE, Validation},
+        self,
+        validate::{self, VALIDATION_FILE, Validation},
     },
 };
 
@@ -1174,25 +1173,12 @@ fn model_section(b: &mut Builder, v: &Validation) -> Result<(), HtmlError> {
         esc(v.preferred.name()),
     );
     let pct = |x: Option<f64>| x.map_or_else(|| "–".into(), |x| format!("{x:.1}"));
-    let rows: Vec<Vec<String>> = Measure::ALL
-        .iter()
-        .filter_map(|&measure| {
-            let band = |variant| v.errors.get(&variant).and_then(|e| e.get(&measure));
-            let (c, s) = (band(Variant::ClosedForm), band(Variant::Simulation));
-            if c.is_none() && s.is_none() {
-                return None;
-            }
-            let noise = v.noise_floor.get(&measure);
-            Some(vec![
-                esc(measure.label()),
-                s.or(c).map_or(0, |b| b.n).to_string(),
-                pct(c.map(|b| b.median_ape)),
-                pct(c.map(|b| b.p90_ape)),
-                pct(s.map(|b| b.median_ape)),
-                pct(s.map(|b| b.p90_ape)),
-                pct(noise.map(|n| n.median_ape)),
-                pct(noise.map(|n| n.p90_ape)),
-            ])
+    let rows: Vec<Vec<String>> = validate::error_rows(v)
+        .into_iter()
+        .map(|row| {
+            let mut cells = vec![esc(row.measure.label()), row.n.to_string()];
+            cells.extend(row.ape.map(pct));
+            cells
         })
         .collect();
     table(
