@@ -96,8 +96,8 @@ async fn soak(n: u32, workload: &str, out: &Path) -> Result<(), String> {
     lab.down().await;
     let written = record::read(out).map_err(|e| e.to_string())?.len();
     let left = children();
-    let lab_left =
-        registry::list().into_iter().any(|s| s.id == id) || netns::ns_path(&netns::LabNet::ns_name(&id)).exists();
+    let lab_left = registry::list().into_iter().any(|s| s.id == id)
+        || migtrace::sys::netns::ns_path(&netns::LabNet::ns_name(&id)).exists();
 
     println!("{n} consecutive migrations of a 256 MiB guest ({workload}), every measure on, {:.0} s", wall);
     println!();

@@ -6,6 +6,7 @@
 //! - [`measure`]: a measured migration, its timeline, downtime every way, the record.
 //! - [`report`]: tables for people.
 //! - [`model`]: predicting a migration before it happens, fitted on traces.
+//! - [`sys`]: host utilities below every layer (network namespaces, tied children).
 //! - [`files`]: results on disk (modes, atomic writes, the results directory's lock).
 pub mod clock;
 pub mod experiment;
@@ -16,3 +17,4 @@ pub mod measure;
 pub mod model;
 pub mod probe;
 pub mod report;
+pub mod sys;

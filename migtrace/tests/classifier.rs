@@ -9,8 +9,9 @@ use std::{
 };
 
 use migtrace::{
-    lab::netns::{self, LabNet},
+    lab::netns::LabNet,
     probe::{Collector, Event, Probes},
+    sys::netns,
 };
 use migtrace_common::event::PacketKind;
 use tokio::sync::mpsc;

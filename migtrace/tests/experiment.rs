@@ -84,7 +84,7 @@ fn wait_for_migration(pid: u32, child: &mut std::process::Child) -> registry::St
 /// Processes in network namespace `ns` (a named one, /run/netns/NS).
 fn in_namespace(ns: &str) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt as _;
-    let Ok(inode) = fs::metadata(migtrace::lab::netns::ns_path(ns)).map(|m| m.ino()) else { return Vec::new() };
+    let Ok(inode) = fs::metadata(migtrace::sys::netns::ns_path(ns)).map(|m| m.ino()) else { return Vec::new() };
     let want = format!("net:[{inode}]");
     fs::read_dir("/proc")
         .map(|d| {
@@ -133,7 +133,7 @@ fn resume_after_kill_by_pid_loses_and_duplicates_nothing() {
     let clean = migtrace().args(["lab", "clean"]).output().expect("lab clean");
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
     assert!(labs_of(pid).is_empty(), "lab clean left {:?}", labs_of(pid));
-    assert!(!migtrace::lab::netns::ns_path(&lab.netns).exists(), "lab clean left the namespace");
+    assert!(!migtrace::sys::netns::ns_path(&lab.netns).exists(), "lab clean left the namespace");
 
     let out = migtrace().arg("run").arg(&spec).arg("--results").arg(&root).output().expect("resume");
     assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -15,7 +15,7 @@ use std::{
 
 use migtrace::{
     experiment::{design, spec::ExperimentSpec},
-    lab::qmp::Qmp,
+    hypervisor::qmp::Qmp,
     measure::record::{self, MigrationRecord},
     report::stats::{self, EffectDesign},
 };
@@ -304,7 +304,7 @@ proptest! {
             let summary = stats::summarize(&records, &levels, &EffectDesign::Factorial);
             let _ = migtrace::report::experiment::render("fuzz", &summary);
             let _ = migtrace::report::compare::render(&migtrace::report::compare::compare(&records));
-            let _ = stats::category(&records[0]);
+            let _ = migtrace::measure::quality::category(&records[0]);
         }
         // As a line of a records file, between good ones: an error or a record, never a panic.
         let good = serde_json::to_string(fixture()).expect("json");

@@ -27,7 +27,7 @@ fn assert_gone(id: &str) {
         "QEMU processes of lab {id} left: {:?}",
         registry::qemu_processes(id)
     );
-    assert!(!netns::ns_path(&netns::LabNet::ns_name(id)).exists(), "namespace of lab {id} left");
+    assert!(!migtrace::sys::netns::ns_path(&netns::LabNet::ns_name(id)).exists(), "namespace of lab {id} left");
     assert!(!std::path::Path::new(registry::RUN_DIR).join(id).exists(), "state of lab {id} left");
 }
 
@@ -130,11 +130,11 @@ async fn killed_source_fails_the_migration_cleanly() {
 #[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
 async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_failed() {
     use migtrace::{
+        measure::quality::{self, Category},
         measure::{
             record::{self, RecordWriter},
             session::{MeasureOptions, Network, Session},
         },
-        report::stats::{self, Category},
     };
     // 64 MiB of dirty pages at 32 MiB/s: the stream is still flowing when it is cut.
     let config = LabConfig { workload: Spec::parse("wset=64M,rate=2000").expect("spec"), ..LabConfig::default() };
@@ -156,7 +156,7 @@ async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_fail
     // between the two QEMUs is dropped and the connection hangs, as on a cut cable.
     let cutter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));
-        netns::ip(&["-n", &ns, "link", "set", "lo", "down"]).expect("cut the stream");
+        migtrace::sys::netns::ip(&["-n", &ns, "link", "set", "lo", "down"]).expect("cut the stream");
     });
     let params = MigrationParams { max_bandwidth: Some(32 << 20), timeout_s: 4.0, ..MigrationParams::default() };
     let r = session.migrate(&mut lab, &params, 0, "cut").await.expect("attempt recorded");
@@ -173,7 +173,7 @@ async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_fail
     assert_eq!(state, "running", "the source resumed the guest after the cancel");
     assert!(ping_once(lab.ns()), "guest still answers on the source");
     // A failed record, written like any other and kept out of the statistics.
-    assert_eq!(stats::category(&r), Category::Failed);
+    assert_eq!(quality::category(&r), Category::Failed);
     let dir = std::env::temp_dir().join(format!("migtrace-cut-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     RecordWriter::open(&dir).expect("writer").append(&r).expect("append");

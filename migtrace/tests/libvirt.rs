@@ -28,7 +28,7 @@ fn params() -> MigrationParams {
 fn assert_gone(id: &str, daemons: &[u32]) {
     for h in ["a", "b", "c"] {
         let ns = LibvirtLab::ns(id, h);
-        assert!(!migtrace::lab::netns::ns_path(&ns).exists(), "namespace {ns} left");
+        assert!(!migtrace::sys::netns::ns_path(&ns).exists(), "namespace {ns} left");
     }
     // A killed daemon may linger as a zombie until its (new) parent reaps it: not running.
     let running = |pid: &u32| {

@@ -32,7 +32,7 @@ fn network(lab: &Lab) -> Network {
 /// Nothing of lab `id` remains: no QEMU process, no namespace, no state directory.
 fn assert_gone(id: &str) {
     assert!(registry::qemu_processes(id).is_empty(), "QEMU processes of lab {id} left");
-    assert!(!netns::ns_path(&netns::LabNet::ns_name(id)).exists(), "namespace of lab {id} left");
+    assert!(!migtrace::sys::netns::ns_path(&netns::LabNet::ns_name(id)).exists(), "namespace of lab {id} left");
     assert!(!std::path::Path::new(registry::RUN_DIR).join(id).exists(), "state of lab {id} left");
 }
 

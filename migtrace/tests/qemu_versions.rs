@@ -99,7 +99,7 @@ async fn every_qemu_build_migrates_the_papers_rates_with_intact_memory_and_a_com
         let (lab, records) = migrate_twice(build).await;
         let id = lab.id.clone();
         lab.down().await;
-        assert!(!netns::ns_path(&netns::LabNet::ns_name(&id)).exists(), "namespace of lab {id} left");
+        assert!(!migtrace::sys::netns::ns_path(&netns::LabNet::ns_name(&id)).exists(), "namespace of lab {id} left");
         check(build, &records);
     }
 }

@@ -589,7 +589,7 @@ fn a_small_real_experiment_reports_progress_and_a_page_chromium_renders() {
     let html = fs::read_to_string(dir.join("report.html")).expect("report.html");
     let doc = parse(&html);
     assert_eq!(row(&table(&doc, "counts"), &["run"])[1], records.len().to_string());
-    let usable: Vec<&MigrationRecord> = records.iter().filter(|r| stats::usable(r)).collect();
+    let usable: Vec<&MigrationRecord> = records.iter().filter(|r| migtrace::measure::quality::usable(r)).collect();
     assert_eq!(row(&table(&doc, "counts"), &["usable"])[1], usable.len().to_string());
     // The page's single values are the records' values.
     let gaps: Vec<String> = usable

@@ -169,7 +169,7 @@ async fn down(id: Option<String>) -> Result<()> {
         // SAFETY: signalling the migtrace process that owns this lab.
         unsafe { libc::kill(state.owner_pid as i32, libc::SIGTERM) };
         for _ in 0..100 {
-            if !migtrace::lab::netns::ns_path(&state.netns).exists() {
+            if !migtrace::sys::netns::ns_path(&state.netns).exists() {
                 println!("lab {} stopped by its owner (pid {})", state.id, state.owner_pid);
                 return Ok(());
             }

@@ -217,7 +217,7 @@ pub async fn predict(args: PredictArgs) -> Result<()> {
         let (samples, ram) = if let Some(id) = &args.lab {
             let socket = lab_source_qmp(id)?;
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            let qmp = migtrace::lab::qmp::Qmp::connect(&socket, deadline)
+            let qmp = migtrace::hypervisor::qmp::Qmp::connect(&socket, deadline)
                 .await
                 .with_context(|| format!("lab {id}: its QEMU's QMP socket {}", socket.display()))?;
             let ram = dirty_rate::qmp_ram_bytes(&qmp).await?;

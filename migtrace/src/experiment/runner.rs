@@ -94,8 +94,8 @@ pub fn key_figures(r: &MigrationRecord) -> String {
         );
     }
     let d = &r.downtime_ms;
-    let health = match crate::report::stats::category(r) {
-        crate::report::stats::Category::Usable => String::new(),
+    let health = match crate::measure::quality::category(r) {
+        crate::measure::quality::Category::Usable => String::new(),
         other => format!(
             " [{}: excluded from statistics]",
             serde_json::to_value(other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()

@@ -16,8 +16,11 @@ use super::{
 };
 use crate::{
     files::{self, DirLock},
-    measure::record::{self, MigrationRecord, RecordError, RecordWriter},
-    report::stats::{self, EffectDesign, ExperimentSummary, MEASURES},
+    measure::{
+        quality::MEASURES,
+        record::{self, MigrationRecord, RecordError, RecordWriter},
+    },
+    report::stats::{self, EffectDesign, ExperimentSummary},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +317,7 @@ fn migrations_csv(records: &[MigrationRecord], levels_of: &[(String, BTreeMap<St
         row.push(r.outcome.start_unix_us.to_string());
         row.push(r.guest.as_ref().is_none_or(|g| g.healthy()).to_string());
         row.push(
-            serde_json::to_value(stats::category(r))
+            serde_json::to_value(crate::measure::quality::category(r))
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default(),

@@ -465,7 +465,7 @@ impl HostPair for LibvirtPair {
         let path = self.hosts[dst].console.as_ref()?;
         let bytes = std::fs::read(path).ok()?;
         let from = (self.console_mark[dst] as usize).min(bytes.len());
-        Some(crate::lab::check_console(&bytes[from..]))
+        Some(super::console::check_console(&bytes[from..]))
     }
 
     async fn prepare_next(&mut self) -> Result<(), LibvirtError> {

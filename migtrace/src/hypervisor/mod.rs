@@ -3,7 +3,9 @@
 //! are written against this trait and these neutral types only: what a backend reports
 //! is mapped into them, labelled with where it came from.
 
+pub mod console;
 pub mod libvirt;
+pub mod qmp;
 
 use serde::{Deserialize, Serialize};
 

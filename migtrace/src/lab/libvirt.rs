@@ -37,7 +37,6 @@ use virt::connect::Connect;
 use super::{
     LabConfig, LabError,
     image::{self, GuestImage},
-    netns::{self, NetError},
     qemu::QemuError,
     registry,
 };
@@ -47,6 +46,7 @@ use crate::{
         libvirt::{LibvirtError, LibvirtFlags, LibvirtHost, LibvirtPair},
     },
     measure::session::Network,
+    sys::netns::{self, NetError},
 };
 
 /// The hosts' addresses on their shared segment, the client's and the guest's.
@@ -127,7 +127,7 @@ pub struct LibvirtLab {
 impl LibvirtLab {
     /// The namespace of host `a` or `b`, and the client's (`c`).
     pub fn ns(id: &str, host: &str) -> String {
-        format!("{}-{host}", netns::LabNet::ns_name(id))
+        format!("{}-{host}", super::netns::LabNet::ns_name(id))
     }
 
     /// Where probes are sent from and the guest is reached.
@@ -392,7 +392,7 @@ impl LibvirtLab {
             });
         }
         // Dies with us (see `tied`).
-        let child = super::tied::spawn(cmd).await.map_err(io(Path::new("/usr/sbin/libvirtd")))?;
+        let child = crate::sys::tied::spawn(cmd).await.map_err(io(Path::new("/usr/sbin/libvirtd")))?;
         drop(ns_file);
         let pid = child.id().unwrap_or(0);
         self.registry.add_daemon(pid)?;

@@ -27,7 +27,7 @@ use crate::clock::monotonic_ns;
 static MINIMAL_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/minimal-guest.elf"));
 
 /// Every line the guest writes starts with this; a JSON object follows.
-pub const LINE_PREFIX: &str = "migtrace-guest: ";
+pub const LINE_PREFIX: &str = crate::hypervisor::console::MINIMAL_GUEST_LINE;
 /// The heartbeat byte: stamped and stripped by the host, never part of a line's text.
 pub const HEARTBEAT: u8 = 0x06;
 /// Heartbeat interval the lab asks for: the resolution of the guest-progress gap.

@@ -4,8 +4,8 @@
 //! - [`image`]: the guest kernel and initramfs (busybox + the `workloads` agent).
 //! - [`minimal`]: migtrace's minimal bare-metal guest, for KVM where Linux cannot run.
 //! - [`netns`]: the namespace with its bridge, taps and probe interface.
-//! - [`qemu`]: starting and stopping one QEMU; [`qmp`]: talking to it.
-//! - [`tied`]: children (QEMUs, daemons) that die with migtrace, SIGKILL included.
+//! - [`qemu`]: starting and stopping one QEMU (QMP: [`crate::hypervisor::qmp`]; children
+//!   that die with migtrace: [`crate::sys::tied`]).
 //!
 //! Migrations ping-pong: after each one the old source is replaced by a fresh `-incoming`
 //! QEMU on its tap, which becomes the next destination; the guest keeps running.
@@ -13,13 +13,10 @@
 pub mod image;
 pub mod libvirt;
 mod migrate;
-pub use migrate::check_console;
 pub mod minimal;
 pub mod netns;
 pub mod qemu;
-pub mod qmp;
 pub mod registry;
-pub mod tied;
 
 use std::{fmt, path::PathBuf, time::Duration};
 
@@ -28,12 +25,13 @@ use qapi::qmp as q;
 use tokio::time::Instant;
 use workloads::spec::Spec;
 
+use crate::hypervisor::qmp::QmpError;
+
 use self::{
     image::{GuestImage, ImageError},
     minimal::MinimalError,
     netns::{GUEST_IP, LabNet, NetError, PREFIX_LEN, TAPS},
     qemu::{MachineSpec, Qemu, QemuError},
-    qmp::QmpError,
 };
 
 /// Where the destination listens, inside the lab namespace (its own loopback).

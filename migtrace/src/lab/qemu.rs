@@ -13,12 +13,12 @@ use std::{
 use migtrace_common::host::{Accel, qemu::QemuBuild};
 use tokio::{process::Child, time::Instant};
 
-use super::{
-    GuestKind,
-    minimal::Console,
-    netns::{self, GUEST_MAC},
-    qmp::{Qmp, QmpError},
+use crate::{
+    hypervisor::qmp::{Qmp, QmpError},
+    sys::netns,
 };
+
+use super::{GuestKind, minimal::Console, netns::GUEST_MAC};
 
 /// Everything both QEMUs of a lab share: migration needs identical machines.
 #[derive(Clone, Debug)]
@@ -221,7 +221,7 @@ impl Qemu {
                 Ok(())
             });
         }
-        let mut child = super::tied::spawn(cmd)
+        let mut child = crate::sys::tied::spawn(cmd)
             .await
             .map_err(|source| QemuError::Spawn { binary: spec.qemu.binary.display().to_string(), source })?;
         drop(ns_file);

@@ -10,6 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{LabError, netns};
+use crate::sys::netns::{delete_ns, ns_path};
 
 pub const RUN_DIR: &str = "/run/migtrace";
 
@@ -181,9 +182,9 @@ pub fn remove(state: &State) -> Removed {
     }
     wait_gone(|| daemons.iter().any(|&pid| cmdline(pid).contains(&dir_marker)));
     removed.killed.extend(kill_qemus(&state.id));
-    removed.netns = netns::ns_path(&state.netns).exists() && netns::delete_ns(&state.netns).is_ok();
+    removed.netns = ns_path(&state.netns).exists() && delete_ns(&state.netns).is_ok();
     for ns in &state.more_netns {
-        removed.netns |= netns::ns_path(ns).exists() && netns::delete_ns(ns).is_ok();
+        removed.netns |= ns_path(ns).exists() && delete_ns(ns).is_ok();
     }
     let dir = Path::new(RUN_DIR).join(&state.id);
     removed.dir = dir.exists() && fs::remove_dir_all(&dir).is_ok();

@@ -9,7 +9,7 @@ use std::{
 
 use workloads::verify::{CHECK_PORT, CHECK_REQUEST, MemoryCheck};
 
-use crate::lab::netns;
+use crate::sys::netns;
 
 /// Asks the agent at `guest` for a check, from namespace `ns` (None: the current one),
 /// retrying until `timeout`. Runs on a thread of its own (it may enter a namespace).

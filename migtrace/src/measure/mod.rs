@@ -6,6 +6,7 @@ pub mod heartbeat;
 pub mod memcheck;
 pub mod ping;
 pub mod prober;
+pub mod quality;
 pub mod record;
 pub mod session;
 pub mod timeline;

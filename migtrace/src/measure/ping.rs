@@ -100,7 +100,7 @@ impl Ping {
         };
         cmd.args(["-D", "-n", "-i", &secs, target]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // Dies with us: a ping left running would keep the lab's namespace alive.
-        let mut child = match crate::lab::tied::spawn_std(cmd) {
+        let mut child = match crate::sys::tied::spawn_std(cmd) {
             Ok(child) => child,
             Err(e) => {
                 return Self {

@@ -17,7 +17,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::monotonic_ns, lab::netns};
+use crate::{clock::monotonic_ns, sys::netns};
 
 /// What the probe sender did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::PAGE;
-use crate::lab::qmp::{Qmp, QmpError};
+use crate::hypervisor::qmp::{Qmp, QmpError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirtyRateError {

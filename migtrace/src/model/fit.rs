@@ -15,7 +15,7 @@ use super::{
     precopy::{Line, Params, WINDOW_S},
     quantile,
 };
-use crate::{measure::record::MigrationRecord, report::stats};
+use crate::measure::{quality, record::MigrationRecord};
 
 /// One sync's pending bytes and what led to them.
 #[derive(Clone, Debug, PartialEq)]
@@ -119,8 +119,8 @@ pub fn observations(records: &[MigrationRecord]) -> (Vec<Observation>, Vec<Strin
     let mut skipped = Vec::new();
     for r in records {
         let what = format!("{} #{}", r.treatment, r.repetition);
-        if !stats::usable(r) {
-            skipped.push(format!("{what}: {:?}", stats::category(r)));
+        if !quality::usable(r) {
+            skipped.push(format!("{what}: {:?}", quality::category(r)));
             continue;
         }
         match observe(r) {

@@ -14,7 +14,7 @@ use std::{fs, os::unix::fs::MetadataExt as _, path::PathBuf, process::Command};
 use serde::{Deserialize, Serialize};
 
 use super::tracer::{Trace, TraceError, Tracer};
-use crate::lab::netns;
+use crate::sys::netns;
 
 /// What a host does in a migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

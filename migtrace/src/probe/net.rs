@@ -3,7 +3,7 @@
 use aya::programs::{SchedClassifier, TcAttachType, tc};
 
 use super::{ProbeError, Probes};
-use crate::lab::netns::{self, NetError};
+use crate::sys::netns::{self, NetError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetProbeError {

@@ -205,7 +205,7 @@ impl Tracer {
     /// A tap it is attached to already (same name, same interface index) stays as it
     /// is; a tap that was deleted and made again gets the classifier anew.
     pub fn attach_tap(&mut self, ns: Option<&str>, tap: &str) -> Result<(), TraceError> {
-        let index = crate::lab::netns::ifindex(ns, tap).map_err(super::net::NetProbeError::from)?;
+        let index = crate::sys::netns::ifindex(ns, tap).map_err(super::net::NetProbeError::from)?;
         if self.taps.iter().any(|(n, i)| n == tap && *i == index) {
             return Ok(());
         }

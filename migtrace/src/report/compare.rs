@@ -5,12 +5,11 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    align_right,
-    stats::{self, Category},
-    table,
+use super::{align_right, table};
+use crate::measure::{
+    quality::{self, Category},
+    record::MigrationRecord,
 };
-use crate::measure::record::MigrationRecord;
 
 /// Mean, min and max of one measure over migrations that have it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -101,13 +100,13 @@ const MIGRATION_TIMES: &[(&str, &str)] = &[
     ("traced_to_resume.qmp", "migration_time.traced_to_resume.qmp"),
 ];
 
-fn measure(name: &str) -> Option<&'static stats::Measure> {
-    stats::MEASURES.iter().find(|m| m.name == name)
+fn measure(name: &str) -> Option<&'static quality::Measure> {
+    quality::MEASURES.iter().find(|m| m.name == name)
 }
 
 fn group(name: String, records: &[&MigrationRecord]) -> Group {
-    let used: Vec<&MigrationRecord> = records.iter().copied().filter(|r| stats::usable(r)).collect();
-    let count = |c: Category| records.iter().filter(|r| stats::category(r) == c).count();
+    let used: Vec<&MigrationRecord> = records.iter().copied().filter(|r| quality::usable(r)).collect();
+    let count = |c: Category| records.iter().filter(|r| quality::category(r) == c).count();
     let summaries = |list: &[(&str, &str)]| -> BTreeMap<String, Summary> {
         list.iter()
             .filter_map(|(key, name)| {

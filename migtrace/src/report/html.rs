@@ -27,11 +27,15 @@ use super::{
         self, BarKind, Cdf, CdfLine, EffectFigure, EffectPanel, Gantt, GanttBar, GanttMark, HeatCell, Heatmap,
         LevelPoint, PlotError, RoundBar, Rounds, Strip, StripMethod,
     },
-    stats::{self, EFFECT_MEASURES, ExperimentSummary, MEASURES, Stats, TreatmentSummary},
+    stats::{EFFECT_MEASURES, ExperimentSummary, Stats, TreatmentSummary},
 };
 use crate::{
     experiment::spec::{Design, ExperimentSpec, Level},
-    measure::{record::MigrationRecord, timeline::Host},
+    measure::{
+        quality::{self, MEASURES},
+        record::MigrationRecord,
+        timeline::Host,
+    },
     model::{
         self,
         validate::{self, VALIDATION_FILE, Validation},
@@ -192,7 +196,7 @@ fn field_value(r: &MigrationRecord, field: &str) -> Option<f64> {
     }
 }
 
-fn measure(name: &str) -> Option<&'static stats::Measure> {
+fn measure(name: &str) -> Option<&'static quality::Measure> {
     MEASURES.iter().find(|m| m.name == name)
 }
 
@@ -362,7 +366,7 @@ impl Experiment<'_> {
     }
 
     fn usable_of(&self, treatment: &str) -> Vec<&MigrationRecord> {
-        self.records.iter().filter(|r| r.treatment == treatment && stats::usable(r)).collect()
+        self.records.iter().filter(|r| r.treatment == treatment && quality::usable(r)).collect()
     }
 
     /// The downtime methods of one treatment side by side, and why values are missing.

@@ -18,7 +18,7 @@ use qapi::{
 };
 use serde::Serialize;
 
-use crate::hypervisor::{HostEvent, ReportedStats};
+use super::{HostEvent, ReportedStats};
 use tokio::{
     io::WriteHalf,
     net::UnixStream,
