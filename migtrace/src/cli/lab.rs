@@ -6,7 +6,7 @@ use migtrace::hypervisor::HostPair as _;
 use migtrace::lab::{
     Lab, image,
     libvirt::LibvirtLab,
-    netns::{GUEST_IP, PROBE_IP},
+    netns::{GUEST_IP, PROBE_IP, TAPS},
     registry,
 };
 
@@ -63,7 +63,8 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
                 } else {
                     "left behind (migtrace lab clean)".into()
                 };
-                println!("{}  netns {}  qemu pids {:?}  {state}", s.id, s.netns, registry::qemu_processes(&s.id));
+                let namespaces = migtrace::lab::netns::namespaces_of(&s.id).join(" ");
+                println!("{}  netns {namespaces}  qemu pids {:?}  {state}", s.id, registry::qemu_processes(&s.id));
             }
             Ok(())
         }
@@ -112,15 +113,17 @@ async fn up(machine: MachineArgs) -> Result<()> {
         println!("  workaround {w}");
     }
     if let Some(why) = lab.guest_offline() {
-        println!("  netns      {} ({why})", lab.ns());
+        println!("  hosts      netns {} and {} ({why})", lab.host_ns(TAPS[0]), lab.host_ns(TAPS[1]));
         println!(
             "  console    {} (heartbeat bytes stripped)",
             lab.source.as_ref().map_or_else(String::new, |q| q.console.display().to_string())
         );
     } else {
-        println!("  netns      {}   (ip netns exec {} ping {GUEST_IP})", lab.ns(), lab.ns());
+        println!("  hosts      netns {} and {}", lab.host_ns(TAPS[0]), lab.host_ns(TAPS[1]));
+        println!("  client     netns {}   (ip netns exec {} ping {GUEST_IP})", lab.client_ns(), lab.client_ns());
         println!("  guest      {GUEST_IP}, probe sender {PROBE_IP}");
     }
+    println!("  link       {}", link_line(lab.link()));
     println!("  source     pid {src}, destination pid {dst} (waiting for a migration)");
     println!("  state      {}", lab.runtime_dir().display());
     println!("  agent      {}", lab.agent_line.trim());
@@ -169,7 +172,7 @@ async fn down(id: Option<String>) -> Result<()> {
         // SAFETY: signalling the migtrace process that owns this lab.
         unsafe { libc::kill(state.owner_pid as i32, libc::SIGTERM) };
         for _ in 0..100 {
-            if !migtrace::sys::netns::ns_path(&state.netns).exists() {
+            if migtrace::lab::netns::namespaces_of(&state.id).is_empty() {
                 println!("lab {} stopped by its owner (pid {})", state.id, state.owner_pid);
                 return Ok(());
             }
@@ -180,4 +183,13 @@ async fn down(id: Option<String>) -> Result<()> {
     let r = registry::remove(&state);
     println!("lab {} removed (killed QEMU {:?})", state.id, r.killed);
     Ok(())
+}
+
+/// The link as `lab up` shows it.
+fn link_line(link: &migtrace::hypervisor::link::LinkConfig) -> String {
+    let delay = link.delay_ms.map_or(String::new(), |d| format!(", {d} ms one-way delay"));
+    match link.shaper.as_str() {
+        "" => format!("{}{delay} (not shaped)", link.rate),
+        shaper => format!("{}{delay} ({shaper})", link.rate),
+    }
 }

@@ -10,7 +10,7 @@ use migtrace::{
         HostPair, MigrationParams, Status,
         libvirt::{LibvirtFlags, LibvirtHost, LibvirtPair},
     },
-    lab::{GuestKind, Lab, libvirt::LibvirtLab, netns},
+    lab::{GuestKind, Lab, libvirt::LibvirtLab},
     measure::{
         record::{MigrationRecord, RecordWriter},
         session::{MeasureOptions, Network, Session},
@@ -145,6 +145,7 @@ impl MigrationArgs {
             max_bandwidth: self.max_bandwidth.map(|m| m << 20),
             downtime_limit_ms: self.downtime_limit,
             timeout_s: self.timeout,
+            link: None,
         })
     }
 }
@@ -208,11 +209,6 @@ impl MeasureArgs {
             ..MeasureOptions::default()
         })
     }
-}
-
-/// The lab's network as seen by the measurement session.
-pub fn lab_network(lab: &Lab) -> Network {
-    Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() }
 }
 
 pub async fn run(args: MigrateArgs) -> Result<()> {
@@ -288,7 +284,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         LabBackend::Qemu => {
             let mut lab = Lab::up(config).await?;
             eprintln!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel_label());
-            let mut session = Session::start(lab_network(&lab), options)
+            let mut session = Session::start(lab.network(), options)
                 .context("starting the eBPF probes (--no-probes runs without)")?;
             tokio::time::sleep(warmup).await;
             let result = migrate_n(&mut lab, &mut session, &params, args.count, &treatment, &mut writer).await;

@@ -454,6 +454,17 @@ pub struct MachineArgs {
     /// reproduces QEMU's lost-dirty-page bug (guests crash or their memory check fails).
     #[arg(long)]
     pub no_tcg_dirty_workaround: bool,
+    /// The link between the lab's two hosts, which carries the migration stream, in tc's
+    /// rate syntax: `100mbit`, `1gbit` (the paper's 1 GbE), `10gbit`, or `unlimited`
+    /// (no shaping: the hosts' veth at memory speed). Shaped with the kernel's tbf on
+    /// both ends; the guest's own network is not shaped.
+    #[arg(long, default_value = "1gbit", value_name = "RATE")]
+    pub link: migtrace::hypervisor::link::LinkRate,
+    /// One-way delay added on the link in each direction, ms (RTT + 2×). Needs the
+    /// kernel's netem qdisc (sch_netem); a kernel without it refuses, and migtrace adds
+    /// no delay of its own.
+    #[arg(long, value_name = "MS")]
+    pub link_delay: Option<f64>,
 }
 
 impl MachineArgs {
@@ -488,6 +499,16 @@ impl MachineArgs {
             tcg_dirty_workaround: !self.no_tcg_dirty_workaround,
             guest,
             dirty_ring: self.dirty_ring,
+            link: self.link_config()?,
         })
+    }
+
+    fn link_config(&self) -> Result<migtrace::hypervisor::link::LinkConfig> {
+        if let Some(ms) = self.link_delay
+            && !(ms.is_finite() && ms > 0.0 && ms <= 10_000.0)
+        {
+            anyhow::bail!("--link-delay {ms}: a one-way delay in ms, more than 0 and at most 10000");
+        }
+        Ok(migtrace::hypervisor::link::LinkConfig { rate: self.link, delay_ms: self.link_delay, shaper: String::new() })
     }
 }

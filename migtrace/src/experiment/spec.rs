@@ -20,7 +20,8 @@
 //! ```
 //!
 //! Factors: `vmsize`, `vcpus`, `accel`, `load`, `wset`, `rate`, `period`, `bpc`, `fill`,
-//! `max_bandwidth` (MiB/s), `downtime_limit` (ms). Measurement knobs live in `[measure]`
+//! `max_bandwidth` (MiB/s), `downtime_limit` (ms), `link` (the lab's link between the
+//! hosts, tc's rate syntax: `100mbit`, `1gbit`, `unlimited`; default `1gbit`), `qemu`. Measurement knobs live in `[measure]`
 //! and migration knobs in `[migration]`.
 
 use std::{collections::BTreeMap, fmt, time::Duration};
@@ -46,10 +47,11 @@ pub enum Factor {
     MaxBandwidth,
     DowntimeLimit,
     Qemu,
+    Link,
 }
 
 impl Factor {
-    pub const ALL: [Factor; 12] = [
+    pub const ALL: [Factor; 13] = [
         Factor::Vmsize,
         Factor::Vcpus,
         Factor::Accel,
@@ -62,6 +64,7 @@ impl Factor {
         Factor::MaxBandwidth,
         Factor::DowntimeLimit,
         Factor::Qemu,
+        Factor::Link,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +81,7 @@ impl Factor {
             Factor::MaxBandwidth => "max_bandwidth",
             Factor::DowntimeLimit => "downtime_limit",
             Factor::Qemu => "qemu",
+            Factor::Link => "link",
         }
     }
 
@@ -96,6 +100,7 @@ impl Factor {
             Factor::MaxBandwidth => "MiB/s (more than 0)",
             Factor::DowntimeLimit => "milliseconds (0 or more)",
             Factor::Qemu => "a QEMU build: \"system\", a version such as \"10.0\", or a path to a binary",
+            Factor::Link => crate::hypervisor::link::RATE_FORMS,
         }
     }
 }
@@ -318,7 +323,7 @@ pub enum SpecError {
     #[error("spec is not valid TOML or has a misspelled field: {0}")]
     Toml(String),
     #[error(
-        "unknown factor {0:?}: use one of vmsize, vcpus, accel, qemu, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit"
+        "unknown factor {0:?}: use one of vmsize, vcpus, accel, qemu, link, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit"
     )]
     UnknownFactor(String),
     #[error("factor {0} has no levels: give at least one, e.g. {0} = [...]")]
@@ -418,6 +423,12 @@ fn normalise(factor: Factor, value: &toml::Value) -> Result<Level, SpecError> {
             toml::Value::Integer(i) => Level::Text(i.to_string()),
             _ => return Err(bad()),
         },
+        // Normalised (`1000mbit` is `1gbit`), so equal links are equal levels.
+        Factor::Link => {
+            let toml::Value::String(s) = value else { return Err(bad()) };
+            let rate: crate::hypervisor::link::LinkRate = s.parse().map_err(|_| bad())?;
+            Level::Text(rate.to_string())
+        }
     };
     Ok(level)
 }

@@ -54,7 +54,7 @@ impl Entry {
         let state = State {
             id: id.into(),
             owner_pid: std::process::id(),
-            netns: netns::LabNet::ns_name(id),
+            netns: netns::LabNet::ns_of(id, netns::HOSTS[0]),
             ..State::default()
         };
         let entry = Self { dir, state, removed: false };

@@ -531,6 +531,7 @@ pub(crate) mod tests {
             max_bandwidth: vm.max_bandwidth.map(|b| b as u64),
             downtime_limit_ms: vm.downtime_limit_ms.map(|d| d as u64),
             timeout_s: 60.0,
+            link: None,
         };
         let mut r = MigrationRecord::new(repetition, treatment.into(), params, outcome);
         r.machine = Some(crate::hypervisor::Machine { ram_bytes: vm.vmsize_bytes as u64, ..Default::default() });

@@ -175,15 +175,18 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads the programs, attaches the KVM tracepoints and, given a lab namespace, the
-    /// tap classifiers, and starts collecting. Must be called within a tokio runtime.
-    pub fn start(lab_net: Option<(&str, &[&str])>) -> Result<Self, TraceError> {
+    /// Loads the programs, attaches the KVM tracepoints and the classifier to each of
+    /// `taps` (a tap in its namespace), and starts collecting. Must be called within a
+    /// tokio runtime. Taps in different namespaces must have different interface
+    /// indexes (the classifier's events carry only the index).
+    pub fn start(taps: &[(String, &str)]) -> Result<Self, TraceError> {
         let mut probes = Probes::load()?;
         let missing_tracepoints = probes.attach_kvm()?;
-        let taps = match lab_net {
-            Some((ns, taps)) => probes.attach_taps(Some(ns), taps)?,
-            None => Vec::new(),
-        };
+        let mut attached = Vec::new();
+        for (ns, tap) in taps {
+            attached.extend(probes.attach_taps(Some(ns), &[tap])?);
+        }
+        let taps = attached;
         let store = Arc::new(Mutex::new(Vec::new()));
         let collector =
             Collector::spawn_into(probes.take_events()?, Sink::Store(store.clone())).map_err(TraceError::Collector)?;

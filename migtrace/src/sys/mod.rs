@@ -1,5 +1,6 @@
-//! Host utilities below every layer: network namespaces ([`netns`]) and children that
-//! die with migtrace ([`tied`]).
+//! Host utilities below every layer: network namespaces ([`netns`]), shaping an
+//! interface ([`tc`]) and children that die with migtrace ([`tied`]).
 
 pub mod netns;
+pub mod tc;
 pub mod tied;
