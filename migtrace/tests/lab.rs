@@ -189,14 +189,36 @@ async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_fail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
 async fn migration_that_does_not_converge_times_out_and_is_cancelled() {
-    // 64 MiB of dirty pages over a 1 MiB/s link cannot converge in 3 s.
+    use migtrace::measure::{
+        quality::{self, Category},
+        session::{MeasureOptions, Session},
+    };
+    // 64 MiB dirtied at 8 MB/s over a 1 MiB/s bandwidth cannot converge in 3 s.
     let config = LabConfig { workload: Spec::parse("wset=64M,rate=2000").expect("spec"), ..LabConfig::default() };
     let mut lab = Lab::up(config).await.expect("lab up");
     let id = lab.id.clone();
+    let options = MeasureOptions {
+        ping_interval: None,
+        probe_interval: None,
+        settle: Duration::from_millis(100),
+        settle_max: Duration::from_millis(100),
+        memory_check: None,
+        ..MeasureOptions::default()
+    };
+    let mut session = Session::start(lab.network(), options).expect("session");
     let params = MigrationParams { max_bandwidth: Some(1 << 20), timeout_s: 3.0, ..MigrationParams::default() };
-    let o = lab.migrate(&params).await.expect("attempt recorded");
-    assert_eq!(o.status, Status::TimedOut);
-    assert!(o.error.as_deref().is_some_and(|e| e.contains("did not complete within 3 s")), "{:?}", o.error);
+    let r = session.migrate(&mut lab, &params, 0, "stuck").await.expect("attempt recorded");
+    assert_eq!(r.outcome.status, Status::TimedOut);
+    assert!(
+        r.outcome.error.as_deref().is_some_and(|e| e.contains("did not complete within 3 s")),
+        "{:?}",
+        r.outcome.error
+    );
+    // Pre-copy never reached a switchover: its own category, neither usable nor failed.
+    let marks = r.timeline.as_ref().map(|t| t.marks.clone()).unwrap_or_default();
+    assert!(marks.active_ns.is_some() && marks.vm_stop_ns.is_none(), "pre-copy ran, never stopped: {marks:?}");
+    assert_eq!(quality::category(&r), Category::DidNotConverge);
+    session.stop().await.expect("stop");
     // Cancelled: the guest runs on where it was.
     assert!(ping_once(&lab.client_ns()), "guest still answers on the source");
     lab.down().await;

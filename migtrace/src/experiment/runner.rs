@@ -86,6 +86,13 @@ fn ms(v: Option<f64>) -> String {
 
 /// The key figures of one migration, for a progress line.
 pub fn key_figures(r: &MigrationRecord) -> String {
+    if crate::measure::quality::category(r) == crate::measure::quality::Category::DidNotConverge {
+        return format!(
+            "did not converge: pre-copy still running when cancelled after {:.0} s (the guest dirties memory faster than \
+             the link drains it)",
+            r.params.timeout_s
+        );
+    }
     if r.outcome.status != Status::Completed {
         return format!(
             "{}: {}",

@@ -261,7 +261,10 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
     let factors: Vec<String> = s.treatments.first().map(|t| t.levels.keys().cloned().collect()).unwrap_or_default();
     let mut header: Vec<String> = vec!["treatment".into()];
     header.extend(factors.iter().cloned());
-    header.extend(["migrations", "usable", "failed", "guest_crashed", "corrupted", "trace_loss"].map(String::from));
+    header.extend(
+        ["migrations", "usable", "did_not_converge", "failed", "guest_crashed", "corrupted", "trace_loss"]
+            .map(String::from),
+    );
     for m in MEASURES {
         for stat in ["mean", "sd", "min", "p50", "p99", "p999", "max", "ci95_low", "ci95_high"] {
             header.push(format!("{}.{stat}", m.name));
@@ -272,7 +275,8 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
         let mut row = vec![t.treatment.clone()];
         row.extend(factors.iter().map(|f| t.levels.get(f).cloned().unwrap_or_default()));
         row.extend(
-            [t.migrations, t.usable, t.failed, t.guest_crashed, t.corrupted, t.trace_loss].map(|n| n.to_string()),
+            [t.migrations, t.usable, t.did_not_converge, t.failed, t.guest_crashed, t.corrupted, t.trace_loss]
+                .map(|n| n.to_string()),
         );
         for m in MEASURES {
             match t.measures.get(m.name) {

@@ -237,6 +237,10 @@ impl<'a> Stamps<'a> {
     }
 }
 
+/// A RESUME this soon after a STOP is QEMU's back-to-back pair for a VM that never
+/// stopped (`vm_prepare_start` on a running VM with a stop request pending).
+const PAIRED_RESUME_US: i64 = 1000;
+
 struct Qmp<'a> {
     events: &'a [HostEvent],
     clock: WallClock,
@@ -249,6 +253,18 @@ impl Qmp<'_> {
     fn status(&self, status: &str) -> Option<u64> {
         self.when(|e| e.migration_status() == Some(status))
     }
+    /// The VM's stop: the first STOP that is not half of the STOP/RESUME pair QEMU
+    /// emits back to back when it is asked to start a VM that runs already (a migration
+    /// cancelled in pre-copy does that); the VM never stopped then.
+    fn stop(&self) -> Option<u64> {
+        let resumes: Vec<i64> = self.events.iter().filter(|e| e.event == "RESUME").map(|e| e.unix_us).collect();
+        self.events
+            .iter()
+            .filter(|e| e.event == "STOP")
+            .find(|e| !resumes.iter().any(|&r| (0..=PAIRED_RESUME_US).contains(&(r - e.unix_us))))
+            .map(|e| self.clock.from_unix_us(e.unix_us))
+    }
+
     fn all(&self, event: &str) -> Vec<u64> {
         self.events.iter().filter(|e| e.event == event).map(|e| self.clock.from_unix_us(e.unix_us)).collect()
     }
@@ -290,7 +306,8 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let setup = pick("setup", src.state("setup", v), sq.status("setup"));
     let active = pick("active", src.state("active", v), sq.status("active"));
     let stop_call = src.first("VmStopForceState", false);
-    let vm_stop = pick("vm-stop", stop_call, sq.when(|e| e.event == "STOP"));
+    let stop_event = sq.stop();
+    let vm_stop = pick("vm-stop", stop_call, stop_event);
     // The vCPU blackout, both sides the same way (see `Marks`): guest-code stamps
     // clamped to the pause_all_vcpus / resume_all_vcpus call around them.
     let clamp = |t: Option<u64>, lo: Option<u64>, hi: Option<u64>| match (t, lo, hi) {
@@ -300,10 +317,17 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     };
     let last_source_exit =
         input.trace.and_then(|t| t.source_vcpus.iter().map(|r| r.last_exit_ns).filter(|&t| t > 0).max());
+    // Guest-code stamps mark the pause only around a traced pause: without one the
+    // last exit is merely where tracing ended (a migration cancelled in pre-copy).
+    let pause_entered = src.first("PauseAllVcpus", false).or(stop_call);
+    let pause_returned = src.first("PauseAllVcpus", true);
     let source_paused = pick(
         "source-paused",
-        clamp(last_source_exit, src.first("PauseAllVcpus", false).or(stop_call), src.first("PauseAllVcpus", true)),
-        sq.when(|e| e.event == "STOP"),
+        match pause_entered {
+            Some(_) => clamp(last_source_exit, pause_entered, pause_returned),
+            None => pause_returned,
+        },
+        stop_event,
     );
     let completed = pick("source-completed", src.state("completed", v), sq.status("completed"));
     // The source completes only once the destination confirmed the load when QEMU has a
@@ -311,7 +335,11 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let sent = src.last("SavevmStateCompletePrecopy", true).or(completed);
     let first_dest_enter =
         input.trace.and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
-    let resumed_probe = clamp(first_dest_enter, dst.first("ResumeAllVcpus", false), dst.first("ResumeAllVcpus", true));
+    let resume_entered = dst.first("ResumeAllVcpus", false);
+    let resumed_probe = match resume_entered {
+        Some(_) => clamp(first_dest_enter, resume_entered, dst.first("ResumeAllVcpus", true)),
+        None => dst.first("ResumeAllVcpus", true),
+    };
     let resume_event = dq.when(|e| e.event == "RESUME");
     let resumed = pick("destination-resumed", resumed_probe, resume_event);
     // QEMU 7.2 on the destination: qemu_loadvm_state returns, RESUME, resume_all_vcpus,
@@ -638,6 +666,33 @@ mod tests {
         assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 30 * US));
         assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 60 * US));
         assert_eq!(t.mark_evidence("destination-resumed"), Evidence::Probe);
+    }
+
+    #[test]
+    fn a_migration_cancelled_in_pre_copy_has_no_pause() {
+        // QEMU 7.2, cancelled while active: no vm_stop_force_state, no pause_all_vcpus,
+        // and the STOP/RESUME pair of starting an already running VM, 10 µs apart.
+        let mut o = outcome();
+        o.status = Status::TimedOut;
+        o.source_events = vec![
+            event("MIGRATION", MS, serde_json::json!({"status": "setup"})),
+            event("MIGRATION", 2 * MS, serde_json::json!({"status": "active"})),
+            event("MIGRATION", 3000 * MS, serde_json::json!({"status": "cancelling"})),
+            event("STOP", 3001 * MS, serde_json::Value::Null),
+            event("RESUME", 3001 * MS + 10 * US, serde_json::Value::Null),
+            event("MIGRATION", 3002 * MS, serde_json::json!({"status": "cancelled"})),
+        ];
+        o.destination_events.clear();
+        let mut trace = idle_trace(2999 * MS, 0);
+        trace.phases.retain(|p| p.tgid == SRC && p.point == "MigrateSetState");
+        trace.destination_vcpus.clear();
+        let t = assemble_with(Some(&trace), &o, Some((7, 2)));
+        // Neither the vCPU's last exit (tracing just ended) nor the paired STOP is a pause.
+        assert_eq!((t.marks.vm_stop_ns, t.marks.source_paused_ns), (None, None), "{:?}", t.marks);
+        // A real stop (a RESUME follows only much later) still counts from QMP.
+        o.source_events[4].unix_us += 5_000;
+        let t = assemble_with(None, &o, Some((7, 2)));
+        assert_eq!(t.marks.vm_stop_ns, Some(3001 * MS));
     }
 
     #[test]

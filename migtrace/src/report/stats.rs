@@ -93,6 +93,9 @@ pub struct TreatmentSummary {
     /// Completed with a healthy guest and a complete trace: the migrations the
     /// statistics are over.
     pub usable: usize,
+    /// Timed out in pre-copy: QEMU never stopped the guest (see `Category`).
+    #[serde(default)]
+    pub did_not_converge: usize,
     pub failed: usize,
     /// The guest crashed, rebooted or went silent.
     pub guest_crashed: usize,
@@ -176,6 +179,9 @@ pub struct ExperimentSummary {
     pub histograms: BTreeMap<String, String>,
     pub migrations: usize,
     pub usable: usize,
+    /// Timed out in pre-copy: the treatment does not converge (see `Category`).
+    #[serde(default)]
+    pub did_not_converge: usize,
     #[serde(default)]
     pub failed: usize,
     #[serde(default)]
@@ -210,6 +216,7 @@ pub fn summarize(
             levels: levels.clone(),
             migrations: mine.len(),
             usable: count(Category::Usable),
+            did_not_converge: count(Category::DidNotConverge),
             failed: count(Category::Failed),
             guest_crashed: count(Category::GuestUnhealthy),
             corrupted: count(Category::Corrupted),
@@ -272,6 +279,7 @@ pub fn summarize(
         histograms: merged.iter().filter_map(|(m, h)| Some(((*m).to_owned(), encode(h)?))).collect(),
         migrations: records.len(),
         usable: usable_records.len(),
+        did_not_converge: treatments.iter().map(|t| t.did_not_converge).sum(),
         failed: treatments.iter().map(|t| t.failed).sum(),
         guest_crashed: treatments.iter().map(|t| t.guest_crashed).sum(),
         corrupted: treatments.iter().map(|t| t.corrupted).sum(),
