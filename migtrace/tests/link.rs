@@ -113,3 +113,55 @@ fn a_link_delay_is_netem_or_refused_with_the_reason() {
     // Created or refused half-way: nothing stays.
     assert!(netns::namespaces_of(&id).is_empty(), "namespaces left: {:?}", netns::namespaces_of(&id));
 }
+
+#[test]
+fn bad_rates_get_one_line_errors_naming_the_accepted_forms() {
+    let dir = std::env::temp_dir().join(format!("migtrace-link-rates-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for rate in ["1gbps", "0", "-1mbit", "1e99bit"] {
+        let spec = dir.join("spec.toml");
+        std::fs::write(&spec, format!("name = \"r\"\nrepetitions = 1\n[factors]\nlink = [\"{rate}\"]\n"))
+            .expect("spec");
+        let runs = [
+            vec!["migrate".to_owned(), "--lab".into(), "--link".into(), rate.into()],
+            vec!["lab".into(), "up".into(), "--link".into(), rate.into()],
+            vec!["run".into(), spec.display().to_string(), "--results".into(), dir.display().to_string()],
+        ];
+        for args in runs {
+            let out = Command::new(env!("CARGO_BIN_EXE_migtrace")).args(&args).output().expect("migtrace");
+            assert!(!out.status.success(), "{args:?} accepted {rate}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+            assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+            for form in ["100mbit", "1gbit", "unlimited"] {
+                assert!(errors[0].contains(form), "{args:?}: {}", errors[0]);
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and QEMU 10.0 (cargo xtask setup caches it): lab migrations (run `cargo xtask test`)"]
+async fn avail_switchover_bandwidth_reaches_qemu_10_and_is_refused_by_7_2() {
+    use migtrace::{hypervisor::features::FeatureError, lab::LabError};
+    let params =
+        MigrationParams { avail_switchover_bandwidth: Some(50 << 20), timeout_s: 120.0, ..MigrationParams::default() };
+    let config = LabConfig { qemu: Some("10.0".into()), ..LabConfig::default() };
+    let mut lab = Lab::up(config).await.expect("lab up on QEMU 10.0");
+    let o = lab.migrate(&params).await.expect("migration");
+    assert_eq!(o.status, Status::Completed, "{:?}", o.error);
+    // The source took it: QEMU's own view of its parameters.
+    let set = lab.source.as_ref().expect("source").qmp.migrate_parameters().await.expect("query");
+    assert_eq!(set["avail-switchover-bandwidth"].as_u64(), Some(50 << 20), "{set}");
+    lab.down().await;
+
+    let mut lab = Lab::up(LabConfig { qemu: Some("system".into()), ..LabConfig::default() }).await.expect("lab up");
+    if lab.qemu_version.is_some_and(|v| v < (8, 2)) {
+        match lab.migrate(&params).await {
+            Err(LabError::Feature(FeatureError { version, .. })) => assert_eq!(version, lab.qemu_version),
+            other => panic!("QEMU {:?} took avail-switchover-bandwidth: {other:?}", lab.qemu_version),
+        }
+    }
+    lab.down().await;
+}

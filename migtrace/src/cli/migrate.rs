@@ -131,6 +131,11 @@ pub struct MigrationArgs {
     /// Target downtime, ms (QEMU's `downtime-limit`); default: QEMU's (300).
     #[arg(long, value_name = "MS")]
     pub downtime_limit: Option<u64>,
+    /// The bandwidth QEMU assumes for the switchover when it decides whether the rest
+    /// fits in the downtime limit, MiB/s (QEMU's `avail-switchover-bandwidth`, QEMU 8.2
+    /// and newer: --qemu 10.0 in the lab); default: QEMU's own estimate.
+    #[arg(long, value_name = "MIB_PER_S")]
+    pub avail_switchover_bandwidth: Option<u64>,
     /// Give up on a migration (and cancel it) after this many seconds.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     pub timeout: f64,
@@ -141,9 +146,19 @@ impl MigrationArgs {
         if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= MAX_SECONDS) {
             bail!("--timeout must be positive and at most {MAX_SECONDS} s (a week)");
         }
+        // MiB/s to bytes/s, refused where QEMU would take 0 for "unlimited" or the bytes
+        // would not fit.
+        let bytes = |flag: &str, mib: Option<u64>| -> Result<Option<u64>> {
+            match mib {
+                None => Ok(None),
+                Some(m) if m > 0 && m <= 1 << 40 => Ok(Some(m << 20)),
+                Some(m) => bail!("{flag} {m}: MiB/s from 1 to {}", 1u64 << 40),
+            }
+        };
         Ok(MigrationParams {
-            max_bandwidth: self.max_bandwidth.map(|m| m << 20),
+            max_bandwidth: bytes("--max-bandwidth", self.max_bandwidth)?,
             downtime_limit_ms: self.downtime_limit,
+            avail_switchover_bandwidth: bytes("--avail-switchover-bandwidth", self.avail_switchover_bandwidth)?,
             timeout_s: self.timeout,
             link: None,
         })
@@ -232,6 +247,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     let _lock = migtrace::files::DirLock::acquire(&out)?;
     let mut writer = RecordWriter::open(&out)?;
     let warmup = Duration::try_from_secs_f64(args.warmup.max(0.0)).context("--warmup: seconds")?;
+    if params.avail_switchover_bandwidth.is_some() && (args.libvirt.is_some() || args.backend == LabBackend::Libvirt) {
+        bail!("--avail-switchover-bandwidth: libvirt has no parameter for it (migrate with the QEMU lab: --lab)");
+    }
     if let Some(uris) = &args.libvirt {
         let domain = args.domain.clone().unwrap_or_default();
         let hosts = [LibvirtHost::from_uri(&uris[0], "source"), LibvirtHost::from_uri(&uris[1], "destination")];
@@ -271,6 +289,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         return result;
     }
     let config = args.machine.lab_config()?;
+    // A knob this QEMU lacks is refused before the guest boots.
+    let qemu = migtrace_common::host::qemu::select(config.qemu.as_deref().unwrap_or("system"))?;
+    migtrace::lab::check_parameters(&params, Some((qemu.version.major, qemu.version.minor)))?;
     let guest = match config.guest {
         GuestKind::Linux => String::new(),
         g => format!("guest={g},"),

@@ -458,7 +458,7 @@ pub struct MachineArgs {
     /// rate syntax: `100mbit`, `1gbit` (the paper's 1 GbE), `10gbit`, or `unlimited`
     /// (no shaping: the hosts' veth at memory speed). Shaped with the kernel's tbf on
     /// both ends; the guest's own network is not shaped.
-    #[arg(long, default_value = "1gbit", value_name = "RATE")]
+    #[arg(long, default_value = "1gbit", value_name = "RATE", allow_hyphen_values = true)]
     pub link: migtrace::hypervisor::link::LinkRate,
     /// One-way delay added on the link in each direction, ms (RTT + 2×). Needs the
     /// kernel's netem qdisc (sch_netem); a kernel without it refuses, and migtrace adds

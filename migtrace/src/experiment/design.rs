@@ -134,6 +134,9 @@ impl Treatment {
         MigrationParams {
             max_bandwidth: self.get(Factor::MaxBandwidth).map(|m| (m * (1 << 20) as f64) as u64),
             downtime_limit_ms: self.get(Factor::DowntimeLimit).map(|d| d as u64),
+            avail_switchover_bandwidth: self
+                .get(Factor::AvailSwitchoverBandwidth)
+                .map(|m| (m * (1 << 20) as f64) as u64),
             timeout_s,
             link: None,
         }

@@ -221,6 +221,18 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
     for q in selectors {
         migtrace_common::host::qemu::select(q).map_err(|e| SpecError::Treatment(format!("qemu = {q:?}: {e}")))?;
     }
+    // And every knob must be one its QEMU takes.
+    for t in &treatments {
+        let params = t.migration_params(spec.raw.migration.timeout_s);
+        if params.avail_switchover_bandwidth.is_none() {
+            continue;
+        }
+        let q = t.qemu().unwrap_or("system");
+        let build = migtrace_common::host::qemu::select(q)
+            .map_err(|e| SpecError::Treatment(format!("treatment {}: qemu = {q:?}: {e}", t.name())))?;
+        crate::lab::check_parameters(&params, Some((build.version.major, build.version.minor)))
+            .map_err(|e| SpecError::Treatment(format!("treatment {}: {e}", t.name())))?;
+    }
     // What a lab on this machine needs (root, capabilities, tracefs) fails now, not
     // after the first boot.
     if matches!(spec.backend(), Backend::Lab | Backend::LibvirtLab) {

@@ -20,7 +20,8 @@
 //! ```
 //!
 //! Factors: `vmsize`, `vcpus`, `accel`, `load`, `wset`, `rate`, `period`, `bpc`, `fill`,
-//! `max_bandwidth` (MiB/s), `downtime_limit` (ms), `link` (the lab's link between the
+//! `max_bandwidth` (MiB/s), `downtime_limit` (ms), `avail_switchover_bandwidth` (MiB/s,
+//! QEMU ≥ 8.2), `link` (the lab's link between the
 //! hosts, tc's rate syntax: `100mbit`, `1gbit`, `unlimited`; default `1gbit`), `qemu`. Measurement knobs live in `[measure]`
 //! and migration knobs in `[migration]`.
 
@@ -48,10 +49,11 @@ pub enum Factor {
     DowntimeLimit,
     Qemu,
     Link,
+    AvailSwitchoverBandwidth,
 }
 
 impl Factor {
-    pub const ALL: [Factor; 13] = [
+    pub const ALL: [Factor; 14] = [
         Factor::Vmsize,
         Factor::Vcpus,
         Factor::Accel,
@@ -65,6 +67,7 @@ impl Factor {
         Factor::DowntimeLimit,
         Factor::Qemu,
         Factor::Link,
+        Factor::AvailSwitchoverBandwidth,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +85,7 @@ impl Factor {
             Factor::DowntimeLimit => "downtime_limit",
             Factor::Qemu => "qemu",
             Factor::Link => "link",
+            Factor::AvailSwitchoverBandwidth => "avail_switchover_bandwidth",
         }
     }
 
@@ -97,7 +101,7 @@ impl Factor {
             Factor::Load | Factor::Fill => "a percentage 0–100",
             Factor::Rate => "pages per second (0 or more)",
             Factor::Period => "a duration such as \"10ms\"",
-            Factor::MaxBandwidth => "MiB/s (more than 0)",
+            Factor::MaxBandwidth | Factor::AvailSwitchoverBandwidth => "MiB/s (more than 0)",
             Factor::DowntimeLimit => "milliseconds (0 or more)",
             Factor::Qemu => "a QEMU build: \"system\", a version such as \"10.0\", or a path to a binary",
             Factor::Link => crate::hypervisor::link::RATE_FORMS,
@@ -323,7 +327,7 @@ pub enum SpecError {
     #[error("spec is not valid TOML or has a misspelled field: {0}")]
     Toml(String),
     #[error(
-        "unknown factor {0:?}: use one of vmsize, vcpus, accel, qemu, link, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit"
+        "unknown factor {0:?}: use one of vmsize, vcpus, accel, qemu, link, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit, avail_switchover_bandwidth"
     )]
     UnknownFactor(String),
     #[error("factor {0} has no levels: give at least one, e.g. {0} = [...]")]
@@ -397,7 +401,7 @@ fn normalise(factor: Factor, value: &toml::Value) -> Result<Level, SpecError> {
             }
             Level::Number(n)
         }
-        Factor::MaxBandwidth => {
+        Factor::MaxBandwidth | Factor::AvailSwitchoverBandwidth => {
             let n = number().ok_or_else(bad)?;
             if n <= 0.0 || !n.is_finite() {
                 return Err(bad());
@@ -461,6 +465,11 @@ impl ExperimentSpec {
                      only max_bandwidth and downtime_limit vary here (backend \"libvirt-lab\" varies them all)"
                 )));
             }
+        }
+        if backend != Backend::Lab && raw.factors.contains_key(Factor::AvailSwitchoverBandwidth.name()) {
+            return Err(SpecError::Libvirt(
+                "factor avail_switchover_bandwidth: libvirt has no parameter for it (use backend \"lab\")".into(),
+            ));
         }
         if let Some(a) = raw.libvirt.agents.as_deref()
             && !["auto", "local", "none"].contains(&a)

@@ -4,6 +4,7 @@
 //! is mapped into them, labelled with where it came from.
 
 pub mod console;
+pub mod features;
 pub mod libvirt;
 pub mod link;
 pub mod qmp;
@@ -19,6 +20,11 @@ pub struct MigrationParams {
     pub max_bandwidth: Option<u64>,
     /// Milliseconds; None keeps the hypervisor's default.
     pub downtime_limit_ms: Option<u64>,
+    /// Bytes per second QEMU assumes for the switchover when deciding whether what is
+    /// left fits in the downtime limit (`avail-switchover-bandwidth`, QEMU ≥ 8.2); None:
+    /// QEMU's own estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avail_switchover_bandwidth: Option<u64>,
     /// Give up (and cancel) after this many seconds.
     pub timeout_s: f64,
     /// The link between the hosts as configured, and what the migration achieved over

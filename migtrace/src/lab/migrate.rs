@@ -42,7 +42,8 @@ impl HostPair for Lab {
                 stderr: String::new(),
             }));
         };
-        set_migration_parameters(src, params.max_bandwidth, params.downtime_limit_ms).await?;
+        super::check_parameters(params, self.qemu_version)?;
+        set_migration_parameters(src, params).await?;
         let (src_cursor, dst_cursor) = (src.qmp.event_count(), dst.qmp.event_count());
         let direction = format!("{} → {}", src.tap, dst.tap);
         let (source_pid, destination_pid) = (src.pid, dst.pid);

@@ -27,6 +27,8 @@ use tokio::time::Instant;
 use workloads::spec::Spec;
 
 use crate::hypervisor::{
+    MigrationParams,
+    features::{self, FeatureError},
     link::{LinkConfig, LinkRate},
     qmp::QmpError,
 };
@@ -163,6 +165,8 @@ pub enum LabError {
     Qemu(#[from] QemuError),
     #[error(transparent)]
     Qmp(#[from] QmpError),
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
     #[error(transparent)]
     QemuBuild(#[from] host::qemu::SelectError),
     #[error("lab state in {path}: {source}")]
@@ -518,15 +522,27 @@ fn events_capability() -> q::MigrationCapabilityStatus {
     q::MigrationCapabilityStatus { capability: q::MigrationCapability::events, state: true }
 }
 
-/// Applies `max-bandwidth` (bytes/s) and `downtime-limit` (ms) on the source.
-pub async fn set_migration_parameters(
-    qemu: &Qemu,
-    max_bandwidth: Option<u64>,
-    downtime_limit_ms: Option<u64>,
-) -> Result<(), QmpError> {
-    if max_bandwidth.is_none() && downtime_limit_ms.is_none() {
+/// Whether QEMU `version` takes every knob of `params`.
+pub fn check_parameters(params: &MigrationParams, version: Option<(u32, u32)>) -> Result<(), FeatureError> {
+    if params.avail_switchover_bandwidth.is_some() {
+        features::require(features::AVAIL_SWITCHOVER_BANDWIDTH, version)?;
+    }
+    Ok(())
+}
+
+/// Applies `max-bandwidth` (bytes/s), `downtime-limit` (ms) and
+/// `avail-switchover-bandwidth` (bytes/s) on the source; what `params` leaves at None
+/// keeps QEMU's value.
+pub async fn set_migration_parameters(qemu: &Qemu, params: &MigrationParams) -> Result<(), QmpError> {
+    let MigrationParams { max_bandwidth, downtime_limit_ms, avail_switchover_bandwidth, .. } = *params;
+    if max_bandwidth.is_none() && downtime_limit_ms.is_none() && avail_switchover_bandwidth.is_none() {
         return Ok(());
     }
-    let params = q::MigrateSetParameters { max_bandwidth, downtime_limit: downtime_limit_ms, ..Default::default() };
-    qemu.qmp.execute(q::migrate_set_parameters(params)).await.map(|_| ())
+    let set = q::MigrateSetParameters {
+        max_bandwidth,
+        downtime_limit: downtime_limit_ms,
+        avail_switchover_bandwidth,
+        ..Default::default()
+    };
+    qemu.qmp.execute(q::migrate_set_parameters(set)).await.map(|_| ())
 }

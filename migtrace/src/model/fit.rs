@@ -532,6 +532,7 @@ pub(crate) mod tests {
             downtime_limit_ms: vm.downtime_limit_ms.map(|d| d as u64),
             timeout_s: 60.0,
             link: None,
+            avail_switchover_bandwidth: None,
         };
         let mut r = MigrationRecord::new(repetition, treatment.into(), params, outcome);
         r.machine = Some(crate::hypervisor::Machine { ram_bytes: vm.vmsize_bytes as u64, ..Default::default() });
