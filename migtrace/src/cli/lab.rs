@@ -17,6 +17,7 @@ pub enum LabCommand {
     /// Start a lab and keep it up until Ctrl-C or `migtrace lab down`.
     ///
     /// Example: migtrace lab up --vmsize 512 --workload wset=64M,rate=10000
+    /// Example: migtrace lab up --link 100mbit
     /// Example: migtrace lab up --backend libvirt --workload wset=64M,rate=20000
     /// Example: migtrace lab up --guest minimal --vmsize 128 --workload wset=64M,rate=5000,fill=1
     Up {
@@ -146,6 +147,7 @@ async fn up_libvirt(machine: MachineArgs) -> Result<()> {
             println!("  host {h}     {}   (netns {})", p.hosts[i].uri, LibvirtLab::ns(&lab.id, h));
         }
     }
+    println!("  link       {}", link_line(&lab.link()));
     println!("  domain     {} on host a ({}, {} KiB)", lab.domain, machine.description, machine.ram_bytes / 1024);
     println!("  client     netns {} (ping {})", LibvirtLab::ns(&lab.id, "c"), migtrace::lab::libvirt::GUEST_IP);
     println!("  agent      {}", lab.agent_line.trim());

@@ -68,9 +68,11 @@ enum Command {
     ///
     /// Every migration is measured every way: the paper's ping (50 ms by default),
     /// migtrace's probe sender timed at the taps, the vCPU blackout and the phase
-    /// timeline from eBPF probes, and QEMU's own figures.
+    /// timeline from eBPF probes, and QEMU's own figures. In the lab the migration
+    /// stream crosses a link between the hosts shaped to --link (1gbit by default).
     ///
     /// Example: migtrace migrate --lab --count 5 --workload wset=64M,rate=2000 --out results/try
+    /// Example: migtrace migrate --lab --link 100mbit --count 3 --workload wset=16M,rate=1000
     Migrate(Box<migrate::MigrateArgs>),
     /// Run (or resume) an experiment: a spec of factors and levels, many migrations.
     ///
