@@ -383,6 +383,20 @@ async fn run_experiment(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// An error and its causes on one line. Most of migtrace's errors already print their
+/// source in their own message: a cause the line holds already is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// Resolves on SIGINT or SIGTERM, with the signal's name.
 pub async fn shutdown_signal() -> &'static str {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -489,5 +503,20 @@ impl MachineArgs {
             guest,
             dirty_ring: self.dirty_ring,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let store = migtrace::experiment::store::StoreError::Io { path: "r/x".into(), source: io };
+        let e = anyhow::Error::new(store).context("opening the results");
+        assert_eq!(error_line(&e), "opening the results: r/x: No such file or directory (os error 2)");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&e), "outer: inner");
     }
 }
