@@ -1,7 +1,8 @@
 //! The fault matrix, through the `migtrace` binary as a user runs it: missing privileges,
 //! a full or read-only results directory, a ring buffer that overflows, two runs at
 //! once; every one a clear error, the records already written intact, nothing left
-//! behind. Also: results are never world-writable, nothing goes through a shell. The
+//! behind. Also: results are never world-writable, links planted in a results directory
+//! are refused, nothing goes through a shell. The
 //! lab's own faults (a QEMU killed, the stream cut) are in lab.rs, SIGKILL of a run in
 //! experiment.rs. Root-only tests run with `cargo xtask test`.
 
@@ -289,6 +290,41 @@ fn missing_privileges_fail_at_once_with_one_line_cause_and_fix() {
     assert!(e.contains("lacks CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN") && e.contains("full capability set"), "{e}");
     // Refused before anything: no results directory, no lab.
     assert!(!results.join("priv").exists(), "a refused run made its results directory");
+    fs::remove_dir_all(&root).expect("cleanup");
+}
+
+#[test]
+#[ignore = "needs root: runs migtrace as root, which must not write through links (run `cargo xtask test`)"]
+fn a_results_directory_with_a_linked_records_file_or_lock_is_refused_and_the_target_untouched() {
+    // Another user who may write into the results directory plants a link where root
+    // will write: the run refuses it by name, before any lab, and the file it points at
+    // keeps its bytes.
+    let root = temp_root("links");
+    let spec = write_spec(&root, "links", &tiny_spec("links", ""));
+    let victim = root.join("victim");
+    for name in [files::LOCK_FILE, record::RECORDS_FILE] {
+        fs::write(&victim, b"precious").expect("victim");
+        let dir = root.join("results/links");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let link = dir.join(name);
+        std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+        let child = migtrace()
+            .arg("run")
+            .arg(&spec)
+            .arg("--results")
+            .arg(root.join("results"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run");
+        let pid = child.id();
+        let e = error_line(&child.wait_with_output().expect("wait"));
+        assert!(e.contains(&format!("{}: a symbolic link", link.display())) && e.contains("remove the link"), "{e}");
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious", "{name}: written through the link");
+        assert!(fs::symlink_metadata(&link).expect("lstat").file_type().is_symlink(), "{name}: the link was replaced");
+        assert!(labs_of(pid).is_empty(), "a refused run started a lab");
+    }
     fs::remove_dir_all(&root).expect("cleanup");
 }
 

@@ -274,7 +274,7 @@ fn write_perfetto(path: &std::path::Path, chosen: &[&migtrace::measure::record::
         );
     }
     if into_dir {
-        std::fs::create_dir_all(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+        migtrace::files::create_dir(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
     }
     let mut notes = 0;
     for (treatment, records) in &groups {
@@ -289,7 +289,8 @@ fn write_perfetto(path: &std::path::Path, chosen: &[&migtrace::measure::record::
         };
         let export = perfetto::export(records);
         let text = serde_json::to_string(&export.json)?;
-        std::fs::write(&out, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+        migtrace::files::write_atomic(&out, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
         eprintln!(
             "{}: {} migration(s) of {treatment}, {} trace events; open it in ui.perfetto.dev or chrome://tracing",
             out.display(),
