@@ -293,6 +293,62 @@ fn missing_privileges_fail_at_once_with_one_line_cause_and_fix() {
     fs::remove_dir_all(&root).expect("cleanup");
 }
 
+/// A lab's registry entry as a crashed owner leaves it, written by hand; removed on drop.
+struct PlantedLab {
+    id: String,
+    dir: PathBuf,
+}
+
+impl PlantedLab {
+    fn new(owner_pid: u32, owner_start: Option<u64>) -> Self {
+        let id = registry::new_id();
+        let dir = Path::new(registry::RUN_DIR).join(&id);
+        fs::create_dir_all(&dir).expect("state dir");
+        let state = registry::State {
+            id: id.clone(),
+            owner_pid,
+            owner_start,
+            netns: format!("migtrace-{id}"),
+            ..Default::default()
+        };
+        fs::write(dir.join("lab.json"), serde_json::to_string(&state).expect("json")).expect("state");
+        Self { id, dir }
+    }
+}
+
+impl Drop for PlantedLab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+#[ignore = "needs root: writes lab state under /run/migtrace (run `cargo xtask test`)"]
+fn lab_down_never_signals_a_process_that_reused_the_owners_pid() {
+    // A lab's owner died and a process whose command line says migtrace took its pid.
+    let mut other = Command::new("sleep").arg0("migtrace-impostor").arg("60").spawn().expect("sleep");
+    let pid = other.id();
+    let start = migtrace::sys::process::start_time(pid).expect("start time");
+    let lab = PlantedLab::new(pid, Some(start + 1));
+    let out = migtrace().args(["lab", "down", &lab.id]).output().expect("lab down");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(other.try_wait().expect("wait").is_none(), "lab down signalled a process that only reused the owner's pid");
+    assert!(!lab.dir.exists(), "the abandoned lab's state was not removed");
+    // A state an older migtrace wrote has no start time: the process is not signalled,
+    // and the error says why and what to do.
+    let lab = PlantedLab::new(pid, None);
+    let out = migtrace().args(["lab", "down", &lab.id]).output().expect("lab down");
+    let e = error_line(&out);
+    assert!(e.contains("not signalled") && e.contains(&format!("kill -INT {pid}")), "{e}");
+    assert!(other.try_wait().expect("wait").is_none(), "lab down signalled a process it could not tell from the owner");
+    assert!(lab.dir.exists(), "the lab of an owner that may still run was removed");
+    let list = migtrace().args(["lab", "list"]).output().expect("lab list");
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.lines().any(|l| l.starts_with(&lab.id) && l.contains("owner unknown")), "{list}");
+    other.kill().expect("kill");
+    other.wait().expect("wait");
+}
+
 #[test]
 #[ignore = "needs root: runs migtrace as root, which must not write through links (run `cargo xtask test`)"]
 fn a_results_directory_with_a_linked_records_file_or_lock_is_refused_and_the_target_untouched() {
