@@ -1,5 +1,6 @@
 //! Which labs exist on this host, who owns them, and what they started: the state
-//! `lab down` and `lab clean` work from. One directory per lab under /run/migtrace/.
+//! `lab down` and `lab clean` work from. One directory per lab under /run/migtrace/,
+//! only root's to enter (see [`crate::sys::private`]).
 
 use std::{
     fs, io,
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{LabError, netns};
 use crate::sys::{
     netns::{delete_ns, ns_path},
+    private,
     process::{self, ProcessId},
 };
 
@@ -56,9 +58,13 @@ pub fn new_id() -> String {
 }
 
 impl Entry {
+    /// Makes the lab's state directory, 0700 inside /run/migtrace (0700 too): the QMP
+    /// sockets there give root to whoever reaches them.
     pub fn create(id: &str) -> Result<Self, LabError> {
-        let dir = Path::new(RUN_DIR).join(id);
-        fs::create_dir_all(&dir).map_err(|source| LabError::State { path: dir.clone(), source })?;
+        let run = Path::new(RUN_DIR);
+        private::dir(run).map_err(|source| LabError::State { path: run.to_owned(), source })?;
+        let dir = run.join(id);
+        private::dir(&dir).map_err(|source| LabError::State { path: dir.clone(), source })?;
         let state = State {
             id: id.into(),
             owner_pid: std::process::id(),
@@ -74,7 +80,7 @@ impl Entry {
     fn save(&self) -> Result<(), LabError> {
         let path = self.dir.join("lab.json");
         let text = serde_json::to_string_pretty(&self.state).map_err(io::Error::other);
-        text.and_then(|t| fs::write(&path, t)).map_err(|source| LabError::State { path, source })
+        text.and_then(|t| private::write(&path, t.as_bytes())).map_err(|source| LabError::State { path, source })
     }
 
     pub fn add_qemu(&mut self, pid: u32) -> Result<(), LabError> {

@@ -1,6 +1,8 @@
 //! Host utilities below every layer: network namespaces ([`netns`]), children that
-//! die with migtrace ([`tied`]), processes named by pid and start time ([`process`]).
+//! die with migtrace ([`tied`]), processes named by pid and start time ([`process`]),
+//! state only root can reach ([`private`]).
 
 pub mod netns;
+pub mod private;
 pub mod process;
 pub mod tied;
