@@ -453,6 +453,12 @@ fn lab_down_never_signals_a_process_that_reused_the_owners_pid() {
     // A lab's owner died and a process whose command line says migtrace took its pid.
     let mut other = Command::new("sleep").arg0("migtrace-impostor").arg("60").spawn().expect("sleep");
     let pid = other.id();
+    // spawn returns once exec began; the new command line shows a little later.
+    let cmdline = || fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !cmdline().starts_with(b"migtrace-impostor") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let start = migtrace::sys::process::start_time(pid).expect("start time");
     let lab = PlantedLab::new(pid, Some(start + 1));
     let out = migtrace().args(["lab", "down", &lab.id]).output().expect("lab down");

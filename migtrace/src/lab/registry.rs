@@ -271,6 +271,13 @@ mod tests {
         // A migtrace process (by its command line) holding the pid a lab recorded.
         let mut other = std::process::Command::new("sleep").arg0("migtrace-impostor").arg("30").spawn().expect("sleep");
         let pid = other.id();
+        // spawn returns once exec began; the new command line shows a little later.
+        for _ in 0..200 {
+            if cmdline(pid).contains("migtrace-impostor") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let start = process::start_time(pid).expect("start time");
         let state = |owner_start| State { id: "t".into(), owner_pid: pid, owner_start, ..State::default() };
         // The lab's owner started at another time: it is gone, whatever holds its pid now.
