@@ -322,6 +322,7 @@ mod tests {
         assert!(message.starts_with(&format!("{}: a symbolic link", link.display())), "{message}");
         assert!(message.contains("remove the link") && !message.contains('\n'), "{message}");
         fs::remove_dir_all(&dir).expect("cleanup");
+        fs::remove_file(victim).expect("cleanup");
 
         let (dir, link, victim) = linked("link-lock", LOCK_FILE);
         let e = DirLock::acquire(&dir).expect_err("a linked lock is refused");
