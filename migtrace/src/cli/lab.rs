@@ -1,13 +1,13 @@
 //! `migtrace lab …`
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
 use migtrace::hypervisor::HostPair as _;
 use migtrace::lab::{
     Lab, image,
     libvirt::LibvirtLab,
     netns::{GUEST_IP, PROBE_IP, TAPS},
-    registry,
+    registry::{self, Owner},
 };
 
 use super::MachineArgs;
@@ -59,10 +59,10 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
                 println!("no labs");
             }
             for s in labs {
-                let state = if registry::owner_alive(&s) {
-                    format!("running (owner pid {})", s.owner_pid)
-                } else {
-                    "left behind (migtrace lab clean)".into()
+                let state = match registry::owner(&s) {
+                    Owner::Running(_) => format!("running (owner pid {})", s.owner_pid),
+                    Owner::Gone => "left behind (migtrace lab clean)".into(),
+                    Owner::Unknown => format!("owner unknown ({})", unknown_owner(&s)),
                 };
                 let namespaces = migtrace::lab::netns::namespaces_of(&s.id).join(" ");
                 println!("{}  netns {namespaces}  qemu pids {:?}  {state}", s.id, registry::qemu_processes(&s.id));
@@ -72,9 +72,16 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
         LabCommand::Clean => {
             let mut cleaned = 0;
             for s in registry::list() {
-                if registry::owner_alive(&s) {
-                    println!("{}: in use by pid {}, kept", s.id, s.owner_pid);
-                    continue;
+                match registry::owner(&s) {
+                    Owner::Running(_) => {
+                        println!("{}: in use by pid {}, kept", s.id, s.owner_pid);
+                        continue;
+                    }
+                    Owner::Unknown => {
+                        println!("{}: kept, {}", s.id, unknown_owner(&s));
+                        continue;
+                    }
+                    Owner::Gone => {}
                 }
                 let r = registry::remove(&s);
                 println!("{}: killed QEMU {:?}, netns removed: {}, state removed: {}", s.id, r.killed, r.netns, r.dir);
@@ -170,9 +177,13 @@ async fn down(id: Option<String>) -> Result<()> {
             n => bail!("{n} labs exist: name one (see `migtrace lab list`)"),
         },
     };
-    if registry::owner_alive(&state) {
-        // SAFETY: signalling the migtrace process that owns this lab.
-        unsafe { libc::kill(state.owner_pid as i32, libc::SIGTERM) };
+    let signalled = match registry::owner(&state) {
+        Owner::Unknown => bail!("lab {}: not stopped, {}", state.id, unknown_owner(&state)),
+        Owner::Running(owner) => registry::stop_owner(owner)
+            .with_context(|| format!("signalling the owner of lab {} (pid {})", state.id, owner.pid))?,
+        Owner::Gone => false,
+    };
+    if signalled {
         for _ in 0..100 {
             if migtrace::lab::netns::namespaces_of(&state.id).is_empty() {
                 println!("lab {} stopped by its owner (pid {})", state.id, state.owner_pid);
@@ -194,4 +205,15 @@ fn link_line(link: &migtrace::hypervisor::link::LinkConfig) -> String {
         "" => format!("{}{delay} (not shaped)", link.rate),
         shaper => format!("{}{delay} ({shaper})", link.rate),
     }
+}
+
+/// Why a lab whose owner cannot be told apart is left alone, and what to do.
+fn unknown_owner(s: &registry::State) -> String {
+    format!(
+        "its state, written by an older migtrace, has no start time for owner pid {pid}, and a migtrace process with \
+         that pid runs: it may be the owner or a later process that reused the pid, so it is not signalled; if pid \
+         {pid} is this lab's `migtrace lab up`, stop it (`kill -INT {pid}`), otherwise `migtrace lab clean` once \
+         it has exited",
+        pid = s.owner_pid
+    )
 }

@@ -276,7 +276,7 @@ fn write_perfetto(path: &std::path::Path, chosen: &[&migtrace::measure::record::
         );
     }
     if into_dir {
-        std::fs::create_dir_all(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+        migtrace::files::create_dir(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
     }
     let mut notes = 0;
     for (treatment, records) in &groups {
@@ -291,7 +291,8 @@ fn write_perfetto(path: &std::path::Path, chosen: &[&migtrace::measure::record::
         };
         let export = perfetto::export(records);
         let text = serde_json::to_string(&export.json)?;
-        std::fs::write(&out, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+        migtrace::files::write_atomic(&out, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
         eprintln!(
             "{}: {} migration(s) of {treatment}, {} trace events; open it in ui.perfetto.dev or chrome://tracing",
             out.display(),
@@ -383,6 +384,20 @@ async fn run_experiment(args: RunArgs) -> Result<()> {
         (None, None) => {}
     }
     Ok(())
+}
+
+/// An error and its causes on one line. Most of migtrace's errors already print their
+/// source in their own message: a cause the line holds already is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Resolves on SIGINT or SIGTERM, with the signal's name.
@@ -512,5 +527,20 @@ impl MachineArgs {
             anyhow::bail!("--link-delay {ms}: a one-way delay in ms, more than 0 and at most 10000");
         }
         Ok(migtrace::hypervisor::link::LinkConfig { rate: self.link, delay_ms: self.link_delay, shaper: String::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let store = migtrace::experiment::store::StoreError::Io { path: "r/x".into(), source: io };
+        let e = anyhow::Error::new(store).context("opening the results");
+        assert_eq!(error_line(&e), "opening the results: r/x: No such file or directory (os error 2)");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&e), "outer: inner");
     }
 }

@@ -118,6 +118,9 @@ impl Store {
         if held.is_some() {
             files::check_writable(&dir).map_err(io_err(&dir))?;
             remove_stale_temporaries(&dir);
+            // Read before the writer opens it: a link there is named now, not misread.
+            let records = dir.join(record::RECORDS_FILE);
+            files::refuse_link(&records).map_err(io_err(&records))?;
         }
         if !manifest_path.exists() {
             let manifest = Manifest {
@@ -236,13 +239,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Temporary files of [`files::write_atomic`] left by a process that was killed while
-/// writing (`.<name>.tmp.<pid>`, the pid no longer running). Only the lock holder calls
-/// this: nobody else writes here.
+/// writing (`.<name>.tmp.<pid>.<random>`, or `.<name>.tmp.<pid>` from older versions;
+/// the pid no longer running). Only the lock holder calls this: nobody else writes here.
 fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp.")).and_then(|(_, p)| p.parse::<u32>().ok());
+        let pid = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp."))
+            .and_then(|(_, rest)| rest.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
@@ -365,6 +372,34 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".old-"))
             .count();
         assert_eq!(aside, 1, "old results moved aside, not deleted");
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn a_run_removes_stale_temporaries_and_refuses_a_linked_records_file() {
+        let root = std::env::temp_dir().join(format!("migtrace-store-run-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let spec = ExperimentSpec::parse(SPEC).expect("spec");
+        let dir = root.join("store-test");
+        files::create_dir(&dir).expect("dir");
+        // No process has pid u32::MAX: its temporaries are stale, in both name formats.
+        let stale = [format!(".summary.json.tmp.{}.AbC123", u32::MAX), format!(".report.txt.tmp.{}", u32::MAX)];
+        let live = format!(".summary.json.tmp.{}.XyZ789", std::process::id());
+        for name in stale.iter().chain([&live]) {
+            fs::write(dir.join(name), b"partial").expect("temporary");
+        }
+        drop(Store::open_for_run(&root, &spec, SPEC, false).expect("open"));
+        for name in &stale {
+            assert!(!dir.join(name).exists(), "{name} left");
+        }
+        assert!(dir.join(&live).exists(), "a live writer's temporary was removed");
+        let victim = root.join("victim");
+        fs::write(&victim, b"precious").expect("victim");
+        let records = dir.join(record::RECORDS_FILE);
+        std::os::unix::fs::symlink(&victim, &records).expect("symlink");
+        let e = Store::open_for_run(&root, &spec, SPEC, false).err().expect("refused").to_string();
+        assert!(e.starts_with(&format!("{}: a symbolic link", records.display())), "{e}");
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious");
         fs::remove_dir_all(&root).expect("cleanup");
     }
 }

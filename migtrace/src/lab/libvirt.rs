@@ -52,7 +52,10 @@ use crate::{
         libvirt::{LibvirtError, LibvirtFlags, LibvirtHost, LibvirtPair},
     },
     measure::session::Network,
-    sys::netns::{NetError, ns_path},
+    sys::{
+        netns::{NetError, ns_path},
+        private,
+    },
 };
 
 /// The hosts' addresses: their ends of the link (libvirt's listen and migration
@@ -266,19 +269,17 @@ impl LibvirtLab {
     }
 
     async fn start_daemon(&mut self, i: usize, h: &str) -> Result<(), LibvirtLabError> {
+        // Root's alone, like the lab's directory they are in (see sys::private).
         let home = self.dir.join(h);
-        for (sub, _) in PRIVATE_DIRS {
-            let d = home.join(sub);
-            fs::create_dir_all(&d).map_err(io(&d))?;
-        }
-        for d in [home.join("lib/qemu"), home.join("log/qemu")] {
-            fs::create_dir_all(&d).map_err(io(&d))?;
+        let dirs = PRIVATE_DIRS.iter().map(|(sub, _)| home.join(sub));
+        for d in [home.clone()].into_iter().chain(dirs).chain([home.join("lib/qemu"), home.join("log/qemu")]) {
+            private::dir(&d).map_err(io(&d))?;
         }
         // libvirtd probes each QEMU binary's capabilities once; keep its cache across labs.
         let caps = cache_dir().join("libvirt").join(format!("cache-{h}"));
         fs::create_dir_all(&caps).map_err(io(&caps))?;
         let hosts_file = home.join("hosts");
-        let write = |path: PathBuf, text: String| fs::write(&path, text).map_err(io(&path));
+        let write = |path: PathBuf, text: String| private::write(&path, text.as_bytes()).map_err(io(&path));
         write(
             hosts_file.clone(),
             format!(
@@ -294,6 +295,7 @@ impl LibvirtLab {
             format!(
                 "listen_tls = 0\nlisten_tcp = 1\nlisten_addr = \"{}\"\nauth_tcp = \"none\"\nauth_unix_rw = \"none\"\n\
                  auth_unix_ro = \"none\"\nunix_sock_group = \"root\"\nunix_sock_rw_perms = \"0700\"\n\
+                 unix_sock_ro_perms = \"0700\"\nunix_sock_admin_perms = \"0700\"\n\
                  host_uuid = \"{}\"\nlog_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n",
                 HOST_IPS[i],
                 host_uuid(&self.id, i)
@@ -333,7 +335,7 @@ impl LibvirtLab {
         let ns = Self::ns(&self.id, h);
         let ns_file = fs::File::open(ns_path(&ns)).map_err(io(&ns_path(&ns)))?;
         let stderr_path = home.join("libvirtd.stderr");
-        let stderr = fs::File::create(&stderr_path).map_err(io(&stderr_path))?;
+        let stderr = private::file(&stderr_path).map_err(io(&stderr_path))?;
         let config = home.join("etc/libvirtd.conf");
         let mut cmd = tokio::process::Command::new("/usr/sbin/libvirtd");
         cmd.arg("--listen")
@@ -348,10 +350,13 @@ impl LibvirtLab {
         let fd = ns_file.as_raw_fd();
         let root = c"/".to_owned();
         // SAFETY: between fork and exec only async-signal-safe system calls on data
-        // prepared before the fork: setns, unshare, mount, sethostname, prctl.
+        // prepared before the fork: umask, setns, unshare, mount, sethostname, prctl.
         unsafe {
             cmd.as_std_mut().pre_exec(move || {
                 let check = |rc: libc::c_int| if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+                // What the daemon makes in the lab's state is its owner's alone, whatever
+                // the caller's umask.
+                libc::umask(0o077);
                 check(libc::setns(fd, libc::CLONE_NEWNET))?;
                 check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
                 check(libc::mount(

@@ -1,6 +1,9 @@
 //! Host utilities below every layer: network namespaces ([`netns`]), shaping an
-//! interface ([`tc`]) and children that die with migtrace ([`tied`]).
+//! interface ([`tc`]), children that die with migtrace ([`tied`]), processes named by
+//! pid and start time ([`process`]), state only root can reach ([`private`]).
 
 pub mod netns;
+pub mod private;
+pub mod process;
 pub mod tc;
 pub mod tied;
