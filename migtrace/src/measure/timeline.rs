@@ -546,7 +546,16 @@ mod tests {
     const DST: u32 = 2;
 
     fn stamp(ts_ns: u64, tgid: u32, point: &str, ret: bool, args: [u64; 3]) -> PhaseStamp {
-        PhaseStamp { ts_ns, tgid, tid: tgid, point: point.into(), ret, args, value: 0 }
+        PhaseStamp {
+            ts_ns,
+            tgid,
+            tid: tgid,
+            point: point.into(),
+            ret,
+            args,
+            returned: ret.then_some(0),
+            round: (!ret).then_some(0),
+        }
     }
 
     fn event(event: &str, at_ns: u64, data: serde_json::Value) -> HostEvent {

@@ -494,7 +494,8 @@ mod tests {
             point: "VmStart".into(),
             ret: false,
             args: [0; 3],
-            value: 0,
+            returned: None,
+            round: Some(0),
         });
         t.trace.packets.push(PacketStamp {
             ts_ns: 2_000,

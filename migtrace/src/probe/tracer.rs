@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use migtrace_common::event::{KvmWhat, PHASE_RETURN, PacketKind, PhasePoint, VcpuRun};
+use migtrace_common::event::{KvmWhat, PHASE_RETURN, PacketKind, PhaseEvent, PhasePoint, VcpuRun};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -45,6 +45,7 @@ pub struct Trace {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "PhaseStampRecord")]
 pub struct PhaseStamp {
     pub ts_ns: u64,
     pub tgid: u32,
@@ -55,13 +56,61 @@ pub struct PhaseStamp {
     pub ret: bool,
     /// Entry: the first arguments. Return: values read through pointer arguments.
     pub args: [u64; 3],
-    /// Return: the return value. Entry: the process's round counter.
-    pub value: u64,
+    /// Return: the function's return value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned: Option<u64>,
+    /// Entry: the process's round counter (its dirty-log syncs so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+}
+
+/// A phase stamp as records hold it. Records written before `returned` and `round`
+/// hold one `value`: the return value on returns, the round counter on entries.
+#[derive(Deserialize)]
+struct PhaseStampRecord {
+    ts_ns: u64,
+    tgid: u32,
+    tid: u32,
+    point: String,
+    ret: bool,
+    args: [u64; 3],
+    #[serde(default)]
+    returned: Option<u64>,
+    #[serde(default)]
+    round: Option<u32>,
+    #[serde(default)]
+    value: Option<u64>,
+}
+
+impl From<PhaseStampRecord> for PhaseStamp {
+    fn from(r: PhaseStampRecord) -> Self {
+        let (returned, round) = if r.ret {
+            (r.returned.or(r.value), None)
+        } else {
+            (None, r.round.or(r.value.and_then(|v| u32::try_from(v).ok())))
+        };
+        Self { ts_ns: r.ts_ns, tgid: r.tgid, tid: r.tid, point: r.point, ret: r.ret, args: r.args, returned, round }
+    }
 }
 
 impl PhaseStamp {
     pub fn point(&self) -> Option<PhasePoint> {
         PhasePoint::ALL.into_iter().find(|p| format!("{p:?}") == self.point)
+    }
+
+    /// Of a kernel record.
+    pub fn of_event(e: &PhaseEvent, point: PhasePoint) -> Self {
+        let ret = e.flags & PHASE_RETURN != 0;
+        Self {
+            ts_ns: e.header.ts_ns,
+            tgid: e.header.tgid,
+            tid: e.header.tid,
+            point: format!("{point:?}"),
+            ret,
+            args: e.args,
+            returned: ret.then_some(e.ret),
+            round: (!ret).then(|| u32::try_from(e.ret).ok()).flatten(),
+        }
     }
 }
 
@@ -322,15 +371,7 @@ impl Tracer {
             match event {
                 Event::Phase(e) if e.header.tgid == source || e.header.tgid == destination => {
                     let Some(point) = PhasePoint::from_u16(e.point as u16) else { continue };
-                    phases.push(PhaseStamp {
-                        ts_ns: e.header.ts_ns,
-                        tgid: e.header.tgid,
-                        tid: e.header.tid,
-                        point: format!("{point:?}"),
-                        ret: e.flags & PHASE_RETURN != 0,
-                        args: e.args,
-                        value: e.ret,
-                    });
+                    phases.push(PhaseStamp::of_event(&e, point));
                 }
                 Event::Packet(e) => packets.push(PacketStamp {
                     ts_ns: e.header.ts_ns,
@@ -385,5 +426,44 @@ impl Tracer {
             Some(c) => c.stop().await.map_err(TraceError::Collector),
             None => Ok(CollectorStats::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use migtrace_common::event::{EventHeader, EventKind};
+
+    use super::*;
+
+    #[test]
+    fn an_entry_holds_a_round_counter_a_return_its_return_value() {
+        let event = |flags: u32| PhaseEvent {
+            header: EventHeader { kind: EventKind::Phase as u32, cpu: 0, tgid: 7, tid: 8, ts_ns: 100 },
+            point: PhasePoint::DirtyLogSync as u32,
+            flags,
+            args: [9, 0, 0],
+            ret: 3,
+        };
+        let entry = PhaseStamp::of_event(&event(0), PhasePoint::DirtyLogSync);
+        assert_eq!((entry.round, entry.returned), (Some(3), None));
+        let ret = PhaseStamp::of_event(&event(PHASE_RETURN), PhasePoint::DirtyLogSync);
+        assert_eq!((ret.round, ret.returned), (None, Some(3)));
+    }
+
+    #[test]
+    fn records_with_one_value_field_still_read() {
+        // As records before `returned` and `round` hold them.
+        let old = r#"[{"ts_ns":1,"tgid":2,"tid":2,"point":"DirtyLogSync","ret":false,"args":[0,0,0],"value":4},
+            {"ts_ns":2,"tgid":2,"tid":2,"point":"DirtyLogSync","ret":true,"args":[0,0,0],"value":4}]"#;
+        let stamps: Vec<PhaseStamp> = serde_json::from_str(old).expect("old stamps");
+        assert_eq!((stamps[0].round, stamps[0].returned), (Some(4), None), "entry: the round counter");
+        assert_eq!((stamps[1].round, stamps[1].returned), (None, Some(4)), "return: the return value");
+        // Written anew, each meaning has its own field, and they read back the same.
+        let json = serde_json::to_string(&stamps).expect("json");
+        assert!(
+            !json.contains("\"value\"") && json.contains("\"round\":4") && json.contains("\"returned\":4"),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Vec<PhaseStamp>>(&json).expect("new stamps"), stamps);
     }
 }
