@@ -549,6 +549,9 @@ fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced
         let h = &mut merged.health;
         h.lost_records += t.health.lost_records;
         h.undecodable_records += t.health.undecodable_records;
+        for (name, n) in t.health.diagnostics {
+            *h.diagnostics.entry(name).or_default() += n;
+        }
         if i == 0 {
             h.missing_source_symbols = t.health.missing_source_symbols;
         } else {

@@ -496,6 +496,7 @@ mod tests {
             args: [0; 3],
             returned: None,
             round: Some(0),
+            unread: None,
         });
         t.trace.packets.push(PacketStamp {
             ts_ns: 2_000,

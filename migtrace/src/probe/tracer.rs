@@ -6,11 +6,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use migtrace_common::event::{KvmWhat, PHASE_RETURN, PacketKind, PhaseEvent, PhasePoint, VcpuRun};
+use migtrace_common::event::{
+    KvmWhat, PHASE_ARG_FAULT_MASK, PHASE_ARGS_NOT_SAVED, PHASE_RETURN, PacketKind, PhaseEvent, PhasePoint, VcpuRun,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Collector, CollectorStats, Event, Loss, ProbeError, Probes,
+    Collector, CollectorStats, Diagnostics, Event, Loss, ProbeError, Probes,
     collector::Sink,
     kvm::KvmCounts,
     net::NetProbeError,
@@ -54,7 +56,8 @@ pub struct PhaseStamp {
     pub point: String,
     /// Return probe (else entry).
     pub ret: bool,
-    /// Entry: the first arguments. Return: values read through pointer arguments.
+    /// Entry: the first arguments. Return: values read through pointer arguments (0
+    /// where `unread` says they could not be read).
     pub args: [u64; 3],
     /// Return: the function's return value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,6 +65,43 @@ pub struct PhaseStamp {
     /// Entry: the process's round counter (its dirty-log syncs so far).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<u32>,
+    /// Return: why values behind pointer arguments are missing from `args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<Unread>,
+}
+
+/// Why a return probe could not read the values behind pointer arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unread {
+    /// The entry probe saved no arguments for the call: it began before the probe was
+    /// attached, or the kernel's `SAVED_ARGS` map was full. No value was read.
+    NotSaved,
+    /// Reading through a pointer argument failed for at least one value.
+    ReadFault,
+}
+
+impl Unread {
+    /// Of a kernel record's flags.
+    pub fn of_flags(flags: u32) -> Option<Self> {
+        if flags & PHASE_ARGS_NOT_SAVED != 0 {
+            Some(Self::NotSaved)
+        } else if flags & PHASE_ARG_FAULT_MASK != 0 {
+            Some(Self::ReadFault)
+        } else {
+            None
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NotSaved => {
+                "the entry probe saved no arguments for that call (it began before the probe was attached, or \
+                 SAVED_ARGS was full)"
+            }
+            Self::ReadFault => "reading its out-parameters faulted",
+        }
+    }
 }
 
 /// A phase stamp as records hold it. Records written before `returned` and `round`
@@ -79,6 +119,8 @@ struct PhaseStampRecord {
     #[serde(default)]
     round: Option<u32>,
     #[serde(default)]
+    unread: Option<Unread>,
+    #[serde(default)]
     value: Option<u64>,
 }
 
@@ -89,7 +131,17 @@ impl From<PhaseStampRecord> for PhaseStamp {
         } else {
             (None, r.round.or(r.value.and_then(|v| u32::try_from(v).ok())))
         };
-        Self { ts_ns: r.ts_ns, tgid: r.tgid, tid: r.tid, point: r.point, ret: r.ret, args: r.args, returned, round }
+        Self {
+            ts_ns: r.ts_ns,
+            tgid: r.tgid,
+            tid: r.tid,
+            point: r.point,
+            ret: r.ret,
+            args: r.args,
+            returned,
+            round,
+            unread: r.unread,
+        }
     }
 }
 
@@ -110,6 +162,7 @@ impl PhaseStamp {
             args: e.args,
             returned: ret.then_some(e.ret),
             round: (!ret).then(|| u32::try_from(e.ret).ok()).flatten(),
+            unread: if ret { Unread::of_flags(e.flags) } else { None },
         }
     }
 }
@@ -137,7 +190,8 @@ fn is_zero(v: &u64) -> bool {
 pub struct RoundKvm {
     pub round: u32,
     /// `get-dirty-log`, `clear-dirty-log`, `reset-dirty-rings`, `run`, `dirty-ring-push`,
-    /// `dirty-pages` (pages set in the KVM_GET_DIRTY_LOG bitmaps; count only), …
+    /// `dirty-pages` (pages set in the KVM_GET_DIRTY_LOG bitmaps; count only),
+    /// `dirty-pages-truncated` and `dirty-pages-unread` (bitmaps counted in part), …
     pub what: String,
     #[serde(flatten)]
     pub counts: KvmCounts,
@@ -163,6 +217,8 @@ pub fn kvm_what_name(what: KvmWhat) -> &'static str {
         KvmWhat::DirtyRingReset => "dirty-ring-reset",
         KvmWhat::DirtyRingExit => "dirty-ring-exit",
         KvmWhat::DirtyPages => "dirty-pages",
+        KvmWhat::DirtyPagesTruncated => "dirty-pages-truncated",
+        KvmWhat::DirtyPagesUnread => "dirty-pages-unread",
     }
 }
 
@@ -207,6 +263,21 @@ pub struct TraceHealth {
     /// Defaults the probes had to assume (see [`Probes::fallbacks`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// Conditions the eBPF programs met during this migration, by name (see
+    /// [`super::diag_name`]), with how often: a full kernel map (`*-full`) drops what it
+    /// would have held, an unreadable layout (`*-layout`) what it would have read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub diagnostics: BTreeMap<String, u64>,
+}
+
+impl TraceHealth {
+    /// Whether the probes lost part of this migration: records, or what a full map or
+    /// an unreadable layout kept from them. Figures from the probes may then miss their
+    /// stamps. A guest frame the classifier could not parse (`ip-layout`) is no probe
+    /// of ours: no loss.
+    pub fn lossy(&self) -> bool {
+        self.lost_records > 0 || self.diagnostics.iter().any(|(name, n)| *n > 0 && name != "ip-layout")
+    }
 }
 
 pub struct Tracer {
@@ -219,6 +290,7 @@ pub struct Tracer {
     pub taps: Vec<(String, u32)>,
     missing_tracepoints: Vec<String>,
     loss_before: Loss,
+    diagnostics_before: Diagnostics,
     /// The collector's lifetime count of undecodable records at [`Tracer::begin`].
     undecodable_before: u64,
 }
@@ -227,7 +299,11 @@ impl Tracer {
     /// Loads the programs, attaches the KVM tracepoints and, given a lab namespace, the
     /// tap classifiers, and starts collecting. Must be called within a tokio runtime.
     pub fn start(lab_net: Option<(&str, &[&str])>) -> Result<Self, TraceError> {
-        let mut probes = Probes::load()?;
+        Self::with_probes(Probes::load()?, lab_net)
+    }
+
+    /// As [`Tracer::start`], with probes already loaded (e.g. with resized maps).
+    pub fn with_probes(mut probes: Probes, lab_net: Option<(&str, &[&str])>) -> Result<Self, TraceError> {
         let missing_tracepoints = probes.attach_kvm()?;
         let taps = match lab_net {
             Some((ns, taps)) => probes.attach_taps(Some(ns), taps)?,
@@ -237,6 +313,7 @@ impl Tracer {
         let collector =
             Collector::spawn_into(probes.take_events()?, Sink::Store(store.clone())).map_err(TraceError::Collector)?;
         let loss_before = probes.loss()?;
+        let diagnostics_before = probes.diagnostics()?;
         Ok(Self {
             probes,
             symbols: SymbolCache::default(),
@@ -246,6 +323,7 @@ impl Tracer {
             taps,
             missing_tracepoints,
             loss_before,
+            diagnostics_before,
             undecodable_before: 0,
         })
     }
@@ -308,6 +386,7 @@ impl Tracer {
         }
         self.store.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.loss_before = self.probes.loss()?;
+        self.diagnostics_before = self.probes.diagnostics()?;
         self.undecodable_before = self.collector.as_ref().map_or(0, Collector::undecodable);
         Ok(())
     }
@@ -359,6 +438,7 @@ impl Tracer {
         self.probes.flush_log();
         let events = std::mem::take(&mut *self.store.lock().unwrap_or_else(|p| p.into_inner()));
         let loss = self.probes.loss()?.since(&self.loss_before);
+        let diagnostics = self.probes.diagnostics()?.since(&self.diagnostics_before);
         let missing = |pid| -> Vec<String> {
             self.qemus.get(&pid).map(|q| q.missing.iter().map(|s| s.to_string()).collect()).unwrap_or_default()
         };
@@ -411,6 +491,7 @@ impl Tracer {
                 missing_tracepoints: self.missing_tracepoints.clone(),
                 problems: Vec::new(),
                 fallbacks: self.probes.fallbacks.clone(),
+                diagnostics: diagnostics.named(),
             },
         })
     }
@@ -431,7 +512,7 @@ impl Tracer {
 
 #[cfg(test)]
 mod tests {
-    use migtrace_common::event::{EventHeader, EventKind};
+    use migtrace_common::event::{EventHeader, EventKind, PHASE_ARG_FAULT_SHIFT};
 
     use super::*;
 
@@ -450,6 +531,30 @@ mod tests {
         assert_eq!((ret.round, ret.returned), (None, Some(3)));
     }
 
+    fn phase_event(flags: u32, args: [u64; 3], ret: u64) -> PhaseEvent {
+        PhaseEvent {
+            header: EventHeader { kind: EventKind::Phase as u32, cpu: 0, tgid: 7, tid: 8, ts_ns: 100 },
+            point: PhasePoint::SavevmStatePending as u32,
+            flags,
+            args,
+            ret,
+        }
+    }
+
+    #[test]
+    fn values_a_return_probe_could_not_read_are_flagged_not_zero() {
+        let point = PhasePoint::SavevmStatePending;
+        let read = PhaseStamp::of_event(&phase_event(PHASE_RETURN, [1, 2, 3], 0), point);
+        assert_eq!((read.unread, read.returned, read.round), (None, Some(0), None));
+        let fault = phase_event(PHASE_RETURN | 1 << (PHASE_ARG_FAULT_SHIFT + 2), [1, 2, 0], 0);
+        assert_eq!(PhaseStamp::of_event(&fault, point).unread, Some(Unread::ReadFault));
+        let not_saved = phase_event(PHASE_RETURN | PHASE_ARGS_NOT_SAVED, [0; 3], 0);
+        assert_eq!(PhaseStamp::of_event(&not_saved, point).unread, Some(Unread::NotSaved));
+        // An entry reads registers, never through pointers: nothing unread.
+        let entry = PhaseStamp::of_event(&phase_event(PHASE_ARGS_NOT_SAVED, [9, 40_000_000, 0], 3), point);
+        assert_eq!(entry.unread, None);
+    }
+
     #[test]
     fn records_with_one_value_field_still_read() {
         // As records before `returned` and `round` hold them.
@@ -465,5 +570,21 @@ mod tests {
             "{json}"
         );
         assert_eq!(serde_json::from_str::<Vec<PhaseStamp>>(&json).expect("new stamps"), stamps);
+    }
+
+    #[test]
+    fn a_full_map_makes_a_trace_lossy_an_odd_guest_frame_does_not() {
+        let mut h = TraceHealth::default();
+        assert!(!h.lossy());
+        h.diagnostics.insert("ip-layout".into(), 3);
+        assert!(!h.lossy());
+        h.diagnostics.insert("saved-args-full".into(), 1);
+        assert!(h.lossy());
+        let old: TraceHealth = serde_json::from_str(
+            r#"{"lost_records":0,"undecodable_records":0,"missing_source_symbols":[],
+            "missing_destination_symbols":[],"missing_tracepoints":[]}"#,
+        )
+        .expect("a record's health before diagnostics");
+        assert!(old.diagnostics.is_empty() && !old.lossy());
     }
 }

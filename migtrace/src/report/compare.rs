@@ -41,7 +41,7 @@ pub struct Group {
     pub name: String,
     pub migrations: usize,
     /// Migrations the figures are over: the same usable set as the experiment
-    /// statistics (completed, healthy guest, no ring-buffer loss).
+    /// statistics (completed, healthy guest, no trace loss).
     pub used: usize,
     pub failed: usize,
     pub guest_crashed: usize,
@@ -237,7 +237,7 @@ pub fn render(groups: &[Group]) -> String {
     for g in groups {
         let _ = writeln!(
             out,
-            "{} ({} migrations, {} used; excluded: {} failed, {} crashed or silent guest, {} with ring-buffer loss)",
+            "{} ({} migrations, {} used; excluded: {} failed, {} crashed or silent guest, {} with trace loss)",
             g.name, g.migrations, g.used, g.failed, g.guest_crashed, g.trace_loss
         );
         let mut t = table(&["downtime", "n", "mean ms", "min ms", "max ms", "method"]);
