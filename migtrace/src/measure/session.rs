@@ -549,6 +549,7 @@ fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced
         let h = &mut merged.health;
         h.lost_records += t.health.lost_records;
         h.undecodable_records += t.health.undecodable_records;
+        h.dropped_records += t.health.dropped_records;
         for (name, n) in t.health.diagnostics {
             *h.diagnostics.entry(name).or_default() += n;
         }

@@ -10,6 +10,7 @@ pub mod kvm;
 pub mod net;
 pub mod qemu;
 pub mod selftest;
+pub mod store;
 pub mod symbols;
 pub mod tracer;
 

@@ -17,6 +17,7 @@ use super::{
     kvm::KvmCounts,
     net::NetProbeError,
     qemu::{QemuProbes, SymbolCache},
+    store::EventStore,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -268,15 +269,21 @@ pub struct TraceHealth {
     /// would have held, an unreadable layout (`*-layout`) what it would have read.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub diagnostics: BTreeMap<String, u64>,
+    /// Records of this migration the tracer did not keep: more than its store holds
+    /// (see [`super::store::CAPACITY`]); the first ones are kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_records: u64,
 }
 
 impl TraceHealth {
-    /// Whether the probes lost part of this migration: records, or what a full map or
-    /// an unreadable layout kept from them. Figures from the probes may then miss their
-    /// stamps. A guest frame the classifier could not parse (`ip-layout`) is no probe
-    /// of ours: no loss.
+    /// Whether the probes lost part of this migration: records (in the ring buffer, or
+    /// beyond the tracer's store), or what a full map or an unreadable layout kept from
+    /// them. Figures from the probes may then miss their stamps. A guest frame the
+    /// classifier could not parse (`ip-layout`) is no probe of ours: no loss.
     pub fn lossy(&self) -> bool {
-        self.lost_records > 0 || self.diagnostics.iter().any(|(name, n)| *n > 0 && name != "ip-layout")
+        self.lost_records > 0
+            || self.dropped_records > 0
+            || self.diagnostics.iter().any(|(name, n)| *n > 0 && name != "ip-layout")
     }
 }
 
@@ -284,7 +291,7 @@ pub struct Tracer {
     probes: Probes,
     symbols: SymbolCache,
     collector: Option<Collector>,
-    store: Arc<Mutex<Vec<Event>>>,
+    store: Arc<Mutex<EventStore>>,
     qemus: HashMap<u32, QemuProbes>,
     /// (tap name, ifindex) of the lab's taps; empty without a lab network.
     pub taps: Vec<(String, u32)>,
@@ -309,7 +316,7 @@ impl Tracer {
             Some((ns, taps)) => probes.attach_taps(Some(ns), taps)?,
             None => Vec::new(),
         };
-        let store = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::new(Mutex::new(EventStore::default()));
         let collector =
             Collector::spawn_into(probes.take_events()?, Sink::Store(store.clone())).map_err(TraceError::Collector)?;
         let loss_before = probes.loss()?;
@@ -397,13 +404,7 @@ impl Tracer {
         if let Some(c) = &self.collector {
             c.flush().await;
         }
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        store.iter().rev().any(|e| match e {
-            Event::Packet(p) => {
-                p.kind == PacketKind::IcmpEchoReply as u32 && p.ident == ident && p.payload_stamp >= since_ns
-            }
-            _ => false,
-        })
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).answered_since(ident, since_ns)
     }
 
     /// Whether packets crossing tap `tap` are stamped.
@@ -418,16 +419,7 @@ impl Tracer {
         if let Some(c) = &self.collector {
             c.flush().await;
         }
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        store
-            .iter()
-            .filter(|e| match e {
-                Event::Packet(p) => {
-                    p.kind == PacketKind::Rarp as u32 && p.ifindex == ifindex && p.header.ts_ns >= since_ns
-                }
-                _ => false,
-            })
-            .count()
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).rarps_since(ifindex, since_ns)
     }
 
     /// Ends a migration: everything the kernel recorded since [`Tracer::begin`].
@@ -436,7 +428,7 @@ impl Tracer {
             c.flush().await;
         }
         self.probes.flush_log();
-        let events = std::mem::take(&mut *self.store.lock().unwrap_or_else(|p| p.into_inner()));
+        let (events, dropped) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
         let loss = self.probes.loss()?.since(&self.loss_before);
         let diagnostics = self.probes.diagnostics()?.since(&self.diagnostics_before);
         let missing = |pid| -> Vec<String> {
@@ -492,6 +484,7 @@ impl Tracer {
                 problems: Vec::new(),
                 fallbacks: self.probes.fallbacks.clone(),
                 diagnostics: diagnostics.named(),
+                dropped_records: dropped,
             },
         })
     }
@@ -580,6 +573,8 @@ mod tests {
         assert!(!h.lossy());
         h.diagnostics.insert("saved-args-full".into(), 1);
         assert!(h.lossy());
+        let beyond_the_store = TraceHealth { dropped_records: 1, ..TraceHealth::default() };
+        assert!(beyond_the_store.lossy());
         let old: TraceHealth = serde_json::from_str(
             r#"{"lost_records":0,"undecodable_records":0,"missing_source_symbols":[],
             "missing_destination_symbols":[],"missing_tracepoints":[]}"#,
