@@ -14,7 +14,7 @@ use migtrace::{
     probe::{Collector, Event, Probes},
     sys::netns,
 };
-use migtrace_common::event::PacketKind;
+use migtrace_common::event::{Diag, PacketKind};
 use tokio::sync::mpsc;
 
 /// Every log record, as text: the test's stand-in for migtrace's stderr log.
@@ -152,6 +152,9 @@ async fn classifier_stamps_probe_replies_only_and_logs_odd_layouts() {
         logs.iter().any(|l| l.starts_with("DEBUG") && l.contains("IPv4 ethertype but version/IHL byte 65")),
         "eBPF diagnostic in the log: {logs:?}"
     );
+    // Counted too, for the trace's health: the two frames whose IPv4 header is not one.
+    let counts = probes.diagnostics().expect("diagnostics");
+    assert_eq!(counts.by_diag[Diag::IpLayout as usize], 2);
     drop(probes);
     drop(net);
 }

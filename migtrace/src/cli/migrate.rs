@@ -427,10 +427,11 @@ pub fn summary_line(r: &MigrationRecord) -> String {
         f(d.vcpu),
         f(d.reported),
         d.heartbeat_gap.map_or(String::new(), |g| format!(" | heartbeat gap {g:.1}")),
-        r.trace_health
-            .as_ref()
-            .filter(|h| h.lost_records > 0)
-            .map_or(String::new(), |h| format!(" ({} records lost)", h.lost_records)),
+        r.trace_health.as_ref().filter(|h| h.lossy()).map_or(String::new(), |h| {
+            let mut lost = vec![format!("{} records lost", h.lost_records)];
+            lost.extend(h.diagnostics.iter().filter(|(d, _)| *d != "ip-layout").map(|(d, n)| format!("{d} ×{n}")));
+            format!(" ({})", lost.join(", "))
+        }),
     ) + &match r.guest.as_ref().and_then(|g| g.memory_check.as_ref()) {
         Some(m) if m.pages_checked > 0 || m.corrupted_pages() > 0 => {
             format!("; memory check: {} of {} pages bad", m.corrupted_pages(), m.pages_checked)

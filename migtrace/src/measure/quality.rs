@@ -82,7 +82,8 @@ pub enum Category {
     GuestUnhealthy,
     /// The guest's own memory check found pages that lost writes in the migration.
     Corrupted,
-    /// The ring buffer lost records: probe-based figures may miss their stamps.
+    /// The probes lost part of the migration (ring-buffer records, or what a full kernel
+    /// map could not hold): probe-based figures may miss their stamps.
     TraceLoss,
 }
 
@@ -95,7 +96,7 @@ pub fn category(r: &MigrationRecord) -> Category {
         Category::GuestUnhealthy
     } else if r.guest.as_ref().is_some_and(|g| g.corrupted()) {
         Category::Corrupted
-    } else if r.trace_health.as_ref().is_some_and(|h| h.lost_records > 0) {
+    } else if r.trace_health.as_ref().is_some_and(|h| h.lossy()) {
         Category::TraceLoss
     } else {
         Category::Usable

@@ -558,6 +558,10 @@ fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced
         let h = &mut merged.health;
         h.lost_records += t.health.lost_records;
         h.undecodable_records += t.health.undecodable_records;
+        h.dropped_records += t.health.dropped_records;
+        for (name, n) in t.health.diagnostics {
+            *h.diagnostics.entry(name).or_default() += n;
+        }
         if i == 0 {
             h.missing_source_symbols = t.health.missing_source_symbols;
         } else {

@@ -15,7 +15,7 @@ use crate::{
     hypervisor::{HostEvent, MigrationOutcome},
     probe::{
         qemu::migration_status_name,
-        tracer::{PacketStamp, PhaseStamp, Trace},
+        tracer::{PacketStamp, PhaseStamp, RoundKvm, Trace, Unread},
     },
 };
 
@@ -97,7 +97,7 @@ pub struct Round {
     pub final_round: bool,
     /// KVM dirty-log ioctls (count, latency) and dirty-ring events in this round.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kvm: Vec<crate::probe::tracer::RoundKvm>,
+    pub kvm: Vec<RoundKvm>,
 }
 
 /// Key instants, CLOCK_MONOTONIC ns, for downtime measures.
@@ -415,12 +415,13 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let stop = vm_stop.or(source_paused);
     let mut rounds = Vec::new();
     // QEMU 8.0+ estimates every iteration and computes exactly (with a sync) near the end.
-    let mut remaining: Vec<(u64, u64)> = src
+    // A check whose out-parameters the probe could not read has no figure, not 0.
+    let mut remaining: Vec<(u64, Result<u64, Unread>)> = src
         .all("SavevmStatePending", true)
         .chain(src.all("SavevmStatePendingEstimate", true))
-        .map(|p| (p.ts_ns, p.args.iter().sum::<u64>()))
+        .map(|p| (p.ts_ns, p.unread.map_or_else(|| Ok(p.args.iter().sum::<u64>()), Err)))
         .collect();
-    remaining.sort_unstable();
+    remaining.sort_unstable_by_key(|(t, _)| *t);
     // QEMU < 8.0 passes its threshold to every pending check (0 before the first
     // window); stamped at the check's return, as its result is.
     let thresholds: Vec<(u64, u64)> = if v < (8, 0) {
@@ -447,12 +448,28 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             }
         };
         let in_round = || remaining.iter().filter(|(t, _)| *t >= start && *t <= end);
-        let remaining_bytes = in_round().next_back().map(|(_, b)| *b);
-        let dirty_bytes = in_round().next().map(|(_, b)| *b);
+        let mut read = |figure: &str, check: &str, pending: Option<&Result<u64, Unread>>| match pending? {
+            Ok(b) => Some(*b),
+            Err(why) => {
+                missing
+                    .push(format!("round {n}: {figure}: QEMU's pending bytes at its {check} check: {}", why.reason()));
+                None
+            }
+        };
+        let remaining_bytes = read("remaining_bytes", "last", in_round().next_back().map(|(_, b)| b));
+        let dirty_bytes = read("dirty_bytes", "first", in_round().next().map(|(_, b)| b));
         let checks = (!final_round && !remaining.is_empty()).then(|| in_round().count() as u32);
         let threshold_bytes = thresholds.iter().rfind(|(t, _)| *t >= start && *t <= end).map(|(_, b)| *b);
-        let kvm =
+        let kvm: Vec<RoundKvm> =
             input.trace.map(|t| t.source_kvm.iter().filter(|k| k.round == n).cloned().collect()).unwrap_or_default();
+        for (what, why) in [
+            ("dirty-pages-truncated", "of memslots over 4 GiB, counted up to 4 GiB"),
+            ("dirty-pages-unread", "not read, or read in part"),
+        ] {
+            if let Some(k) = kvm.iter().find(|k| k.what == what && k.counts.count > 0) {
+                missing.push(format!("round {n}: kvm dirty-pages: {} dirty bitmaps {why}", k.counts.count));
+            }
+        }
         rounds.push(Round {
             round: n,
             start_ms: ms(start),
@@ -574,7 +591,17 @@ mod tests {
     const DST: u32 = 2;
 
     fn stamp(ts_ns: u64, tgid: u32, point: &str, ret: bool, args: [u64; 3]) -> PhaseStamp {
-        PhaseStamp { ts_ns, tgid, tid: tgid, point: point.into(), ret, args, value: 0 }
+        PhaseStamp {
+            ts_ns,
+            tgid,
+            tid: tgid,
+            point: point.into(),
+            ret,
+            args,
+            returned: ret.then_some(0),
+            round: (!ret).then_some(0),
+            unread: None,
+        }
     }
 
     fn event(event: &str, at_ns: u64, data: serde_json::Value) -> HostEvent {
@@ -740,6 +767,56 @@ mod tests {
         let t = assemble_with(None, &o, Some((7, 2)));
         assert!(t.phase("vm-stop").is_none());
         assert!(t.missing.iter().any(|m| m.starts_with("vm-stop: its start and end stamps are equal")));
+    }
+
+    #[test]
+    fn pending_bytes_the_probe_could_not_read_are_missing_not_zero() {
+        let o = outcome();
+        let mut trace = idle_trace(70 * MS, 127 * MS);
+        let pending = |ts_ns: u64, bytes: u64, unread: Option<Unread>| PhaseStamp {
+            unread,
+            ..stamp(ts_ns, SRC, "SavevmStatePending", true, [bytes, 0, 0])
+        };
+        trace.phases.extend([
+            stamp(MS + 500 * US, SRC, "DirtyLogSync", false, [0; 3]),
+            stamp(MS + 600 * US, SRC, "DirtyLogSync", true, [0; 3]),
+            pending(10 * MS, 100 << 20, None),
+            pending(50 * MS, 80 << 20, None),
+            stamp(60 * MS, SRC, "DirtyLogSync", false, [0; 3]),
+            stamp(60 * MS + 100 * US, SRC, "DirtyLogSync", true, [0; 3]),
+            // Round 2's first check: its out-parameters were never read (zeros).
+            pending(61 * MS, 0, Some(Unread::NotSaved)),
+            pending(90 * MS, 30 << 20, None),
+        ]);
+        trace.phases.sort_by_key(|p| p.ts_ns);
+        let unread_pages = RoundKvm {
+            round: 2,
+            what: "dirty-pages-unread".into(),
+            counts: crate::probe::kvm::KvmCounts { count: 1, ..Default::default() },
+        };
+        trace.source_kvm.push(unread_pages);
+        let t = assemble_with(Some(&trace), &o, Some((7, 2)));
+        let (r1, r2) = (&t.rounds[0], &t.rounds[1]);
+        assert_eq!((r1.dirty_bytes, r1.remaining_bytes), (Some(100 << 20), Some(80 << 20)));
+        assert_eq!(r2.dirty_bytes, None, "not Some(0)");
+        assert_eq!(r2.remaining_bytes, Some(30 << 20));
+        assert_eq!(r2.checks, Some(2), "the unread check still happened");
+        assert!(
+            t.missing.iter().any(|m| m.starts_with(
+                "round 2: dirty_bytes: QEMU's pending bytes at its first check: the \
+                 entry probe saved no arguments"
+            )),
+            "{:?}",
+            t.missing
+        );
+        assert!(t.missing.iter().any(|m| m == "round 2: kvm dirty-pages: 1 dirty bitmaps not read, or read in part"));
+        // A faulted read of the round's last check: no remaining bytes either.
+        for p in trace.phases.iter_mut().filter(|p| p.ts_ns == 90 * MS) {
+            p.unread = Some(Unread::ReadFault);
+        }
+        let t = assemble_with(Some(&trace), &o, Some((7, 2)));
+        assert_eq!(t.rounds[1].remaining_bytes, None);
+        assert!(t.missing.iter().any(|m| m.starts_with("round 2: remaining_bytes:") && m.ends_with("faulted")));
     }
 
     #[test]

@@ -494,7 +494,9 @@ mod tests {
             point: "VmStart".into(),
             ret: false,
             args: [0; 3],
-            value: 0,
+            returned: None,
+            round: Some(0),
+            unread: None,
         });
         t.trace.packets.push(PacketStamp {
             ts_ns: 2_000,

@@ -41,7 +41,7 @@ pub struct Group {
     pub name: String,
     pub migrations: usize,
     /// Migrations the figures are over: the same usable set as the experiment
-    /// statistics (completed, healthy guest, no ring-buffer loss).
+    /// statistics (completed, healthy guest, no trace loss).
     pub used: usize,
     /// Timed out in pre-copy (the dirty rate outpaced the link).
     #[serde(default)]
@@ -242,7 +242,7 @@ pub fn render(groups: &[Group]) -> String {
         let _ = writeln!(
             out,
             "{} ({} migrations, {} used, {} did not converge; excluded: {} failed, {} crashed or silent guest, {} with \
-             ring-buffer loss)",
+             trace loss)",
             g.name, g.migrations, g.used, g.did_not_converge, g.failed, g.guest_crashed, g.trace_loss
         );
         let mut t = table(&["downtime", "n", "mean ms", "min ms", "max ms", "method"]);

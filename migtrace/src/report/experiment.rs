@@ -19,7 +19,7 @@ pub fn render(name: &str, s: &ExperimentSummary) -> String {
     let _ = writeln!(
         out,
         "experiment {name}: {} treatments, {} migrations, {} used, {} did not converge ({} failed, {} with a \
-         crashed or silent guest, {} with corrupted guest memory, {} with ring-buffer loss: excluded)",
+         crashed or silent guest, {} with corrupted guest memory, {} with trace loss: excluded)",
         s.treatments.len(),
         s.migrations,
         s.usable,

@@ -681,7 +681,7 @@ fn overview(out: &mut String, e: &Experiment<'_>) {
     let _ = writeln!(
         out,
         "<p>{} design, {treatments} treatments × {} repetitions ({} order); backend {}. Statistics are over usable \
-         migrations only: completed, healthy guest, intact memory, no ring-buffer loss.</p>",
+         migrations only: completed, healthy guest, intact memory, no trace loss (ring buffer, full kernel maps).</p>",
         esc(&format!("{:?}", spec.design).to_lowercase()),
         spec.repetitions,
         esc(&format!("{:?}", spec.order).to_lowercase()),
@@ -696,7 +696,7 @@ fn overview(out: &mut String, e: &Experiment<'_>) {
         vec!["failed (migration failed, or timed out in its switchover)".into(), s.failed.to_string()],
         vec!["guest crashed, rebooted or silent".into(), s.guest_crashed.to_string()],
         vec!["guest memory corrupted".into(), s.corrupted.to_string()],
-        vec!["ring-buffer loss".into(), s.trace_loss.to_string()],
+        vec!["trace loss".into(), s.trace_loss.to_string()],
     ];
     out.push_str("<h3>Migrations</h3>\n");
     table(out, "counts", "counts", &["migrations", "count"], &rows);
@@ -728,7 +728,7 @@ fn overview(out: &mut String, e: &Experiment<'_>) {
             "failed",
             "guest crashed/silent",
             "corrupted",
-            "ring-buffer loss",
+            "trace loss",
         ],
         &rows,
     );

@@ -461,12 +461,24 @@ mod tests {
         hung.guest = Some(GuestCheck { unreachable: true, ..GuestCheck::default() });
         let mut lossy = record("a", 2, 999.0, 0.0);
         lossy.trace_health = Some(TraceHealth { lost_records: 3, ..TraceHealth::default() });
+        // A full kernel map lost vCPU stamps: as incomplete as a lost record.
+        let mut full_map = record("a", 4, 999.0, 0.0);
+        let diagnostics = [("vcpu-run-full".to_owned(), 1)].into();
+        full_map.trace_health = Some(TraceHealth { diagnostics, ..TraceHealth::default() });
+        // A guest frame the classifier could not parse is no loss of ours.
+        let mut odd_frame = record("a", 5, 40.0, 50.0);
+        let diagnostics = [("ip-layout".to_owned(), 2)].into();
+        odd_frame.trace_health = Some(TraceHealth { diagnostics, ..TraceHealth::default() });
         let good = record("a", 3, 40.0, 50.0);
-        let s = summarize(&[failed, hung, lossy, good], &[("a".into(), levels(&[]))], &EffectDesign::Factorial);
+        let s = summarize(
+            &[failed, hung, lossy, good, full_map, odd_frame],
+            &[("a".into(), levels(&[]))],
+            &EffectDesign::Factorial,
+        );
         let t = &s.treatments[0];
-        assert_eq!((t.migrations, t.usable, t.failed, t.guest_crashed, t.trace_loss), (4, 1, 1, 1, 1));
-        assert_eq!(t.measures["downtime.probe_gap"].max, 40.0, "only the usable record");
-        assert_eq!((s.usable, s.failed, s.guest_crashed, s.trace_loss), (1, 1, 1, 1));
+        assert_eq!((t.migrations, t.usable, t.failed, t.guest_crashed, t.trace_loss), (6, 2, 1, 1, 2));
+        assert_eq!(t.measures["downtime.probe_gap"].max, 40.0, "only the usable records");
+        assert_eq!((s.usable, s.failed, s.guest_crashed, s.trace_loss), (2, 1, 1, 2));
     }
 
     #[test]
