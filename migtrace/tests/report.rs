@@ -187,7 +187,7 @@ fn the_page_shows_hand_computed_numbers_of_a_synthetic_experiment() {
     assert_eq!(row(&counts, &["planned"])[1], "24");
     assert_eq!(row(&counts, &["run"])[1], "26");
     assert_eq!(row(&counts, &["usable"])[1], "25");
-    assert_eq!(row(&counts, &["failed (migration failed or timed out)"])[1], "1");
+    assert_eq!(row(&counts, &["failed (migration failed, or timed out in its switchover)"])[1], "1");
     let machine = table(&doc, "machine");
     assert_eq!(machine.len(), 1);
     assert!(machine[0][3].starts_with("tcg (no vmx/svm)"), "{:?}", machine[0]);
