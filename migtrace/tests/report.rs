@@ -20,8 +20,9 @@ use migtrace::{
     measure::record::{self, MigrationRecord},
     report::{
         html::{self, Experiment},
-        perfetto, stats,
+        perfetto,
     },
+    stats,
 };
 
 const SPEC: &str = r#"name = "synthetic"

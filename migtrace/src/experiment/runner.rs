@@ -23,7 +23,7 @@ use crate::{
         session::{MeasureOptions, Session, SessionError},
     },
     probe::tracer::TraceError,
-    report::stats::ExperimentSummary,
+    stats::ExperimentSummary,
 };
 
 #[derive(Debug, thiserror::Error)]

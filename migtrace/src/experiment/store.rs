@@ -20,7 +20,7 @@ use crate::{
         quality::MEASURES,
         record::{self, MigrationRecord, RecordError, RecordWriter},
     },
-    report::stats::{self, EffectDesign, ExperimentSummary},
+    stats::{self, EffectDesign, ExperimentSummary},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -22,12 +22,9 @@ use base64::Engine as _;
 use hdrhistogram::{Histogram, serialization::Deserializer};
 use statrs::distribution::{ContinuousCDF as _, StudentsT};
 
-use super::{
-    plots::{
-        self, BarKind, Cdf, CdfLine, EffectFigure, EffectPanel, Gantt, GanttBar, GanttMark, HeatCell, Heatmap,
-        LevelPoint, PlotError, RoundBar, Rounds, Strip, StripMethod,
-    },
-    stats::{EFFECT_MEASURES, ExperimentSummary, Stats, TreatmentSummary},
+use super::plots::{
+    self, BarKind, Cdf, CdfLine, EffectFigure, EffectPanel, Gantt, GanttBar, GanttMark, HeatCell, Heatmap, LevelPoint,
+    PlotError, RoundBar, Rounds, Strip, StripMethod,
 };
 use crate::{
     experiment::spec::{Design, ExperimentSpec, Level},
@@ -40,6 +37,7 @@ use crate::{
         self,
         validate::{self, VALIDATION_FILE, Validation},
     },
+    stats::{EFFECT_MEASURES, ExperimentSummary, Stats, TreatmentSummary},
 };
 
 #[derive(Debug, thiserror::Error)]

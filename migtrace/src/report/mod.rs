@@ -6,7 +6,6 @@ pub mod experiment;
 pub mod html;
 pub mod perfetto;
 pub mod plots;
-pub mod stats;
 pub mod timeline;
 
 /// A table in the style every migtrace report uses.

@@ -1,6 +1,9 @@
 //! Statistics of an experiment: per treatment (mean, standard deviation, exact order
 //! statistics, 95 % confidence interval of the mean, an HDR histogram), the paper's
 //! Table II per measure, and single-factor effect tables.
+//!
+//! Pure computation on records, below the experiment that stores the summaries and the
+//! report that shows them.
 
 use std::collections::BTreeMap;
 
