@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod experiment;
 pub mod html;
+pub mod pages;
 pub mod perfetto;
 pub mod plots;
 pub mod timeline;
