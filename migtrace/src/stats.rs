@@ -142,6 +142,19 @@ pub enum EffectDesign {
     Sweep { base: BTreeMap<String, String> },
 }
 
+impl EffectDesign {
+    /// Whether a treatment at `levels` shows `factor`'s effect: every treatment of a
+    /// factorial design; in a sweep only those with every other factor at its base level.
+    pub fn shows(&self, factor: &str, levels: &BTreeMap<String, String>) -> bool {
+        match self {
+            EffectDesign::Factorial => true,
+            EffectDesign::Sweep { base } => {
+                levels.iter().all(|(f, l)| f == factor || base.get(f).is_none_or(|b| b == l))
+            }
+        }
+    }
+}
+
 /// One cell of an effect table: a measure at one level.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EffectCell {
@@ -305,13 +318,7 @@ fn effects(
     factors
         .into_iter()
         .filter_map(|factor| {
-            // Treatments that show this factor's effect: in a sweep, the others at base.
-            let shows = |levels: &BTreeMap<String, String>| match design {
-                EffectDesign::Factorial => true,
-                EffectDesign::Sweep { base } => {
-                    levels.iter().all(|(f, l)| f == factor || base.get(f).is_none_or(|b| b == l))
-                }
-            };
+            let shows = |levels: &BTreeMap<String, String>| design.shows(factor, levels);
             let mut levels: Vec<&String> = Vec::new();
             for (_, l) in levels_of.iter().filter(|(_, l)| shows(l)) {
                 if let Some(level) = l.get(factor)

@@ -123,7 +123,15 @@ fn write_synthetic(tag: &str) -> Page {
     let records = synthetic(&spec);
     let summary = stats::summarize(&records, &store::levels_of(&spec), &store::effect_design(&spec));
     let dir = temp_dir(tag);
-    let e = Experiment { spec: &spec, spec_text: SPEC, records: &records, summary: &summary, validation: None };
+    let e = Experiment {
+        spec: &spec,
+        spec_text: SPEC,
+        treatments: store::levels_of(&spec).len(),
+        effects: &store::effect_design(&spec),
+        records: &records,
+        summary: &summary,
+        validation: None,
+    };
     let written = html::write(&dir, &e).expect("report written");
     assert_eq!(written.html, dir.join("report.html"));
     let html = fs::read_to_string(&written.html).expect("report.html");

@@ -37,7 +37,7 @@ use crate::{
         self,
         validate::{self, VALIDATION_FILE, Validation},
     },
-    stats::{EFFECT_MEASURES, ExperimentSummary, Stats, TreatmentSummary},
+    stats::{EFFECT_MEASURES, EffectDesign, ExperimentSummary, Stats, TreatmentSummary},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,11 @@ pub struct Experiment<'a> {
     pub spec: &'a ExperimentSpec,
     /// The spec as run (`spec.toml`).
     pub spec_text: &'a str,
+    /// Treatments the design plans, run or not.
+    pub treatments: usize,
+    /// How a factor's effect is read (the effect tables' rule: the per-factor plots
+    /// read the same treatments).
+    pub effects: &'a EffectDesign,
     pub records: &'a [MigrationRecord],
     pub summary: &'a ExperimentSummary,
     /// The directory's `validation.json` (`migtrace model validate`), if any.
@@ -236,20 +241,13 @@ pub fn mean_of_means_ci(stats: &[&Stats]) -> Option<(f64, f64)> {
 }
 
 impl Experiment<'_> {
-    fn sweep_base(&self) -> Option<BTreeMap<String, String>> {
-        (self.spec.raw.design == Design::Sweep)
-            .then(|| self.spec.base.iter().map(|(f, l)| (f.to_string(), l.to_string())).collect())
-    }
-
-    /// Treatments whose `factor` is at `level`; in a sweep only those with every other
-    /// factor at its base level (as the effect tables read them).
+    /// Treatments whose `factor` is at `level` that show its effect ([`EffectDesign::shows`]).
     fn at_level(&self, factor: &str, level: &str) -> Vec<&TreatmentSummary> {
-        let base = self.sweep_base();
         self.summary
             .treatments
             .iter()
             .filter(|t| t.levels.get(factor).is_some_and(|l| l == level))
-            .filter(|t| base.as_ref().is_none_or(|b| b.iter().all(|(f, l)| f == factor || t.levels.get(f) == Some(l))))
+            .filter(|t| self.effects.shows(factor, &t.levels))
             .collect()
     }
 
@@ -674,7 +672,7 @@ pub fn render(e: &Experiment<'_>) -> Result<Page, HtmlError> {
 fn overview(out: &mut String, e: &Experiment<'_>) {
     let s = e.summary;
     let spec = &e.spec.raw;
-    let treatments = crate::experiment::design::expand(e.spec).len();
+    let treatments = e.treatments;
     out.push_str("<section id=\"overview\"><h2>Overview</h2>\n");
     let _ = writeln!(
         out,

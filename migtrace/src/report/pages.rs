@@ -47,8 +47,15 @@ pub fn write_html(
         log::warn!("{e}: the report leaves the model validation out");
         None
     });
-    let e =
-        html::Experiment { spec, spec_text: &spec_text, records: &records, summary, validation: validation.as_ref() };
+    let e = html::Experiment {
+        spec,
+        spec_text: &spec_text,
+        treatments: store::levels_of(spec).len(),
+        effects: &store::effect_design(spec),
+        records: &records,
+        summary,
+        validation: validation.as_ref(),
+    };
     Ok(html::write(&store.dir, &e)?)
 }
 
