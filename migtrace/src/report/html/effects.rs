@@ -153,3 +153,68 @@ impl Experiment<'_> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        experiment::{spec::ExperimentSpec, store},
+        hypervisor::{MigrationOutcome, MigrationParams},
+        measure::record::MigrationRecord,
+        stats,
+    };
+
+    const SWEEP: &str = "name = \"sweep\"\ndesign = \"sweep\"\nrepetitions = 1\n[factors]\nwset = [\"32M\", \
+                         \"64M\"]\nrate = [0, 2000]\n[base]\nwset = \"32M\"\nrate = 0\n";
+
+    #[test]
+    fn in_a_sweep_the_plots_read_the_treatments_the_effect_tables_read() {
+        // Base wset=32, rate=0 (probe gap 10); the sweep adds wset=64 (30) and rate=2000 (50).
+        let spec = ExperimentSpec::parse(SWEEP).expect("spec");
+        let levels_of = store::levels_of(&spec);
+        assert_eq!(levels_of.len(), 3);
+        let records: Vec<MigrationRecord> = levels_of
+            .iter()
+            .map(|(name, levels)| {
+                let outcome = MigrationOutcome::completed_for_test(Some(1));
+                let mut r = MigrationRecord::new(0, name.clone(), MigrationParams::default(), outcome);
+                r.downtime_ms.probe_gap = Some(match (levels["wset"].as_str(), levels["rate"].as_str()) {
+                    ("64", _) => 30.0,
+                    (_, "2000") => 50.0,
+                    _ => 10.0,
+                });
+                r
+            })
+            .collect();
+        let design = store::effect_design(&spec);
+        let summary = stats::summarize(&records, &levels_of, &design);
+        let e = Experiment {
+            spec: &spec,
+            spec_text: SWEEP,
+            treatments: levels_of.len(),
+            effects: &design,
+            records: &records,
+            summary: &summary,
+            validation: None,
+        };
+        assert_eq!(summary.effects.len(), 2);
+        for table in &summary.effects {
+            let levels: Vec<String> = table.rows.iter().map(|r| r.level.clone()).collect();
+            let plotted: Vec<(String, f64, usize)> = e
+                .effect_points(&table.factor, &levels, "downtime.probe_gap")
+                .into_iter()
+                .map(|p| (p.level, p.mean, p.treatments))
+                .collect();
+            let tabled: Vec<(String, f64, usize)> = table
+                .rows
+                .iter()
+                .map(|r| {
+                    (r.level.clone(), r.cells["downtime.probe_gap"].mean, r.cells["downtime.probe_gap"].treatments)
+                })
+                .collect();
+            assert_eq!(plotted, tabled, "effect of {}", table.factor);
+        }
+        // rate=0 is the base treatment alone: pooled with the wset=64 sweep it would be 20.
+        let at_zero = e.effect_points("rate", &["0".to_owned()], "downtime.probe_gap");
+        assert_eq!((at_zero[0].mean, at_zero[0].treatments), (10.0, 1));
+    }
+}
