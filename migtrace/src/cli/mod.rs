@@ -194,9 +194,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             let root = dir.parent().map(PathBuf::from).unwrap_or_default();
             let store = migtrace::experiment::store::Store::open(&root, &spec, &text, false)?;
             let summary = store.write_summaries(&spec)?;
+            migtrace::report::pages::write_text(&store, &spec, &summary)?;
             print!("{}", migtrace::report::experiment::render(&spec.raw.name, &summary));
             if html {
-                let w = store.write_report(&spec, &summary)?;
+                let w = migtrace::report::pages::write_html(&store, &spec, &summary)?;
                 println!("{} ({} figures, each also in {})", w.html.display(), w.figures, w.plots.display());
             }
             println!("results in {}", store.dir.display());
@@ -369,6 +370,7 @@ async fn run_experiment(args: RunArgs) -> Result<()> {
         &spec,
         &text,
         &runner::RunOptions { results: args.results.clone(), force_new: args.force_new, migtrace: None },
+        &migtrace::report::pages::Pages,
     )
     .await?;
     print!("{}", migtrace::report::experiment::render(&spec.raw.name, &report.summary));

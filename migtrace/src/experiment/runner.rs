@@ -1,6 +1,7 @@
 //! Runs an experiment: one lab per treatment (or one pair of libvirt hosts for all), its
 //! repetitions as ping-pong migrations, every record appended durably as it finishes,
-//! summaries after every treatment.
+//! summaries after every treatment, and the pages people read through the
+//! [`PageWriter`] its caller passes (the report layer draws them).
 
 use std::{
     io::IsTerminal as _,
@@ -23,7 +24,7 @@ use crate::{
         session::{MeasureOptions, Session, SessionError},
     },
     probe::tracer::TraceError,
-    report::stats::ExperimentSummary,
+    stats::ExperimentSummary,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,22 @@ pub struct RunReport {
     /// `report.html`, unless writing it failed (the reason is in `html_error`).
     pub html: Option<PathBuf>,
     pub html_error: Option<String>,
+}
+
+/// The pages a run keeps current in its directory (`report.txt`, `report.html`): drawn
+/// by the report layer, handed in by the caller, so the experiment does not depend on how
+/// its results are shown.
+pub trait PageWriter {
+    /// After every treatment, with the summaries (cheap).
+    fn text(&self, store: &Store, spec: &ExperimentSpec, summary: &ExperimentSummary) -> Result<(), StoreError>;
+    /// After a treatment when it is cheap next to the treatment, and at the end: where
+    /// the page went. A failure does not stop the run.
+    fn page(
+        &self,
+        store: &Store,
+        spec: &ExperimentSpec,
+        summary: &ExperimentSummary,
+    ) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// `12.3` or `-`.
@@ -212,8 +229,14 @@ fn measure_options(spec: &ExperimentSpec) -> MeasureOptions {
     }
 }
 
-/// Runs (or resumes) `spec`; `spec_text` is stored as run.
-pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> Result<RunReport, RunError> {
+/// Runs (or resumes) `spec`; `spec_text` is stored as run; `pages` are written after
+/// every treatment and at the end.
+pub async fn run(
+    spec: &ExperimentSpec,
+    spec_text: &str,
+    opts: &RunOptions,
+    pages: &(dyn PageWriter + Sync),
+) -> Result<RunReport, RunError> {
     let treatments = design::expand(spec);
     // Every QEMU the spec names must exist here: refused now, not an hour into the run.
     let mut selectors: Vec<&str> = treatments.iter().filter_map(Treatment::qemu).collect();
@@ -336,11 +359,12 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
             kept = Some((hosts, session));
         }
         let summary = store.write_summaries(spec)?;
+        pages.text(&store, spec, &summary)?;
         // The page after each treatment while it is cheap next to the treatment itself.
         let mut html = String::new();
         if last_report.is_none_or(|d| d * 20 < treatment_started.elapsed()) {
             let t = Instant::now();
-            match store.write_report(spec, &summary) {
+            match pages.page(&store, spec, &summary) {
                 Ok(_) => html = "; report.html updated".into(),
                 Err(e) => html = format!("; report.html not written: {e}"),
             }
@@ -360,8 +384,9 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
     }
     progress.finish();
     let summary = store.write_summaries(spec)?;
-    let (html, html_error) = match store.write_report(spec, &summary) {
-        Ok(w) => (Some(w.html), None),
+    pages.text(&store, spec, &summary)?;
+    let (html, html_error) = match pages.page(&store, spec, &summary) {
+        Ok(html) => (Some(html), None),
         Err(e) => (None, Some(e.to_string())),
     };
     Ok(RunReport { dir: store.dir.clone(), ran, skipped, summary, html, html_error })

@@ -20,7 +20,7 @@ use crate::{
         quality::MEASURES,
         record::{self, MigrationRecord, RecordError, RecordWriter},
     },
-    report::stats::{self, EffectDesign, ExperimentSummary},
+    stats::{self, EffectDesign, ExperimentSummary},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +40,6 @@ pub enum StoreError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Locked(#[from] crate::files::LockError),
-    #[error("writing the HTML report: {0}")]
-    Html(#[from] crate::report::html::HtmlError),
 }
 
 /// `experiment.json`: identifies the spec the results belong to.
@@ -165,8 +163,8 @@ impl Store {
     }
 
     /// Recomputes and writes every summary from the records: `summary.json` (statistics,
-    /// HDR histograms, Table II, effects), `treatments.csv`, `migrations.csv`,
-    /// `report.txt`. Returns the summary.
+    /// HDR histograms, Table II, effects), `treatments.csv`, `migrations.csv`. Returns the
+    /// summary (the report layer draws `report.txt` and `report.html` from it).
     pub fn write_summaries(&self, spec: &ExperimentSpec) -> Result<ExperimentSummary, StoreError> {
         let records = self.records()?;
         let levels_of = levels_of(spec);
@@ -177,40 +175,7 @@ impl Store {
         )?;
         write_atomic(&self.dir.join("treatments.csv"), treatments_csv(&summary).as_bytes())?;
         write_atomic(&self.dir.join("migrations.csv"), migrations_csv(&records, &levels_of).as_bytes())?;
-        write_atomic(
-            &self.dir.join("report.txt"),
-            crate::report::experiment::render(&spec.raw.name, &summary).as_bytes(),
-        )?;
         Ok(summary)
-    }
-}
-
-impl Store {
-    /// Writes `report.html` and `plots/*.svg` from the records and `summary`, with the
-    /// model validation of `validation.json` when the directory has one (see
-    /// [`crate::report::html`]).
-    pub fn write_report(
-        &self,
-        spec: &ExperimentSpec,
-        summary: &ExperimentSummary,
-    ) -> Result<crate::report::html::Written, StoreError> {
-        let records = self.records()?;
-        let spec_text = fs::read_to_string(self.dir.join("spec.toml"))
-            .unwrap_or_else(|_| toml::to_string(&spec.raw).unwrap_or_default());
-        // A validation the directory holds is shown; one that cannot be read is said so
-        // and left out, the rest of the report still written.
-        let validation = crate::model::validate::Validation::load(&self.dir).unwrap_or_else(|e| {
-            log::warn!("{e}: the report leaves the model validation out");
-            None
-        });
-        let e = crate::report::html::Experiment {
-            spec,
-            spec_text: &spec_text,
-            records: &records,
-            summary,
-            validation: validation.as_ref(),
-        };
-        Ok(crate::report::html::write(&self.dir, &e)?)
     }
 }
 

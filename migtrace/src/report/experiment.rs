@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::{align_right, stats::ExperimentSummary, table};
+use super::{align_right, table};
+use crate::stats::ExperimentSummary;
 
 fn f(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
@@ -100,7 +101,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::report::stats::{EffectCell, EffectRow, EffectTable, Table2Row};
+    use crate::stats::{EffectCell, EffectRow, EffectTable, Table2Row};
 
     #[test]
     fn a_zero_minimum_is_na_with_a_footnote_and_cells_show_n() {

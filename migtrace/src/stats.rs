@@ -1,6 +1,9 @@
 //! Statistics of an experiment: per treatment (mean, standard deviation, exact order
 //! statistics, 95 % confidence interval of the mean, an HDR histogram), the paper's
 //! Table II per measure, and single-factor effect tables.
+//!
+//! Pure computation on records, below the experiment that stores the summaries and the
+//! report that shows them.
 
 use std::collections::BTreeMap;
 
@@ -137,6 +140,19 @@ pub enum EffectDesign {
     /// One factor at a time around a base treatment: a factor's effect is read only
     /// from treatments where every other factor is at its base level.
     Sweep { base: BTreeMap<String, String> },
+}
+
+impl EffectDesign {
+    /// Whether a treatment at `levels` shows `factor`'s effect: every treatment of a
+    /// factorial design; in a sweep only those with every other factor at its base level.
+    pub fn shows(&self, factor: &str, levels: &BTreeMap<String, String>) -> bool {
+        match self {
+            EffectDesign::Factorial => true,
+            EffectDesign::Sweep { base } => {
+                levels.iter().all(|(f, l)| f == factor || base.get(f).is_none_or(|b| b == l))
+            }
+        }
+    }
 }
 
 /// One cell of an effect table: a measure at one level.
@@ -302,13 +318,7 @@ fn effects(
     factors
         .into_iter()
         .filter_map(|factor| {
-            // Treatments that show this factor's effect: in a sweep, the others at base.
-            let shows = |levels: &BTreeMap<String, String>| match design {
-                EffectDesign::Factorial => true,
-                EffectDesign::Sweep { base } => {
-                    levels.iter().all(|(f, l)| f == factor || base.get(f).is_none_or(|b| b == l))
-                }
-            };
+            let shows = |levels: &BTreeMap<String, String>| design.shows(factor, levels);
             let mut levels: Vec<&String> = Vec::new();
             for (_, l) in levels_of.iter().filter(|(_, l)| shows(l)) {
                 if let Some(level) = l.get(factor)
