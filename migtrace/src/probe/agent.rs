@@ -497,6 +497,7 @@ mod tests {
             returned: None,
             round: Some(0),
             unread: None,
+            link_bytes: 0,
         });
         t.trace.packets.push(PacketStamp {
             ts_ns: 2_000,

@@ -127,7 +127,7 @@ impl HostTracer {
     /// Must be called within a tokio runtime, as root.
     pub fn start(domain: &str, guest_mac: Option<&str>, netns: Option<String>) -> Result<Self, TraceError> {
         Ok(Self {
-            tracer: Tracer::start(&[])?,
+            tracer: Tracer::start(&[], &[])?,
             domain: domain.to_owned(),
             tap_mac: guest_mac.and_then(tap_mac),
             netns,

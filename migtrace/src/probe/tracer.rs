@@ -45,6 +45,19 @@ pub struct Trace {
     pub source_vcpus: Vec<VcpuStamp>,
     pub destination_vcpus: Vec<VcpuStamp>,
     pub health: TraceHealth,
+    /// The lab's link, when its classifier counted what crossed it (each phase stamp
+    /// then carries the count in `link_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkTrace>,
+}
+
+/// The link's counter at the end of a migration's trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTrace {
+    /// Data bytes the link had carried (since the programs were loaded).
+    pub bytes: u64,
+    /// When its last data packet arrived (monotonic ns; 0: none yet).
+    pub last_data_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +82,10 @@ pub struct PhaseStamp {
     /// Return: why values behind pointer arguments are missing from `args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread: Option<Unread>,
+    /// Data bytes the lab's link had carried when the probe fired (meaningful when the
+    /// trace has a `link`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub link_bytes: u64,
 }
 
 /// Why a return probe could not read the values behind pointer arguments.
@@ -122,6 +139,8 @@ struct PhaseStampRecord {
     #[serde(default)]
     unread: Option<Unread>,
     #[serde(default)]
+    link_bytes: u64,
+    #[serde(default)]
     value: Option<u64>,
 }
 
@@ -142,6 +161,7 @@ impl From<PhaseStampRecord> for PhaseStamp {
             returned,
             round,
             unread: r.unread,
+            link_bytes: r.link_bytes,
         }
     }
 }
@@ -164,6 +184,7 @@ impl PhaseStamp {
             returned: ret.then_some(e.ret),
             round: (!ret).then(|| u32::try_from(e.ret).ok()).flatten(),
             unread: if ret { Unread::of_flags(e.flags) } else { None },
+            link_bytes: e.link_bytes,
         }
     }
 }
@@ -295,6 +316,8 @@ pub struct Tracer {
     qemus: HashMap<u32, QemuProbes>,
     /// (tap name, ifindex) of the lab's taps; empty without a lab network.
     pub taps: Vec<(String, u32)>,
+    /// Whether the lab's link is counted.
+    link: bool,
     missing_tracepoints: Vec<String>,
     loss_before: Loss,
     diagnostics_before: Diagnostics,
@@ -303,22 +326,30 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads the programs, attaches the KVM tracepoints and the classifier to each of
-    /// `taps` (a tap in its namespace), and starts collecting. Must be called within a
-    /// tokio runtime. Taps in different namespaces must have different interface
-    /// indexes (the classifier's events carry only the index).
-    pub fn start(taps: &[(String, &str)]) -> Result<Self, TraceError> {
-        Self::with_probes(Probes::load()?, taps)
+    /// Loads the programs, attaches the KVM tracepoints, the packet classifier to each
+    /// of `taps` and the link counter to each end of `link` (each an interface in its
+    /// namespace), and starts collecting. Must be called within a tokio runtime. Taps
+    /// in different namespaces must have different interface indexes (the classifier's
+    /// events carry only the index).
+    pub fn start(taps: &[(String, &str)], link: &[(String, &str)]) -> Result<Self, TraceError> {
+        Self::with_probes(Probes::load()?, taps, link)
     }
 
     /// As [`Tracer::start`], with probes already loaded (e.g. with resized maps).
-    pub fn with_probes(mut probes: Probes, taps: &[(String, &str)]) -> Result<Self, TraceError> {
+    pub fn with_probes(
+        mut probes: Probes,
+        taps: &[(String, &str)],
+        link: &[(String, &str)],
+    ) -> Result<Self, TraceError> {
         let missing_tracepoints = probes.attach_kvm()?;
         let mut attached = Vec::new();
         for (ns, tap) in taps {
             attached.extend(probes.attach_taps(Some(ns), &[tap])?);
         }
         let taps = attached;
+        for (ns, dev) in link {
+            probes.attach_link(ns, dev)?;
+        }
         let store = Arc::new(Mutex::new(EventStore::default()));
         let collector =
             Collector::spawn_into(probes.take_events()?, Sink::Store(store.clone())).map_err(TraceError::Collector)?;
@@ -331,6 +362,7 @@ impl Tracer {
             store,
             qemus: HashMap::new(),
             taps,
+            link: !link.is_empty(),
             missing_tracepoints,
             loss_before,
             diagnostics_before,
@@ -467,7 +499,15 @@ impl Tracer {
             .into_iter()
             .map(|((round, what), counts)| RoundKvm { round, what: kvm_what_name(what).to_owned(), counts })
             .collect();
+        let link = match self.link {
+            true => {
+                let (bytes, last_data_ns) = self.probes.link_counter()?;
+                Some(LinkTrace { bytes, last_data_ns })
+            }
+            false => None,
+        };
         Ok(Trace {
+            link,
             source_pid: source,
             destination_pid: destination,
             phases,
@@ -520,6 +560,7 @@ mod tests {
             flags,
             args: [9, 0, 0],
             ret: 3,
+            link_bytes: 0,
         };
         let entry = PhaseStamp::of_event(&event(0), PhasePoint::DirtyLogSync);
         assert_eq!((entry.round, entry.returned), (Some(3), None));
@@ -534,6 +575,7 @@ mod tests {
             flags,
             args,
             ret,
+            link_bytes: 0,
         }
     }
 
