@@ -156,7 +156,8 @@ pub struct LinkRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinkAchieved {
     /// `link`: bytes and times are the wire's (data packets arriving across the link).
-    /// `qemu`: QEMU's `downtime-bytes` and `transferred` over the source's phases.
+    /// `qemu` (or `libvirt`): the hypervisor's `downtime-bytes` and `transferred` over
+    /// the source's phases (libvirt's job statistics have no downtime bytes).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub from: String,
     /// The stop-and-copy's rate. `link`: the data that crossed the link from the

@@ -88,7 +88,10 @@ fn from_qemu(outcome: &MigrationOutcome, marks: &Marks) -> (LinkAchieved, Vec<St
     let mut rate = |what: &str, bytes: Option<u64>, ms: Option<f64>, span: &str| match (bytes, ms) {
         (Some(bytes), Some(ms)) => Some(bps(bytes, ms)),
         (None, _) => {
-            missing.push(format!("params.link.achieved.{what}: the hypervisor reported no byte count for it"));
+            missing.push(format!(
+                "params.link.achieved.{what}: {} has no byte count for it, and the link is not counted on these hosts",
+                outcome.stats.reported_by.as_deref().unwrap_or("the hypervisor")
+            ));
             None
         }
         (_, None) => {
@@ -105,8 +108,13 @@ fn from_qemu(outcome: &MigrationOutcome, marks: &Marks) -> (LinkAchieved, Vec<St
         span(marks.setup_ns, marks.source_completed_ns),
         "setup → source-completed",
     );
+    // libvirt's job statistics map onto QEMU's names (see `ReportedStats`).
+    let from = match outcome.stats.reported_by.as_deref() {
+        Some(by) if by.starts_with("libvirt") => "libvirt",
+        _ => "qemu",
+    };
     let achieved = LinkAchieved {
-        from: "qemu".into(),
+        from: from.into(),
         stop_and_copy_bps,
         stop_and_copy_ms,
         stop_and_copy_bytes: downtime_bytes.filter(|_| stop_and_copy_bps.is_some()),
