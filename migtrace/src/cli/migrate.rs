@@ -191,6 +191,10 @@ pub struct MeasureArgs {
     /// Do not ask the guest agent to check its working set after each migration.
     #[arg(long)]
     pub no_memory_check: bool,
+    /// A silence of the guest longer than this many send intervals (probe, heartbeat or
+    /// ping) is an outage: the record's `outages` lists every one, wherever it fell.
+    #[arg(long, default_value_t = migtrace::measure::outage::DEFAULT_THRESHOLD_INTERVALS, value_name = "INTERVALS")]
+    pub outage_threshold: f64,
 }
 
 impl MeasureArgs {
@@ -213,6 +217,9 @@ impl MeasureArgs {
         {
             bail!("--settle must not be negative, and --settle-max not below --settle nor above a week");
         }
+        if !(self.outage_threshold.is_finite() && self.outage_threshold >= 1.0 && self.outage_threshold <= 10_000.0) {
+            bail!("--outage-threshold must be from 1 to 10000 send intervals");
+        }
         Ok(MeasureOptions {
             trace: !self.no_probes,
             ping_interval: (self.ping_interval > 0.0).then(|| Duration::from_secs_f64(self.ping_interval / 1e3)),
@@ -221,6 +228,7 @@ impl MeasureArgs {
             settle_max: Duration::from_secs_f64(self.settle_max),
             keep_trace: self.keep_trace,
             memory_check: (!self.no_memory_check).then(|| Duration::from_secs(5)),
+            outage_threshold: self.outage_threshold,
             ..MeasureOptions::default()
         })
     }

@@ -46,6 +46,8 @@ pub const MEASURES: &[Measure] = &[
     Measure { name: "downtime.vcpu.qmp", get: |r| from(r, "downtime_ms.vcpu", Evidence::Qmp, r.downtime_ms.vcpu) },
     Measure { name: "downtime.reported", get: |r| r.downtime_ms.reported },
     Measure { name: "downtime.heartbeat_gap", get: |r| r.downtime_ms.heartbeat_gap },
+    Measure { name: "downtime.outages_total", get: |r| r.downtime_ms.outages_total },
+    Measure { name: "downtime.longest_outage", get: |r| r.downtime_ms.longest_outage },
     Measure { name: "migration_time.command", get: |r| r.migration_time_ms.command },
     Measure { name: "migration_time.reported", get: |r| r.migration_time_ms.reported },
     Measure {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     downtime::{self, ProbeSummary},
-    heartbeat, memcheck,
+    heartbeat, memcheck, outage,
     ping::Ping,
     prober::Prober,
     record::MigrationRecord,
@@ -50,6 +50,14 @@ pub struct MeasureOptions {
     /// Ask the guest agent to check its working set after each completed migration,
     /// waiting this long for the answer; None: no check.
     pub memory_check: Option<Duration>,
+    /// A silence of more than this many send intervals (probe, heartbeat or ping) is
+    /// an outage.
+    #[serde(default = "default_outage_threshold")]
+    pub outage_threshold: f64,
+}
+
+fn default_outage_threshold() -> f64 {
+    outage::DEFAULT_THRESHOLD_INTERVALS
 }
 
 impl Default for MeasureOptions {
@@ -63,6 +71,7 @@ impl Default for MeasureOptions {
             settle_max: Duration::from_secs(10),
             keep_trace: false,
             memory_check: Some(Duration::from_secs(5)),
+            outage_threshold: outage::DEFAULT_THRESHOLD_INTERVALS,
         }
     }
 }
@@ -334,6 +343,7 @@ impl Session {
         // Heartbeats up to now: the check below pauses the guest's pattern (not its
         // heartbeats), but the observation ends here.
         let heartbeats = pair.heartbeats(observed_from);
+        let observed_until = crate::clock::monotonic_ns();
         // The guest checks its own memory once it has settled on the destination: over
         // the hosts' own channel if they have one, else over the network.
         let memory_check = match (&result, self.options.memory_check) {
@@ -393,8 +403,9 @@ impl Session {
             },
         });
         let heartbeat = heartbeats
+            .as_ref()
             .filter(|_| outcome.status == crate::hypervisor::Status::Completed)
-            .map(|beats| heartbeat::summarise(&beats, &src_host, &dst_host, outcome.start_ns));
+            .map(|beats| heartbeat::summarise(beats, &src_host, &dst_host, outcome.start_ns));
         if let Some(first) = heartbeat.as_ref().and_then(|h| h.first_destination_ns) {
             heartbeat::add_phase(&mut timeline, first);
         }
@@ -417,6 +428,36 @@ impl Session {
                 measures.missing.push(format!("downtime_ms.heartbeat_gap: {e}"));
             }
         }
+        let observed = outage::Observed {
+            probe: prober.as_ref().zip(trace.as_ref().map(|t| t.packets.as_slice())),
+            heartbeats: heartbeats
+                .as_deref()
+                .map(|b| (b, heartbeat.as_ref().and_then(|h| h.interval_p50_ms).unwrap_or(1.0))),
+            ping: ping.as_ref(),
+            clock: WallClock::from_pair(outcome.start_ns, outcome.start_unix_us),
+            observed_until,
+        };
+        let m = &timeline.marks;
+        let switchover = m.source_paused_ns.zip(m.destination_resumed_ns);
+        let outages = match outage::of_migration(
+            &observed,
+            self.options.outage_threshold,
+            switchover,
+            &timeline,
+            outcome.start_ns,
+        ) {
+            Ok(found) => {
+                (measures.downtime_ms.outages_total, measures.downtime_ms.longest_outage) = outage::totals(&found);
+                Some(found)
+            }
+            Err(why) => {
+                let why = offline.clone().unwrap_or(why);
+                for m in ["outages", "downtime_ms.outages_total", "downtime_ms.longest_outage"] {
+                    measures.missing.push(format!("{m}: {why}"));
+                }
+                None
+            }
+        };
         let configured_link = pair.link();
         let (achieved, link_missing) = super::link::achieved(&outcome, &timeline.marks, trace.as_ref(), link_tx);
         let completed = outcome.status == crate::hypervisor::Status::Completed;
@@ -443,6 +484,7 @@ impl Session {
         record.evidence = measures.evidence;
         record.probe = probe;
         record.heartbeat = heartbeat;
+        record.outages = outages;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
         if let Some(t) = &traced {
             record.clocks = t.clocks.clone();

@@ -372,10 +372,13 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
 
     let is_dest = |p: &&PacketStamp| input.destination_tap.is_none_or(|tap| p.tap == tap);
     let packets: Vec<&PacketStamp> = input.trace.map(|t| t.packets.iter().collect()).unwrap_or_default();
+    // The first answer to a request sent after the stop (as the probe gap's recovery):
+    // replies the guest had queued before it come out first, at the resume.
     let first_packet = resumed.and_then(|r| {
         packets
             .iter()
             .filter(|p| p.ts_ns >= r && is_dest(p) && p.kind == "icmp-echo-reply")
+            .filter(|p| p.sent_ns == 0 || source_paused.is_none_or(|s| p.sent_ns > s))
             .find(|p| input.probe_ident.is_none_or(|id| p.ident == id))
             .map(|p| p.ts_ns)
     });

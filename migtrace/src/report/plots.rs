@@ -42,6 +42,8 @@ pub fn label(measure: &str) -> &str {
         "downtime.vcpu" => "vCPU blackout",
         "downtime.vcpu.qmp" => "vCPU blackout (QMP)",
         "downtime.reported" => "reported (QEMU or libvirt)",
+        "downtime.outages_total" => "all outages (total)",
+        "downtime.longest_outage" => "longest outage",
         "migration_time.command" => "command (paper)",
         "migration_time.reported" => "reported (QEMU total-time or libvirt)",
         "migration_time.traced" => "traced",
@@ -61,6 +63,8 @@ pub fn short_label(measure: &str) -> &str {
         "downtime.vcpu" => "vCPU",
         "downtime.vcpu.qmp" => "vCPU (QMP)",
         "downtime.reported" => "reported",
+        "downtime.outages_total" => "outages",
+        "downtime.longest_outage" => "longest outage",
         other => label(other),
     }
 }
@@ -76,6 +80,7 @@ pub fn color(measure: &str) -> RGBColor {
             RGBColor(120, 190, 120)
         }
         "downtime.reported" | "migration_time.reported" => RGBColor(200, 40, 60),
+        "downtime.outages_total" | "downtime.longest_outage" => RGBColor(120, 80, 170),
         _ => RGBColor(90, 90, 90),
     }
 }
