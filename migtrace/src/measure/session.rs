@@ -19,7 +19,7 @@ use crate::{
     probe::{
         agent::{AgentError, ClockRecord, HostSide},
         host::{HostTrace, Role},
-        tracer::{Trace, TraceError, Tracer, VcpuStamp},
+        tracer::{Trace, TraceError, Tracer},
     },
 };
 
@@ -516,34 +516,21 @@ fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced
         uncertainty_ns: BTreeMap::new(),
         problems: Vec::new(),
     };
-    for (i, (host, part, clock, local)) in parts.into_iter().enumerate() {
-        let at = |t: u64| if t == 0 { 0 } else { clock.to_local(t) };
+    for (i, (host, mut part, clock, local)) in parts.into_iter().enumerate() {
+        part.map_stamps(|t| clock.to_local(t));
         let t = part.trace;
-        merged.phases.extend(t.phases.into_iter().map(|mut p| {
-            p.ts_ns = at(p.ts_ns);
-            p
-        }));
+        merged.phases.extend(t.phases);
         merged.packets.extend(t.packets.into_iter().map(|mut p| {
-            p.ts_ns = at(p.ts_ns);
             p.tap = format!("{host}/{}", p.tap);
             p
         }));
-        let vcpus = |v: Vec<VcpuStamp>| -> Vec<VcpuStamp> {
-            v.into_iter()
-                .map(|mut v| {
-                    (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
-                        (at(v.first_enter_ns), at(v.last_enter_ns), at(v.last_exit_ns));
-                    v
-                })
-                .collect()
-        };
         if i == 0 {
             merged.source_pid = part.pid;
             merged.source_kvm = t.source_kvm;
-            merged.source_vcpus = vcpus(t.source_vcpus);
+            merged.source_vcpus = t.source_vcpus;
         } else {
             merged.destination_pid = part.pid;
-            merged.destination_vcpus = vcpus(t.destination_vcpus);
+            merged.destination_vcpus = t.destination_vcpus;
             traced.destination_tap = part.tap.as_ref().map(|tap| format!("{host}/{tap}"));
         }
         let h = &mut merged.health;

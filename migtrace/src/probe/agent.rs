@@ -103,19 +103,8 @@ fn shift(t: u64, by: i64) -> u64 {
 }
 
 /// Moves every host-clock stamp of a host trace by `by` ns (the injected test offset).
-/// Echoed probe send stamps are the coordinator's and stay.
 fn shift_trace(t: &mut HostTrace, by: i64) {
-    t.attached_ns = shift(t.attached_ns, by);
-    for p in &mut t.trace.phases {
-        p.ts_ns = shift(p.ts_ns, by);
-    }
-    for p in &mut t.trace.packets {
-        p.ts_ns = shift(p.ts_ns, by);
-    }
-    for v in t.trace.source_vcpus.iter_mut().chain(&mut t.trace.destination_vcpus) {
-        (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
-            (shift(v.first_enter_ns, by), shift(v.last_enter_ns, by), shift(v.last_exit_ns, by));
-    }
+    t.map_stamps(|t| shift(t, by));
 }
 
 /// The agent: serves requests from stdin until it ends or says quit.

@@ -59,6 +59,25 @@ pub struct PhaseStamp {
     pub value: u64,
 }
 
+impl Trace {
+    /// Applies `f` to every stamp of the host's clock (phases, packets, vCPU runs): the
+    /// one list of what converts when the host's clock is not ours. A 0 stamp means
+    /// "never" and stays 0; the echoed send stamps in packets are the sender's and stay.
+    pub fn map_stamps(&mut self, f: impl Fn(u64) -> u64) {
+        let f = |t: u64| if t == 0 { 0 } else { f(t) };
+        for p in &mut self.phases {
+            p.ts_ns = f(p.ts_ns);
+        }
+        for p in &mut self.packets {
+            p.ts_ns = f(p.ts_ns);
+        }
+        for v in self.source_vcpus.iter_mut().chain(&mut self.destination_vcpus) {
+            (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
+                (f(v.first_enter_ns), f(v.last_enter_ns), f(v.last_exit_ns));
+        }
+    }
+}
+
 impl PhaseStamp {
     pub fn point(&self) -> Option<PhasePoint> {
         PhasePoint::ALL.into_iter().find(|p| format!("{p:?}") == self.point)
