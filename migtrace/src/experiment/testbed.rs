@@ -188,11 +188,11 @@ impl HostPair for Testbed {
         }
     }
 
-    fn hypervisor_version(&self) -> Option<(u32, u32)> {
+    fn hypervisor_versions(&self) -> crate::hypervisor::Versions {
         match self {
-            Self::Qemu(l) => l.hypervisor_version(),
-            Self::LibvirtLab(l) => l.hypervisor_version(),
-            Self::Libvirt(p) => p.hypervisor_version(),
+            Self::Qemu(l) => l.hypervisor_versions(),
+            Self::LibvirtLab(l) => l.hypervisor_versions(),
+            Self::Libvirt(p) => p.hypervisor_versions(),
         }
     }
 

@@ -22,7 +22,9 @@ use virt::{
     sys,
 };
 
-use super::{GuestCheck, HostPair, Machine, MigrationOutcome, MigrationParams, RamStats, ReportedStats, Status};
+use super::{
+    GuestCheck, HostPair, Machine, MigrationOutcome, MigrationParams, RamStats, ReportedStats, Status, Versions,
+};
 use crate::clock::{WallClock, monotonic_ns};
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +174,11 @@ pub fn reported_stats(s: &JobStats) -> ReportedStats {
     }
 }
 
+/// libvirt's version number (major × 1,000,000 + minor × 1,000 + micro) as a release.
+fn release(v: u32) -> (u32, u32, u32) {
+    (v / 1_000_000, v / 1000 % 1000, v % 1000)
+}
+
 fn message(e: &virt::error::Error) -> String {
     e.message().to_owned()
 }
@@ -192,7 +199,8 @@ pub struct LibvirtPair {
     /// Length of each host's console file when the last migration started.
     console_mark: [u64; 2],
     info: DomainInfo,
-    hyp_version: Option<(u32, u32, u32)>,
+    /// Each host's QEMU release (libvirt's hypervisor version), read from its own daemon.
+    hyp_versions: [Option<(u32, u32, u32)>; 2],
 }
 
 impl LibvirtPair {
@@ -233,7 +241,7 @@ impl LibvirtPair {
             message: message(&e),
         })?;
         let info = parse_domain_xml(&xml).map_err(|message| LibvirtError::Xml { domain: domain.into(), message })?;
-        let hyp_version = conns[current].hyp_version().ok().map(|v| (v / 1_000_000, v / 1000 % 1000, v % 1000));
+        let hyp_versions = conns.each_ref().map(|c| c.hyp_version().ok().map(release));
         let [a, b] = conns;
         Ok(Self {
             domain: domain.into(),
@@ -243,8 +251,24 @@ impl LibvirtPair {
             current,
             console_mark: [0; 2],
             info,
-            hyp_version,
+            hyp_versions,
         })
+    }
+
+    /// A pair that has not connected to its hosts, for tests of what it derives from
+    /// them (the domain runs on the first).
+    #[cfg(test)]
+    pub(crate) fn unconnected_for_test(hosts: [LibvirtHost; 2], hyp_versions: [Option<(u32, u32, u32)>; 2]) -> Self {
+        Self {
+            domain: "test".into(),
+            hosts,
+            flags: LibvirtFlags::default(),
+            conns: [Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None))],
+            current: 0,
+            console_mark: [0; 2],
+            info: DomainInfo::default(),
+            hyp_versions,
+        }
     }
 
     /// The domain definition as read when the pair was opened.
@@ -351,8 +375,9 @@ impl HostPair for LibvirtPair {
         (self.hosts[self.current].name.clone(), self.hosts[1 - self.current].name.clone())
     }
 
-    fn hypervisor_version(&self) -> Option<(u32, u32)> {
-        self.hyp_version.map(|(a, b, _)| (a, b))
+    fn hypervisor_versions(&self) -> Versions {
+        let of = |i: usize| self.hyp_versions[i].map(|(a, b, _)| (a, b));
+        Versions { source: of(self.current), destination: of(1 - self.current) }
     }
 
     fn machine(&self) -> Machine {
@@ -363,13 +388,18 @@ impl HostPair for LibvirtPair {
         };
         Machine {
             hypervisor: "qemu (libvirt)".into(),
-            version: self.hyp_version.map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_default(),
+            version: {
+                let of = |i: usize| self.hyp_versions[i].map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_default();
+                let (src, dst) = (of(self.current), of(1 - self.current));
+                if src == dst { src } else { format!("{src} → {dst}") }
+            },
             description: format!(
                 "libvirt {} hosts {} and {}",
                 self.conn(self.current)
                     .ok()
                     .and_then(|c| c.lib_version().ok())
-                    .map_or_else(|| "?".into(), |v| format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)),
+                    .map(release)
+                    .map_or_else(|| "?".into(), |(a, b, c)| format!("{a}.{b}.{c}")),
                 self.hosts[0].name,
                 self.hosts[1].name
             ),

@@ -368,7 +368,7 @@ impl Session {
         let mut timeline: Timeline = timeline::assemble(&timeline::Input {
             outcome: &outcome,
             trace: trace.as_ref(),
-            qemu_version: pair.hypervisor_version(),
+            qemu_versions: pair.hypervisor_versions(),
             clock: WallClock::from_pair(outcome.start_ns, outcome.start_unix_us),
             destination_tap: traced.as_ref().and_then(|t| t.destination_tap.as_deref()),
             probe_ident: prober.as_ref().map(|p| p.ident),

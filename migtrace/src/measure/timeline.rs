@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::downtime::span_ms;
 use crate::{
     clock::WallClock,
-    hypervisor::{HostEvent, MigrationOutcome},
+    hypervisor::{HostEvent, MigrationOutcome, Versions},
     probe::{
         qemu::migration_status_name,
         tracer::{PacketStamp, PhaseStamp, Trace},
@@ -199,9 +199,10 @@ impl Timeline {
 pub struct Input<'a> {
     pub outcome: &'a MigrationOutcome,
     pub trace: Option<&'a Trace>,
-    /// QEMU (major, minor): `migrate_set_state` numbers depend on it. None: unknown,
-    /// decoded as [`ASSUMED_QEMU_VERSION`] (noted in `fallbacks`).
-    pub qemu_version: Option<(u32, u32)>,
+    /// Each host's QEMU (major, minor): `migrate_set_state` numbers depend on it, and
+    /// each host's stamps are decoded with its own. Unknown: decoded as
+    /// [`ASSUMED_QEMU_VERSION`] (noted in `fallbacks`).
+    pub qemu_versions: Versions,
     /// Converts QMP's Unix-µs stamps to monotonic ns.
     pub clock: WallClock,
     /// Tap of the destination, to find the first guest packet after the switchover.
@@ -214,13 +215,15 @@ pub struct Input<'a> {
 /// unknown: Debian 12's QEMU.
 pub const ASSUMED_QEMU_VERSION: (u32, u32) = (7, 2);
 
+/// One host's QEMU stamps, and the QEMU release they are decoded with.
 struct Stamps<'a> {
     list: Vec<&'a PhaseStamp>,
+    version: (u32, u32),
 }
 
 impl<'a> Stamps<'a> {
-    fn of(trace: Option<&'a Trace>, pid: u32) -> Self {
-        Self { list: trace.map(|t| t.phases.iter().filter(|p| p.tgid == pid).collect()).unwrap_or_default() }
+    fn of(trace: Option<&'a Trace>, pid: u32, version: (u32, u32)) -> Self {
+        Self { list: trace.map(|t| t.phases.iter().filter(|p| p.tgid == pid).collect()).unwrap_or_default(), version }
     }
     fn all(&self, point: &str, ret: bool) -> impl Iterator<Item = &&'a PhaseStamp> {
         self.list.iter().filter(move |p| p.point == point && p.ret == ret)
@@ -231,9 +234,11 @@ impl<'a> Stamps<'a> {
     fn last(&self, point: &str, ret: bool) -> Option<u64> {
         self.all(point, ret).last().map(|p| p.ts_ns)
     }
-    /// `migrate_set_state` into state `name`.
-    fn state(&self, name: &str, version: (u32, u32)) -> Option<u64> {
-        self.all("MigrateSetState", false).find(|p| migration_status_name(p.args[2], version) == name).map(|p| p.ts_ns)
+    /// `migrate_set_state` into state `name`, as this host's QEMU numbers its states.
+    fn state(&self, name: &str) -> Option<u64> {
+        self.all("MigrateSetState", false)
+            .find(|p| migration_status_name(p.args[2], self.version) == name)
+            .map(|p| p.ts_ns)
     }
 }
 
@@ -258,16 +263,20 @@ impl Qmp<'_> {
 pub fn assemble(input: &Input<'_>) -> Timeline {
     let o = input.outcome;
     let mut fallbacks = Vec::new();
-    let v = input.qemu_version.unwrap_or_else(|| {
+    let v = input.qemu_versions.source.unwrap_or_else(|| {
         let (major, minor) = ASSUMED_QEMU_VERSION;
-        fallbacks.push(format!("QEMU version unknown: migrate_set_state states decoded as QEMU {major}.{minor}'s"));
+        fallbacks.push(format!(
+            "QEMU version unknown on the source: migrate_set_state states decoded as QEMU {major}.{minor}'s"
+        ));
         ASSUMED_QEMU_VERSION
     });
+    // Only the source's states are decoded; the destination's stamps would be with its own.
+    let dst_version = input.qemu_versions.destination.unwrap_or(ASSUMED_QEMU_VERSION);
     if let Some(t) = input.trace {
         fallbacks.extend(t.health.fallbacks.iter().cloned());
     }
-    let src = Stamps::of(input.trace, o.source_pid);
-    let dst = Stamps::of(input.trace, o.destination_pid);
+    let src = Stamps::of(input.trace, o.source_pid, v);
+    let dst = Stamps::of(input.trace, o.destination_pid, dst_version);
     let sq = Qmp { events: &o.source_events, clock: input.clock };
     let dq = Qmp { events: &o.destination_events, clock: input.clock };
     let mut missing = Vec::new();
@@ -287,8 +296,8 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         }
     };
 
-    let setup = pick("setup", src.state("setup", v), sq.status("setup"));
-    let active = pick("active", src.state("active", v), sq.status("active"));
+    let setup = pick("setup", src.state("setup"), sq.status("setup"));
+    let active = pick("active", src.state("active"), sq.status("active"));
     let stop_call = src.first("VmStopForceState", false);
     let vm_stop = pick("vm-stop", stop_call, sq.when(|e| e.event == "STOP"));
     // The vCPU blackout, both sides the same way (see `Marks`): guest-code stamps
@@ -305,7 +314,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         clamp(last_source_exit, src.first("PauseAllVcpus", false).or(stop_call), src.first("PauseAllVcpus", true)),
         sq.when(|e| e.event == "STOP"),
     );
-    let completed = pick("source-completed", src.state("completed", v), sq.status("completed"));
+    let completed = pick("source-completed", src.state("completed"), sq.status("completed"));
     // The source completes only once the destination confirmed the load when QEMU has a
     // return path (libvirt enables one): the stream's end is the source's last send.
     let sent = src.last("SavevmStateCompletePrecopy", true).or(completed);
@@ -618,7 +627,7 @@ mod tests {
         assemble(&Input {
             outcome: o,
             trace,
-            qemu_version: version,
+            qemu_versions: Versions::both(version),
             clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
             destination_tap: Some("tap-b"),
             probe_ident: None,
@@ -687,6 +696,86 @@ mod tests {
         assert!(t.missing.iter().any(|m| m.starts_with("vm-stop: its start and end stamps are equal")));
     }
 
+    /// A recorded lab migration (`migtrace migrate --lab --keep-trace`): its outcome
+    /// without QMP events (libvirt hosts have none: the marks come from the probes) and
+    /// its raw trace.
+    fn recorded(fixture: &str) -> (MigrationOutcome, Trace) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+        let r = crate::measure::record::read(&path).expect("fixture").remove(0);
+        let mut o = r.outcome;
+        (o.source_events, o.destination_events) = (Vec::new(), Vec::new());
+        (o, r.trace.expect("recorded with --keep-trace"))
+    }
+
+    /// The source's last `migrate_set_state`, as QEMU called it.
+    fn last_state(t: &Trace) -> &PhaseStamp {
+        t.phases.iter().rfind(|p| p.tgid == t.source_pid && p.point == "MigrateSetState").expect("state change")
+    }
+
+    #[tokio::test]
+    async fn each_hosts_states_are_decoded_with_its_own_qemu_release() {
+        use crate::hypervisor::{
+            HostPair as _,
+            libvirt::{LibvirtHost, LibvirtPair},
+        };
+        // QEMU 7.2 completes with state 8 (4 → 8); QEMU 10.0 with 9 (13 → 9): 9.1
+        // inserted a state at 7. Both recorded.
+        let (o72, t72) = recorded("tcg-dirty-2000.jsonl");
+        let (o10, t10) = recorded("qemu-10.0-wset16M-rate1000.jsonl");
+        assert_eq!((last_state(&t72).args[2], last_state(&t10).args[2]), (8, 9));
+        // The 7.2 recording as if its migration had failed: 7.2's "failed" is 9.
+        let mut t72_failed = t72.clone();
+        t72_failed
+            .phases
+            .iter_mut()
+            .rfind(|p| p.tgid == t72.source_pid && p.point == "MigrateSetState")
+            .expect("state")
+            .args[2] = 9;
+        let v72 = (7, 2, 22);
+        let v10 = (10, 0, 2);
+        for (a, b) in [(v72, v10), (v10, v72)] {
+            let hosts = ["a", "b"].map(|h| LibvirtHost::from_uri(&format!("qemu+ssh://{h}/system"), h));
+            let mut pair = LibvirtPair::unconnected_for_test(hosts, [Some(a), Some(b)]);
+            // Ping-pong: a → b, then b → a; each time the source's QEMU decides.
+            for source in [a, b] {
+                let versions = pair.hypervisor_versions();
+                assert_eq!(versions.source, Some((source.0, source.1)));
+                let cases: Vec<(&MigrationOutcome, &Trace, bool)> = if source == v72 {
+                    vec![(&o72, &t72, true), (&o72, &t72_failed, false)]
+                } else {
+                    vec![(&o10, &t10, true)]
+                };
+                for (o, trace, completed) in cases {
+                    let t = assemble(&Input {
+                        outcome: o,
+                        trace: Some(trace),
+                        qemu_versions: versions,
+                        clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+                        destination_tap: None,
+                        probe_ident: None,
+                    });
+                    let what = format!("QEMU {source:?} source, {}", if completed { "completed" } else { "failed" });
+                    let want = completed.then(|| last_state(trace).ts_ns);
+                    assert_eq!(t.marks.source_completed_ns, want, "{what}");
+                    assert!(t.marks.setup_ns.is_some() && t.marks.active_ns.is_some(), "{what}");
+                    assert!(t.fallbacks.is_empty(), "{what}: {:?}", t.fallbacks);
+                    // Decoded with the other host's release, it is misread.
+                    let other = if source == v72 { (10, 0) } else { (7, 2) };
+                    let misread = assemble(&Input {
+                        outcome: o,
+                        trace: Some(trace),
+                        qemu_versions: Versions::both(Some(other)),
+                        clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+                        destination_tap: None,
+                        probe_ident: None,
+                    });
+                    assert_ne!(misread.marks.source_completed_ns, want, "{what}: the fixture tells the releases apart");
+                }
+                pair.prepare_next().await.expect("next");
+            }
+        }
+    }
+
     #[test]
     fn assumed_defaults_are_recorded() {
         let o = outcome();
@@ -694,7 +783,7 @@ mod tests {
         trace.health =
             TraceHealth { fallbacks: vec!["ioctl cmd assumed at offset 24".into()], ..TraceHealth::default() };
         let t = assemble_with(Some(&trace), &o, None);
-        assert!(t.fallbacks.iter().any(|f| f.starts_with("QEMU version unknown")), "{:?}", t.fallbacks);
+        assert!(t.fallbacks.iter().any(|f| f.starts_with("QEMU version unknown on the source")), "{:?}", t.fallbacks);
         assert!(t.fallbacks.iter().any(|f| f.contains("offset 24")));
         assert_eq!(t.marks.setup_ns, Some(MS), "decoded with 7.2's numbering");
     }
