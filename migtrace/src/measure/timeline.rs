@@ -222,8 +222,10 @@ struct Stamps<'a> {
 }
 
 impl<'a> Stamps<'a> {
-    fn of(trace: Option<&'a Trace>, pid: u32, version: (u32, u32)) -> Self {
-        Self { list: trace.map(|t| t.phases.iter().filter(|p| p.tgid == pid).collect()).unwrap_or_default(), version }
+    /// The stamps of one side's QEMU: by pid and, when hosts had tracers of their own,
+    /// by host (two hosts' QEMUs may have the same pid).
+    fn of(trace: Option<&'a Trace>, side: fn(&Trace, &PhaseStamp) -> bool, version: (u32, u32)) -> Self {
+        Self { list: trace.map(|t| t.phases.iter().filter(|p| side(t, p)).collect()).unwrap_or_default(), version }
     }
     fn all(&self, point: &str, ret: bool) -> impl Iterator<Item = &&'a PhaseStamp> {
         self.list.iter().filter(move |p| p.point == point && p.ret == ret)
@@ -275,8 +277,8 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     if let Some(t) = input.trace {
         fallbacks.extend(t.health.fallbacks.iter().cloned());
     }
-    let src = Stamps::of(input.trace, o.source_pid, v);
-    let dst = Stamps::of(input.trace, o.destination_pid, dst_version);
+    let src = Stamps::of(input.trace, Trace::from_source, v);
+    let dst = Stamps::of(input.trace, Trace::from_destination, dst_version);
     let sq = Qmp { events: &o.source_events, clock: input.clock };
     let dq = Qmp { events: &o.destination_events, clock: input.clock };
     let mut missing = Vec::new();
@@ -318,8 +320,32 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     // The source completes only once the destination confirmed the load when QEMU has a
     // return path (libvirt enables one): the stream's end is the source's last send.
     let sent = src.last("SavevmStateCompletePrecopy", true).or(completed);
-    let first_dest_enter =
-        input.trace.and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
+    // A destination traced by a tracer of its own saw nothing before that tracer attached
+    // to its QEMU: a vCPU's first entry after that is the resume only if the tracer
+    // attached before the destination could resume (the source stopped), or saw the
+    // resume itself. Otherwise it is a late stamp, not the resume.
+    let since_command = |t: u64| (t as i128 - o.start_ns as i128) as f64 / 1e6;
+    let dst_attached = input.trace.and_then(|t| t.destination_host.as_ref()).map(|h| h.attached_ns);
+    let resume_seen = dst.first("ResumeAllVcpus", false).is_some();
+    let late_vcpus = match (dst_attached, stop_call.or(source_paused)) {
+        (Some(at), stop) if at > 0 && !resume_seen && stop.is_none_or(|s| at > s) => {
+            let when = stop.map_or_else(
+                || "the source's stop is unknown".to_owned(),
+                |s| format!("after the source stopped ({:.3} ms)", since_command(s)),
+            );
+            missing.push(format!(
+                "destination-resumed: the destination's tracer attached to its QEMU at {:.3} ms, {when}, and saw no \
+                 resume_all_vcpus: its vCPUs' first entries may be later than the resume, not taken",
+                since_command(at)
+            ));
+            true
+        }
+        _ => false,
+    };
+    let first_dest_enter = input
+        .trace
+        .filter(|_| !late_vcpus)
+        .and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
     let resumed_probe = clamp(first_dest_enter, dst.first("ResumeAllVcpus", false), dst.first("ResumeAllVcpus", true));
     let resume_event = dq.when(|e| e.event == "RESUME");
     let resumed = pick("destination-resumed", resumed_probe, resume_event);
@@ -489,14 +515,25 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         Evidence::Probe,
         true,
     );
+    let receive_start = dst.first("LoadvmState", false);
     push(
         "destination receive".into(),
         Host::Destination,
-        dst.first("LoadvmState", false),
+        receive_start,
         dst.last("LoadvmState", true),
         Evidence::Probe,
         true,
     );
+    if let (None, Some(at), Some(setup)) = (receive_start, dst_attached, setup)
+        && at > setup
+    {
+        missing.push(format!(
+            "destination receive: the destination's tracer attached to its QEMU at {:.3} ms, after the migration's \
+             setup ({:.3} ms): the load may have begun before",
+            since_command(at),
+            since_command(setup)
+        ));
+    }
     missing.extend(unplaced);
 
     let mut vcpus = Vec::new();
@@ -513,7 +550,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         vcpus.extend(
             t.destination_vcpus
                 .iter()
-                .filter(|v| v.first_enter_ns > 0)
+                .filter(|v| v.first_enter_ns > 0 && !late_vcpus)
                 .map(|v| edge(Host::Destination, v, v.first_enter_ns)),
         );
     }
@@ -555,7 +592,7 @@ mod tests {
     const DST: u32 = 2;
 
     fn stamp(ts_ns: u64, tgid: u32, point: &str, ret: bool, args: [u64; 3]) -> PhaseStamp {
-        PhaseStamp { ts_ns, tgid, tid: tgid, point: point.into(), ret, args, value: 0 }
+        PhaseStamp { ts_ns, tgid, tid: tgid, point: point.into(), ret, args, value: 0, host: None }
     }
 
     fn event(event: &str, at_ns: u64, data: serde_json::Value) -> HostEvent {

@@ -484,6 +484,7 @@ mod tests {
             ret: false,
             args: [0; 3],
             value: 0,
+            host: None,
         });
         t.trace.packets.push(PacketStamp {
             ts_ns: 2_000,

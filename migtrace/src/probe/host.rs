@@ -275,6 +275,7 @@ mod tests {
             ret: false,
             args: [7; 3],
             value: 9,
+            host: None,
         });
         t.trace.packets.push(PacketStamp {
             ts_ns: 2_000,

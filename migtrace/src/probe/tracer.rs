@@ -42,6 +42,22 @@ pub struct Trace {
     pub source_vcpus: Vec<VcpuStamp>,
     pub destination_vcpus: Vec<VcpuStamp>,
     pub health: TraceHealth,
+    /// When each host had a tracer of its own (agents), the host that traced each side:
+    /// its phases carry its name (two hosts' QEMUs may have the same pid). None: one
+    /// tracer saw both QEMUs (the lab), its phases carry no host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<TraceHost>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_host: Option<TraceHost>,
+}
+
+/// A host that traced one side of a migration with its own tracer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHost {
+    pub name: String,
+    /// When its tracer attached to the domain's QEMU (this trace's clock; 0: never): it
+    /// saw nothing of that QEMU before.
+    pub attached_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +73,9 @@ pub struct PhaseStamp {
     pub args: [u64; 3],
     /// Return: the return value. Entry: the process's round counter.
     pub value: u64,
+    /// The host whose tracer saw it, in a trace merged from several hosts' tracers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Trace {
@@ -75,6 +94,19 @@ impl Trace {
             (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
                 (f(v.first_enter_ns), f(v.last_enter_ns), f(v.last_exit_ns));
         }
+    }
+}
+
+impl Trace {
+    /// Whether `s` is a stamp of the source's QEMU: its pid and, in a trace merged from
+    /// several hosts, its host.
+    pub fn from_source(&self, s: &PhaseStamp) -> bool {
+        s.tgid == self.source_pid && s.host.as_deref() == self.source_host.as_ref().map(|h| h.name.as_str())
+    }
+
+    /// Whether `s` is a stamp of the destination's QEMU (see [`Trace::from_source`]).
+    pub fn from_destination(&self, s: &PhaseStamp) -> bool {
+        s.tgid == self.destination_pid && s.host.as_deref() == self.destination_host.as_ref().map(|h| h.name.as_str())
     }
 }
 
@@ -349,6 +381,7 @@ impl Tracer {
                         ret: e.flags & PHASE_RETURN != 0,
                         args: e.args,
                         value: e.ret,
+                        host: None,
                     });
                 }
                 Event::Packet(e) => packets.push(PacketStamp {
@@ -390,6 +423,9 @@ impl Tracer {
                 problems: Vec::new(),
                 fallbacks: self.probes.fallbacks.clone(),
             },
+            // One tracer, one host: its phases carry no host name.
+            source_host: None,
+            destination_host: None,
         })
     }
 
