@@ -117,7 +117,7 @@ impl Testbed {
                             .map(|(h, argv)| {
                                 let argv = match argv {
                                     Some(argv) => argv.clone(),
-                                    None => crate::probe::agent::ssh_argv(&h.name)
+                                    None => crate::probe::agent::ssh_argv(&h.ssh()?)
                                         .map_err(|e| TestbedError::Config(e.to_string()))?,
                                 };
                                 Ok((h.name.clone(), argv))

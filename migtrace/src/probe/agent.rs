@@ -29,7 +29,10 @@ use super::{
     host::{HostTrace, HostTracer, Role},
     tracer::TraceError,
 };
-use crate::clock::{ClockSample, HostClock, OffsetEstimate, estimate_offset, monotonic_ns};
+use crate::{
+    clock::{ClockSample, HostClock, OffsetEstimate, estimate_offset, monotonic_ns},
+    sys::ssh::SshTarget,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -51,19 +54,17 @@ pub enum AgentError {
     Trace(#[from] TraceError),
 }
 
-/// The default agent command for `host` (from a URI): `ssh HOST migtrace agent`. A host
-/// that ssh would take for an option (a leading `-`) is refused.
-pub fn ssh_argv(host: &str) -> Result<Vec<String>, AgentError> {
-    if host.is_empty() || host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(AgentError::Agent {
-            host: host.into(),
-            message: format!(
-                "{host:?} is not a host name ssh can be given: fix the URI, or give the agent command yourself \
-                 (--agent-source/--agent-destination, agent_source/agent_destination)"
-            ),
-        });
-    }
-    Ok(["ssh", host, "migtrace", "agent"].map(str::to_owned).to_vec())
+/// The default agent command for a host (from its URI): `ssh HOST migtrace agent`, as
+/// the URI's user, at its port, never asking (see [`SshTarget::command`]). A host or user
+/// ssh would take for an option (a leading `-`) is refused.
+pub fn ssh_argv(target: &SshTarget) -> Result<Vec<String>, AgentError> {
+    target.command(&["migtrace", "agent"]).map_err(|e| AgentError::Agent {
+        host: target.host.clone(),
+        message: format!(
+            "{e}: fix the URI, or give the agent command yourself (--agent-source/--agent-destination, \
+             agent_source/agent_destination)"
+        ),
+    })
 }
 
 /// The agent's full command: `argv` (a configured command, already split into words)
@@ -458,16 +459,17 @@ mod tests {
         let local = agent_argv("h", &["/usr/bin/migtrace".into(), "agent".into()], &opts).expect("argv");
         assert_eq!(local, ["/usr/bin/migtrace", "agent", "--domain", evil, "--mac", "52:54:00:12:34:56"]);
         // Over ssh the remote shell reads the joined words: quoted, they come back whole.
-        let remote = agent_argv("h", &ssh_argv("h1.example").expect("host"), &opts).expect("argv");
-        assert_eq!(&remote[..4], ["ssh", "h1.example", "migtrace", "agent"]);
-        let joined = remote[2..].join(" ");
+        let target = SshTarget { host: "h1.example".into(), ..SshTarget::default() };
+        let remote = agent_argv("h", &ssh_argv(&target).expect("host"), &opts).expect("argv");
+        assert_eq!(&remote[..7], ["ssh", "-o", "BatchMode=yes", "--", "h1.example", "migtrace", "agent"]);
+        let joined = remote[5..].join(" ");
         assert_eq!(
             shell_words::split(&joined).expect("the remote shell's reading"),
             ["migtrace", "agent", "--domain", evil, "--mac", "52:54:00:12:34:56"]
         );
         // A URI host ssh would take for an option is refused, with what to do.
         for bad in ["-oProxyCommand=touch /tmp/pwned", "", "a b"] {
-            let e = ssh_argv(bad).expect_err("refused").to_string();
+            let e = ssh_argv(&SshTarget { host: bad.into(), ..SshTarget::default() }).expect_err("refused").to_string();
             assert!(e.contains("agent command yourself"), "{e}");
         }
         assert!(agent_argv("h", &[], &opts).is_err());
