@@ -149,6 +149,35 @@ async fn an_offset_injected_into_an_agent_is_recovered_within_the_reported_uncer
     assert!(estimate_offset(&[]).is_none());
 }
 
+#[test]
+#[ignore = "needs root: loads the agent's eBPF programs (run `cargo xtask test`)"]
+fn an_agent_refuses_an_overlong_request_and_serves_the_next() {
+    use std::io::{BufRead as _, Write as _};
+    let mut agent = std::process::Command::new(MIGTRACE)
+        .args(["agent", "--domain", "no-such-domain"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let mut to = agent.stdin.take().expect("stdin");
+    let mut from = std::io::BufReader::new(agent.stdout.take().expect("stdout"));
+    let mut answer = || {
+        let mut line = String::new();
+        from.read_line(&mut line).expect("answer");
+        serde_json::from_str::<serde_json::Value>(&line).expect("JSON")
+    };
+    assert!(answer().get("ready").is_some());
+    // 1 MB of a valid request: an agent reading without bound would answer it.
+    let pad = "a".repeat(1 << 20);
+    writeln!(to, r#"{{"op":"clock","pad":"{pad}"}}"#).expect("write");
+    assert_eq!(answer()["error"], "request longer than 65536 bytes");
+    writeln!(to, r#"{{"op":"clock"}}"#).expect("write");
+    assert!(answer()["t"].as_u64().is_some_and(|t| t > 0), "the next request is served");
+    writeln!(to, r#"{{"op":"quit"}}"#).expect("write");
+    let status = agent.wait().expect("exit");
+    assert!(status.success(), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, libvirt and QEMU: two libvirt daemons (run `cargo xtask test`)"]
 async fn a_migration_to_a_host_whose_daemon_stopped_fails_cleanly_with_a_record() {
