@@ -33,8 +33,8 @@ impl EventKind {
 /// that failed because userspace did not drain fast enough.
 pub const LOSS_MAP_LEN: u32 = EventKind::COUNT;
 
-/// Diagnostics the eBPF programs log (aya-log), once per CPU each: indices of the
-/// kernel side's `DIAG_SEEN` flags.
+/// Conditions the eBPF programs meet: each is counted per CPU in `DIAG_COUNT` (read into
+/// the trace's health) and logged (aya-log) once per CPU (`DIAG_SEEN`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Diag {
@@ -54,10 +54,27 @@ pub enum Diag {
     IoctlLayout = 6,
     /// A frame with the IPv4 ethertype whose header is not IPv4 (version, IHL).
     IpLayout = 7,
+    /// `DIRTY_LOG_ARG` is full: a KVM_GET_DIRTY_LOG's bitmap is not counted.
+    DirtyLogArgFull = 8,
+    /// `SLOT_PAGES` is full: a memslot's size is unknown, its bitmaps are not counted.
+    SlotPagesFull = 9,
 }
 
 impl Diag {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
+
+    pub const ALL: [Diag; Self::COUNT as usize] = [
+        Self::RingFull,
+        Self::KvmStatsFull,
+        Self::VcpuRunFull,
+        Self::InflightFull,
+        Self::SavedArgsFull,
+        Self::RoundFull,
+        Self::IoctlLayout,
+        Self::IpLayout,
+        Self::DirtyLogArgFull,
+        Self::SlotPagesFull,
+    ];
 }
 
 /// Role of a traced process, the value of the `TARGETS` map keyed by tgid.
@@ -172,6 +189,14 @@ pub mod cookie {
 
 /// [`PhaseEvent::flags`]: the record is from the return probe.
 pub const PHASE_RETURN: u32 = 1;
+/// [`PhaseEvent::flags`] of a return probe that should read values through pointer
+/// arguments: the entry probe saved no arguments for this call (the call began before
+/// the probe was attached, or `SAVED_ARGS` was full), so none was read.
+pub const PHASE_ARGS_NOT_SAVED: u32 = 1 << 1;
+/// [`PhaseEvent::flags`] of a return probe: bit `PHASE_ARG_FAULT_SHIFT + i` set when
+/// reading `args[i]` through its pointer failed (`args[i]` is then 0, not a value).
+pub const PHASE_ARG_FAULT_SHIFT: u32 = 8;
+pub const PHASE_ARG_FAULT_MASK: u32 = 0b111 << PHASE_ARG_FAULT_SHIFT;
 
 /// Entry into or return from a probed QEMU function.
 #[repr(C)]
@@ -180,10 +205,12 @@ pub struct PhaseEvent {
     pub header: EventHeader,
     /// A [`PhasePoint`] discriminant.
     pub point: u32,
-    /// [`PHASE_RETURN`] for return probes.
+    /// [`PHASE_RETURN`] for return probes, with [`PHASE_ARGS_NOT_SAVED`] and the
+    /// [`PHASE_ARG_FAULT_MASK`] bits for values that could not be read.
     pub flags: u32,
     /// Entry: the first three arguments. Return: the values behind the arguments named
-    /// in the cookie's deref mask (in argument order), zero elsewhere.
+    /// in the cookie's deref mask (in argument order), zero elsewhere and where `flags`
+    /// says a value could not be read.
     pub args: [u64; 3],
     /// Return: the return value. Entry: the round counter of this process.
     pub ret: u64,
@@ -263,6 +290,13 @@ pub enum KvmWhat {
     DirtyRingExit = 7,
     /// Pages set in the bitmaps KVM_GET_DIRTY_LOG returned (a count of pages, no latency).
     DirtyPages = 8,
+    /// KVM_GET_DIRTY_LOG bitmaps of memslots larger than the eBPF loop reaches (4 GiB):
+    /// only their first 4 GiB are in `DirtyPages` (a count of bitmaps).
+    DirtyPagesTruncated = 9,
+    /// KVM_GET_DIRTY_LOG bitmaps not counted, or counted only in part: the argument or
+    /// a chunk of the bitmap could not be read, or the memslot's size is unknown (a
+    /// count of bitmaps; what was read is in `DirtyPages`).
+    DirtyPagesUnread = 10,
 }
 
 impl KvmWhat {
@@ -276,6 +310,8 @@ impl KvmWhat {
             6 => Some(Self::DirtyRingReset),
             7 => Some(Self::DirtyRingExit),
             8 => Some(Self::DirtyPages),
+            9 => Some(Self::DirtyPagesTruncated),
+            10 => Some(Self::DirtyPagesUnread),
             _ => None,
         }
     }
@@ -376,6 +412,9 @@ mod tests {
         }
         assert_eq!(PhasePoint::from_u16(0), None);
         assert_eq!(PhasePoint::from_u16(PhasePoint::ALL.len() as u16 + 1), None);
+        for (i, d) in Diag::ALL.into_iter().enumerate() {
+            assert_eq!(d as usize, i, "Diag::ALL in discriminant order");
+        }
     }
 
     #[test]
@@ -399,6 +438,8 @@ mod tests {
         assert_eq!(kvm_ioctl::KVM_SET_USER_MEMORY_REGION, (1 << 30) | (32 << 16) | (0xae << 8) | 0x46);
         // _IOW(0xAE, 0x49, struct kvm_userspace_memory_region2 /* 160 bytes */)
         assert_eq!(kvm_ioctl::KVM_SET_USER_MEMORY_REGION2, (1 << 30) | (160 << 16) | (0xae << 8) | 0x49);
-        assert_eq!(KvmWhat::from_u32(KvmWhat::DirtyPages as u32), Some(KvmWhat::DirtyPages));
+        for what in [KvmWhat::DirtyPages, KvmWhat::DirtyPagesTruncated, KvmWhat::DirtyPagesUnread] {
+            assert_eq!(KvmWhat::from_u32(what as u32), Some(what));
+        }
     }
 }

@@ -14,7 +14,7 @@ use aya_log_ebpf::warn;
 use migtrace_common::event::{Diag, InflightIoctl, KvmStatKey, KvmWhat, kvm_ioctl};
 
 use crate::maps::{
-    INFLIGHT, current, first_time, kvm_stat_add, kvm_stat_add_n, now_ns, round_of, traced_role, vcpu_enter, vcpu_exit,
+    INFLIGHT, current, kvm_stat_add, kvm_stat_add_n, now_ns, raise, round_of, traced_role, vcpu_enter, vcpu_exit,
 };
 
 /// Offset of `cmd` in `syscalls:sys_enter_ioctl`, read by userspace from the tracepoint's
@@ -41,7 +41,8 @@ static SLOT_PAGES: HashMap<u64, u64> = HashMap::with_max_entries(1024, 0);
 static DIRTY_LOG_ARG: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 
 /// Largest dirty bitmap counted, in chunks of [`CHUNK_WORDS`] 64-bit words: a 4 GiB
-/// memslot. Whole chunks keep the loop short enough for the verifier.
+/// memslot. Whole chunks keep the loop short enough for the verifier; a larger slot's
+/// count is flagged truncated.
 const MAX_BITMAP_CHUNKS: u64 = 1 << 10;
 const CHUNK_WORDS: usize = 16;
 
@@ -57,7 +58,7 @@ pub fn kvm_ioctl_enter(ctx: TracePointContext) -> u32 {
     let offset = patched(&IOCTL_CMD_OFFSET);
     // SAFETY: reading fields of the tracepoint record at their format-file offsets.
     let Ok(cmd) = (unsafe { ctx.read_at::<u64>(offset) }) else {
-        if first_time(Diag::IoctlLayout) {
+        if raise(Diag::IoctlLayout) {
             warn!(&ctx, "sys_enter_ioctl: no cmd at offset {}: KVM ioctls are not counted", offset);
         }
         return 0;
@@ -76,11 +77,11 @@ pub fn kvm_ioctl_enter(ctx: TracePointContext) -> u32 {
         vcpu_enter(&ctx, tgid, tid, now);
     }
     let inflight = InflightIoctl { what: what as u32, round: round_of(tgid), start_ns: now };
-    if INFLIGHT.insert(&tid, &inflight, 0).is_err() && first_time(Diag::InflightFull) {
+    if INFLIGHT.insert(&tid, &inflight, 0).is_err() && raise(Diag::InflightFull) {
         warn!(&ctx, "INFLIGHT is full: an ioctl of thread {} is not timed", tid);
     }
-    if what == KvmWhat::GetDirtyLog {
-        let _ = DIRTY_LOG_ARG.insert(&tid, &arg, 0);
+    if what == KvmWhat::GetDirtyLog && DIRTY_LOG_ARG.insert(&tid, &arg, 0).is_err() && raise(Diag::DirtyLogArgFull) {
+        warn!(&ctx, "DIRTY_LOG_ARG is full: a dirty bitmap of thread {} is not counted", tid);
     }
     0
 }
@@ -94,7 +95,11 @@ fn remember_slot(tgid: u32, arg: u64) {
     else {
         return;
     };
-    let _ = SLOT_PAGES.insert(&(((tgid as u64) << 32) | slot as u64), &(size >> 12), 0);
+    if SLOT_PAGES.insert(&(((tgid as u64) << 32) | slot as u64), &(size >> 12), 0).is_err() {
+        // Its bitmaps are flagged unread when counted; counted here, logged nowhere
+        // (no context for a log record).
+        let _ = raise(Diag::SlotPagesFull);
+    }
 }
 
 #[tracepoint]
@@ -115,27 +120,40 @@ pub fn kvm_ioctl_exit(ctx: TracePointContext) -> u32 {
         let _ = DIRTY_LOG_ARG.remove(&tid);
         // SAFETY: reading the return value at its format-file offset.
         let ok = unsafe { ctx.read_at::<i64>(patched(&IOCTL_RET_OFFSET)) }.is_ok_and(|r| r == 0);
-        if let (Some(arg), true) = (arg, ok) {
-            let pages = dirty_pages(tgid, arg);
-            let key = KvmStatKey { tgid, round: inflight.round, what: KvmWhat::DirtyPages as u32, _pad: 0 };
-            kvm_stat_add_n(&ctx, &key, pages);
+        if ok {
+            let key = |what: KvmWhat| KvmStatKey { tgid, round: inflight.round, what: what as u32, _pad: 0 };
+            // Without the argument (DIRTY_LOG_ARG was full) nothing can be read.
+            let (pages, partial) = arg.map_or((0, Some(KvmWhat::DirtyPagesUnread)), |arg| dirty_pages(tgid, arg));
+            // A bitmap not read at all adds no page count: a zero would pose as one.
+            if pages > 0 || partial.is_none() {
+                kvm_stat_add_n(&ctx, &key(KvmWhat::DirtyPages), pages);
+            }
+            if let Some(what) = partial {
+                kvm_stat_add_n(&ctx, &key(what), 1);
+            }
         }
     }
     0
 }
 
-/// Pages set in the bitmap a KVM_GET_DIRTY_LOG just filled in. `struct kvm_dirty_log`:
-/// slot (u32) at 0, the bitmap's address (u64) at 8; its size is the slot's.
+/// Pages set in the bitmap a KVM_GET_DIRTY_LOG just filled in, and what kept the count
+/// from being whole: [`KvmWhat::DirtyPagesTruncated`] (a memslot over 4 GiB, counted
+/// up to 4 GiB) or [`KvmWhat::DirtyPagesUnread`] (the argument or part of the bitmap
+/// unreadable, or the slot's size unknown; what was read is counted). `struct
+/// kvm_dirty_log`: slot (u32) at 0, the bitmap's address (u64) at 8; its size is the
+/// slot's.
 #[inline(always)]
-fn dirty_pages(tgid: u32, arg: u64) -> u64 {
+fn dirty_pages(tgid: u32, arg: u64) -> (u64, Option<KvmWhat>) {
     // SAFETY: reading the ioctl's argument from the caller's memory; a bad pointer is an error.
     let (Ok(slot), Ok(bitmap)) =
         (unsafe { (bpf_probe_read_user(arg as *const u32), bpf_probe_read_user((arg + 8) as *const u64)) })
     else {
-        return 0;
+        return (0, Some(KvmWhat::DirtyPagesUnread));
     };
     // SAFETY: plain u64 copied out.
-    let Some(pages) = (unsafe { SLOT_PAGES.get(&(((tgid as u64) << 32) | slot as u64)) }).copied() else { return 0 };
+    let Some(pages) = (unsafe { SLOT_PAGES.get(&(((tgid as u64) << 32) | slot as u64)) }).copied() else {
+        return (0, Some(KvmWhat::DirtyPagesUnread));
+    };
     let words = pages.div_ceil(64);
     let chunks = words / CHUNK_WORDS as u64;
     let mut set = 0;
@@ -147,21 +165,28 @@ fn dirty_pages(tgid: u32, arg: u64) -> u64 {
         }
         let at = bitmap + c * (CHUNK_WORDS as u64 * 8);
         // SAFETY: as above; the chunk lies within the bitmap.
-        let Ok(chunk) = (unsafe { bpf_probe_read_user(at as *const [u64; CHUNK_WORDS]) }) else { return set };
+        let Ok(chunk) = (unsafe { bpf_probe_read_user(at as *const [u64; CHUNK_WORDS]) }) else {
+            return (set, Some(KvmWhat::DirtyPagesUnread));
+        };
         for word in chunk {
             set += popcount(word);
         }
     }
-    let done = chunks.min(MAX_BITMAP_CHUNKS) * CHUNK_WORDS as u64;
+    if chunks > MAX_BITMAP_CHUNKS {
+        return (set, Some(KvmWhat::DirtyPagesTruncated));
+    }
+    let done = chunks * CHUNK_WORDS as u64;
     for i in 0..CHUNK_WORDS as u64 {
         if done + i >= words {
             break;
         }
         // SAFETY: as above; the word lies within the bitmap.
-        let Ok(word) = (unsafe { bpf_probe_read_user((bitmap + (done + i) * 8) as *const u64) }) else { break };
+        let Ok(word) = (unsafe { bpf_probe_read_user((bitmap + (done + i) * 8) as *const u64) }) else {
+            return (set, Some(KvmWhat::DirtyPagesUnread));
+        };
         set += popcount(word);
     }
-    set
+    (set, None)
 }
 
 /// Bits set in `x` (BPF has no popcount instruction).

@@ -23,6 +23,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub static DIAG_SEEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(Diag::COUNT, 0);
 
+/// Per-CPU count of each [`Diag`] raised, read by userspace into the trace's health: a
+/// full map or an unreadable layout is a figure missing, never a silent zero.
+#[map]
+pub static DIAG_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(Diag::COUNT, 0);
+
 /// Per-CPU count of records that could not be reserved, by [`EventKind`].
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_MAP_LEN, 0);
@@ -94,11 +99,21 @@ pub fn header(kind: EventKind) -> EventHeader {
     header_at(kind, now_ns())
 }
 
+/// Counts diagnostic `d` (see [`DIAG_COUNT`]) and tells whether it is raised for the
+/// first time on this CPU, to be logged then.
+#[inline(always)]
+pub fn raise(d: Diag) -> bool {
+    if let Some(n) = DIAG_COUNT.get_ptr_mut(d as u32) {
+        atomic_add(n, 1);
+    }
+    first_time(d)
+}
+
 /// Whether diagnostic `d` is raised for the first time on this CPU (see [`DIAG_SEEN`]).
 /// Two preempted programs on one CPU may both see "first": a duplicate log line at
 /// worst.
 #[inline(always)]
-pub fn first_time(d: Diag) -> bool {
+fn first_time(d: Diag) -> bool {
     match DIAG_SEEN.get_ptr_mut(d as u32) {
         // SAFETY: a per-CPU u32 slot of a map that outlives the program.
         Some(seen) => unsafe {
@@ -135,6 +150,7 @@ pub fn emit<C: EbpfContext, T: 'static>(ctx: &C, kind: EventKind, record: T) {
             if let Some(n) = LOSS.get_ptr_mut(kind as u32) {
                 atomic_add(n, 1);
             }
+            // Counted per kind in LOSS already.
             if first_time(Diag::RingFull) {
                 warn!(ctx, "ring buffer full: records lost (counted per kind in LOSS)");
             }
@@ -158,7 +174,7 @@ pub fn kvm_stat_add<C: EbpfContext>(ctx: &C, key: &KvmStatKey, ns: u64) {
         let zero = KvmStat { count: 0, total_ns: 0, max_ns: 0 };
         if KVM_STATS.insert(key, zero, BPF_NOEXIST as u64).is_err()
             && KVM_STATS.get_ptr_mut(key).is_none()
-            && first_time(Diag::KvmStatsFull)
+            && raise(Diag::KvmStatsFull)
         {
             warn!(ctx, "KVM_STATS is full: KVM counts of process {} are incomplete", key.tgid);
         }
@@ -186,7 +202,7 @@ pub fn kvm_stat_add_n<C: EbpfContext>(ctx: &C, key: &KvmStatKey, n: u64) {
         let zero = KvmStat { count: 0, total_ns: 0, max_ns: 0 };
         if KVM_STATS.insert(key, zero, BPF_NOEXIST as u64).is_err()
             && KVM_STATS.get_ptr_mut(key).is_none()
-            && first_time(Diag::KvmStatsFull)
+            && raise(Diag::KvmStatsFull)
         {
             warn!(ctx, "KVM_STATS is full: KVM counts of process {} are incomplete", key.tgid);
         }
@@ -210,7 +226,7 @@ pub fn vcpu_enter<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, now: u64) {
         },
         None => {
             let run = VcpuRun { tgid, _pad: 0, first_enter_ns: now, last_enter_ns: now, last_exit_ns: 0, enters: 1 };
-            if VCPU_RUN.insert(&tid, run, 0).is_err() && first_time(Diag::VcpuRunFull) {
+            if VCPU_RUN.insert(&tid, run, 0).is_err() && raise(Diag::VcpuRunFull) {
                 warn!(ctx, "VCPU_RUN is full: vCPU thread {} of process {} is not timed", tid, tgid);
             }
         }

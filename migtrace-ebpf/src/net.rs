@@ -10,7 +10,7 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use migtrace_common::event::{Diag, EventKind, PacketEvent, PacketKind, UDP_PROBE_PORT};
 
-use crate::maps::{emit, first_time, header};
+use crate::maps::{emit, header, raise};
 
 const TC_ACT_OK: i32 = 0;
 const ETH_HLEN: usize = 14;
@@ -56,7 +56,7 @@ fn classify(ctx: &TcContext) -> Option<PacketEvent> {
             let ver_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
             let ihl = (ver_ihl & 0x0f) as usize;
             if ver_ihl >> 4 != 4 || ihl < 5 {
-                if first_time(Diag::IpLayout) {
+                if raise(Diag::IpLayout) {
                     debug!(ctx, "tap {}: IPv4 ethertype but version/IHL byte {:x}: not parsed", ifindex, ver_ihl);
                 }
                 return None;

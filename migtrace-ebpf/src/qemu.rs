@@ -11,9 +11,11 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::{debug, warn};
-use migtrace_common::event::{Diag, EventKind, PHASE_RETURN, PhaseEvent, PhasePoint, cookie};
+use migtrace_common::event::{
+    Diag, EventKind, PHASE_ARG_FAULT_SHIFT, PHASE_ARGS_NOT_SAVED, PHASE_RETURN, PhaseEvent, PhasePoint, cookie,
+};
 
-use crate::maps::{ROUND, SAVED_ARGS, current, emit, first_time, header_at, now_ns, round_of, vcpu_enter, vcpu_exit};
+use crate::maps::{ROUND, SAVED_ARGS, current, emit, header_at, now_ns, raise, round_of, vcpu_enter, vcpu_exit};
 
 #[inline(always)]
 fn saved_key(tid: u32, point: u64) -> u64 {
@@ -33,14 +35,14 @@ pub fn qemu_enter(ctx: ProbeContext) -> u32 {
     }
     if point == PhasePoint::DirtyLogSync as u64 {
         let next = round_of(tgid) + 1;
-        if ROUND.insert(&tgid, &next, 0).is_err() && first_time(Diag::RoundFull) {
+        if ROUND.insert(&tgid, &next, 0).is_err() && raise(Diag::RoundFull) {
             warn!(&ctx, "ROUND is full: KVM statistics of process {} stay in one round", tgid);
         }
     }
     let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
     if c & cookie::SAVE_ARGS != 0
         && SAVED_ARGS.insert(&saved_key(tid, point), &[arg(0), arg(1), arg(2), arg(3), arg(4)], 0).is_err()
-        && first_time(Diag::SavedArgsFull)
+        && raise(Diag::SavedArgsFull)
     {
         warn!(&ctx, "SAVED_ARGS is full: out-parameters of point {} are not read", point);
     }
@@ -70,6 +72,7 @@ pub fn qemu_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let mut values = [0u64; 3];
+    let mut flags = PHASE_RETURN;
     let deref = (c >> cookie::DEREF_SHIFT) & 0xff;
     if deref != 0 {
         let key = saved_key(tid, point);
@@ -79,14 +82,19 @@ pub fn qemu_return(ctx: RetProbeContext) -> u32 {
             for (i, ptr) in saved.iter().enumerate() {
                 if deref & (1 << i) != 0 && out < values.len() {
                     // SAFETY: reading a u64 the probed function wrote through its
-                    // out-parameter; a bad pointer just yields an error, read as 0.
-                    values[out] = unsafe { bpf_probe_read_user(*ptr as *const u64) }.unwrap_or(0);
+                    // out-parameter; a bad pointer yields an error, flagged, never a 0.
+                    match unsafe { bpf_probe_read_user(*ptr as *const u64) } {
+                        Ok(v) => values[out] = v,
+                        Err(_) => flags |= 1 << (PHASE_ARG_FAULT_SHIFT + out as u32),
+                    }
                     out += 1;
                 }
             }
             let _ = SAVED_ARGS.remove(&key);
         } else {
-            // The entry probe did not run for this call (attached mid-call): no values.
+            // The entry probe saved nothing for this call (attached mid-call, or
+            // SAVED_ARGS was full): no values, and the record says so.
+            flags |= PHASE_ARGS_NOT_SAVED;
             debug!(&ctx, "return of point {} without saved arguments", point);
         }
     }
@@ -96,7 +104,7 @@ pub fn qemu_return(ctx: RetProbeContext) -> u32 {
         PhaseEvent {
             header: header_at(EventKind::Phase, now),
             point: point as u32,
-            flags: PHASE_RETURN,
+            flags,
             args: values,
             ret: ctx.ret::<u64>(),
         },

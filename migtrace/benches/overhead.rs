@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use migtrace::{
     hypervisor::{HostPair, MigrationParams, Status},
-    lab::{Lab, LabConfig, netns},
-    measure::session::{MeasureOptions, Network, Session},
+    lab::{Lab, LabConfig},
+    measure::session::{MeasureOptions, Session},
 };
 use workloads::spec::Spec;
 
@@ -36,7 +36,7 @@ async fn one(lab: &mut Lab, traced: bool, rep: u32) -> Sample {
         settle: Duration::from_millis(300),
         ..MeasureOptions::default()
     };
-    let network = Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
+    let network = lab.network();
     let mut session = Session::start(network, options).expect("session");
     let params = MigrationParams { timeout_s: 120.0, ..MigrationParams::default() };
     let r = session.migrate(lab, &params, rep, "overhead").await.expect("migration");

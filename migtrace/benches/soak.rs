@@ -13,7 +13,7 @@ use migtrace::{
     lab::{Lab, LabConfig, netns, registry},
     measure::{
         record::{self, RecordWriter},
-        session::{MeasureOptions, Network, Session},
+        session::{MeasureOptions, Session},
     },
 };
 use workloads::spec::Spec;
@@ -63,7 +63,7 @@ async fn soak(n: u32, workload: &str, out: &Path) -> Result<(), String> {
     let config = LabConfig { workload: Spec::parse(workload).map_err(|e| e.to_string())?, ..LabConfig::default() };
     let mut lab = Lab::up(config).await.map_err(|e| e.to_string())?;
     let id = lab.id.clone();
-    let network = Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
+    let network = lab.network();
     let mut session = Session::start(network, MeasureOptions::default()).map_err(|e| e.to_string())?;
     let mut writer = RecordWriter::open(out).map_err(|e| e.to_string())?;
     let params = MigrationParams { timeout_s: 120.0, ..MigrationParams::default() };
@@ -96,8 +96,7 @@ async fn soak(n: u32, workload: &str, out: &Path) -> Result<(), String> {
     lab.down().await;
     let written = record::read(out).map_err(|e| e.to_string())?.len();
     let left = children();
-    let lab_left = registry::list().into_iter().any(|s| s.id == id)
-        || migtrace::sys::netns::ns_path(&netns::LabNet::ns_name(&id)).exists();
+    let lab_left = registry::list().into_iter().any(|s| s.id == id) || !netns::namespaces_of(&id).is_empty();
 
     println!("{n} consecutive migrations of a 256 MiB guest ({workload}), every measure on, {:.0} s", wall);
     println!();

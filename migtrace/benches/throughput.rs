@@ -12,10 +12,10 @@ use std::{collections::BTreeMap, time::Instant};
 
 use migtrace::{
     hypervisor::{HostPair, MigrationParams, Status},
-    lab::{Lab, LabConfig, netns},
+    lab::{Lab, LabConfig},
     measure::{
         record::RecordWriter,
-        session::{MeasureOptions, Network, Session},
+        session::{MeasureOptions, Session},
     },
 };
 use workloads::spec::Spec;
@@ -37,7 +37,7 @@ fn main() {
             }
         };
         let boot_s = booted.elapsed().as_secs_f64();
-        let network = Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
+        let network = lab.network();
         let mut session = Session::start(network, MeasureOptions::default()).expect("probes");
         let out = std::env::temp_dir().join(format!("migtrace-throughput-{}", std::process::id()));
         let mut writer = RecordWriter::open(&out).expect("records");

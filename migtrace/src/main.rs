@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             result = cli::run(args) => match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", cli::error_line(&e));
                     ExitCode::FAILURE
                 }
             },

@@ -9,11 +9,12 @@ use std::{
 };
 
 use migtrace::{
-    lab::netns::LabNet,
+    hypervisor::link::LinkConfig,
+    lab::netns::{CLIENT_IF, GuestNet, LabNet, SWITCH_PORTS},
     probe::{Collector, Event, Probes},
     sys::netns,
 };
-use migtrace_common::event::PacketKind;
+use migtrace_common::event::{Diag, PacketKind};
 use tokio::sync::mpsc;
 
 /// Every log record, as text: the test's stand-in for migtrace's stderr log.
@@ -97,10 +98,11 @@ async fn classifier_stamps_probe_replies_only_and_logs_odd_layouts() {
     // Before loading: the programs' log level is fixed at load.
     log::set_max_level(log::LevelFilter::Debug);
 
-    let net = LabNet::create(&format!("cls{}", std::process::id() % 100_000)).expect("namespace");
+    let id = format!("cls{}", std::process::id() % 100_000);
+    let net = LabNet::create(&id, GuestNet::QEMU_LAB, &LinkConfig::unlimited()).expect("namespaces");
     let mut probes = Probes::load().expect("load eBPF object");
-    // Ingress of probe-br is what the veth `probe` sends.
-    let attached = probes.attach_taps(Some(net.ns()), &["probe-br"]).expect("attach classifier");
+    // Ingress of the switch's port to the client is what the client's veth sends.
+    let attached = probes.attach_taps(Some(&net.switch_ns()), &[SWITCH_PORTS[2]]).expect("attach classifier");
     let (tx, mut rx) = mpsc::channel(64);
     let collector = Collector::spawn(probes.take_events().expect("ring buffer"), tx).expect("collector");
 
@@ -115,7 +117,7 @@ async fn classifier_stamps_probe_replies_only_and_logs_odd_layouts() {
     let mut frames = vec![good.clone()];
     frames.extend(odd.iter().cloned());
     frames.push(frame(0x45, 0, false, 7, 7)); // a second good one, after the odd ones
-    send(net.ns(), "probe", &frames);
+    send(&net.client_ns(), CLIENT_IF, &frames);
 
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -150,6 +152,9 @@ async fn classifier_stamps_probe_replies_only_and_logs_odd_layouts() {
         logs.iter().any(|l| l.starts_with("DEBUG") && l.contains("IPv4 ethertype but version/IHL byte 65")),
         "eBPF diagnostic in the log: {logs:?}"
     );
+    // Counted too, for the trace's health: the two frames whose IPv4 header is not one.
+    let counts = probes.diagnostics().expect("diagnostics");
+    assert_eq!(counts.by_diag[Diag::IpLayout as usize], 2);
     drop(probes);
     drop(net);
 }

@@ -57,7 +57,7 @@ fn wait_for_records(dir: &Path, n: usize, child: &mut std::process::Child) {
 }
 
 /// Whether process `pid` has a TCP connection to or from the lab's migration port
-/// (4444, `lab::MIGRATION_URI`) established: a migration is under way. Read in its own
+/// (4444, `lab::MIGRATION_PORT`) established: a migration is under way. Read in its own
 /// network namespace's view.
 fn migrating(pid: u32) -> bool {
     let table = fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
@@ -114,14 +114,17 @@ fn resume_after_kill_by_pid_loses_and_duplicates_nothing() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     child.wait().expect("reap");
     // Its QEMUs and ping die with it (nothing forked by migtrace outlives it): the lab's
-    // namespace holds no process even before `lab clean`.
+    // namespaces (both hosts, the switch, the client) hold no process even before `lab clean`.
+    let namespaces = migtrace::lab::netns::namespaces_of(&lab.id);
+    assert_eq!(namespaces.len(), 4, "the lab's hosts, switch and client: {namespaces:?}");
+    let in_lab = || namespaces.iter().flat_map(|ns| in_namespace(ns)).collect::<Vec<_>>();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !registry::qemu_processes(&lab.id).is_empty() || !in_namespace(&lab.netns).is_empty() {
+    while !registry::qemu_processes(&lab.id).is_empty() || !in_lab().is_empty() {
         assert!(
             Instant::now() < deadline,
-            "outlived the killed run: QEMUs {:?}, processes in its namespace {:?}",
+            "outlived the killed run: QEMUs {:?}, processes in its namespaces {:?}",
             registry::qemu_processes(&lab.id),
-            in_namespace(&lab.netns)
+            in_lab()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -133,7 +136,8 @@ fn resume_after_kill_by_pid_loses_and_duplicates_nothing() {
     let clean = migtrace().args(["lab", "clean"]).output().expect("lab clean");
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
     assert!(labs_of(pid).is_empty(), "lab clean left {:?}", labs_of(pid));
-    assert!(!migtrace::sys::netns::ns_path(&lab.netns).exists(), "lab clean left the namespace");
+    let left = migtrace::lab::netns::namespaces_of(&lab.id);
+    assert!(left.is_empty(), "lab clean left namespaces {left:?}");
 
     let out = migtrace().arg("run").arg(&spec).arg("--results").arg(&root).output().expect("resume");
     assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,7 +1,8 @@
 //! The fault matrix, through the `migtrace` binary as a user runs it: missing privileges,
 //! a full or read-only results directory, a ring buffer that overflows, two runs at
 //! once; every one a clear error, the records already written intact, nothing left
-//! behind. Also: results are never world-writable, nothing goes through a shell. The
+//! behind. Also: results are never world-writable, links planted in a results directory
+//! are refused, nothing goes through a shell. The
 //! lab's own faults (a QEMU killed, the stream cut) are in lab.rs, SIGKILL of a run in
 //! experiment.rs. Root-only tests run with `cargo xtask test`.
 
@@ -289,6 +290,228 @@ fn missing_privileges_fail_at_once_with_one_line_cause_and_fix() {
     assert!(e.contains("lacks CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN") && e.contains("full capability set"), "{e}");
     // Refused before anything: no results directory, no lab.
     assert!(!results.join("priv").exists(), "a refused run made its results directory");
+    fs::remove_dir_all(&root).expect("cleanup");
+}
+
+/// Entries at and under `dir` (not following links) whose mode lets group or others in.
+fn open_to_others(dir: &Path) -> (Vec<String>, usize) {
+    let (mut open, mut seen) = (Vec::new(), 0);
+    let mut stack = vec![dir.to_owned()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p).expect("lstat");
+        seen += 1;
+        if meta.permissions().mode() & 0o077 != 0 {
+            open.push(format!("{} {:?} {:o}", p.display(), meta.file_type(), meta.permissions().mode() & 0o7777));
+        }
+        if meta.is_dir() {
+            stack.extend(fs::read_dir(&p).expect("ls").flatten().map(|e| e.path()));
+        }
+    }
+    (open, seen)
+}
+
+/// A `migtrace lab up` child, stopped (SIGINT, as Ctrl-C) and reaped on drop.
+struct LabUp(std::process::Child);
+
+impl Drop for LabUp {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether others can reach `path`: every directory above it lets them through and
+/// it lets them read or write.
+fn reachable_by_others(path: &Path) -> bool {
+    let mode = |p: &Path| fs::symlink_metadata(p).expect("lstat").permissions().mode();
+    path.ancestors().skip(1).all(|a| mode(a) & 0o001 != 0) && mode(path) & 0o006 != 0
+}
+
+/// Starts `migtrace ARGS` (a `lab up`) under umask 0 and waits until the lab is up;
+/// returns it with its id.
+fn lab_up_under_umask_0(args: &[&str]) -> (LabUp, String) {
+    use io::BufRead as _;
+    let mut cmd = migtrace();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    // SAFETY: umask only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut lab = LabUp(cmd.spawn().expect("lab up"));
+    let stdout = lab.0.stdout.take().expect("stdout");
+    let (mut id, mut seen) = (None, String::new());
+    for line in io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        // "lab ID up in …" or "libvirt lab ID up in …".
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(i) = words.iter().position(|w| *w == "lab")
+            && words.get(i + 2..i + 4) == Some(&["up", "in"][..])
+        {
+            id = Some(words[i + 1].to_owned());
+        }
+        if line.starts_with("Ctrl-C or") {
+            break;
+        }
+    }
+    let id = id.unwrap_or_else(|| panic!("the lab did not come up: {seen}"));
+    (lab, id)
+}
+
+#[test]
+#[ignore = "needs root and QEMU: boots a lab under umask 0 (run `cargo xtask test`)"]
+fn a_lab_under_umask_0_keeps_its_runtime_directory_and_qmp_sockets_to_root() {
+    // Anyone who reaches a root QEMU's QMP socket runs commands as root: under umask 0
+    // nothing of the lab's state may be open to group or others, the sockets QEMU makes
+    // included.
+    let (lab, id) = lab_up_under_umask_0(&["lab", "up", "--vmsize", "128"]);
+    let dir = Path::new(registry::RUN_DIR).join(&id);
+    let sockets = fs::read_dir(&dir).expect("ls").flatten().filter(|e| e.path().extension() == Some("qmp".as_ref()));
+    assert_eq!(sockets.count(), 4, "two QEMUs, two QMP sockets each");
+    let (open, entries) = open_to_others(&dir);
+    assert!(open.is_empty(), "open to group or others under umask 0 (of {entries}): {open:?}");
+    let run = fs::metadata(registry::RUN_DIR).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(run & 0o077, 0, "{} is {run:o}", registry::RUN_DIR);
+    drop(lab);
+    assert!(!dir.exists(), "the lab's state outlived it");
+}
+
+#[test]
+#[ignore = "needs root, libvirt and QEMU: boots a libvirt lab under umask 0 (run `cargo xtask test`)"]
+fn a_libvirt_lab_under_umask_0_keeps_its_state_to_root() {
+    let (lab, id) = lab_up_under_umask_0(&["lab", "up", "--backend", "libvirt", "--vmsize", "128"]);
+    let dir = Path::new(registry::RUN_DIR).join(&id);
+    // What migtrace makes for each host, and the daemons' sockets (their configuration),
+    // are root's alone.
+    let mut open = Vec::new();
+    for h in ["a", "b"] {
+        for p in ["", "etc", "etc/libvirtd.conf", "etc/qemu.conf", "hosts", "libvirtd.stderr", "run", "lib/qemu"]
+            .into_iter()
+            .chain(["log/qemu", "cache", "run/libvirt-sock", "run/libvirt-sock-ro"])
+        {
+            let path = dir.join(h).join(p);
+            let mode = fs::symlink_metadata(&path).expect("lstat").permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                open.push(format!("{} {mode:o}", path.display()));
+            }
+        }
+    }
+    assert!(open.is_empty(), "open to group or others under umask 0: {open:?}");
+    // libvirt and its QEMU make the rest with modes of their own (QEMU's monitor socket
+    // 0764): none of it is reachable, the lab's directory being root's alone.
+    let mut stack = vec![dir.clone()];
+    let mut reachable = Vec::new();
+    while let Some(p) = stack.pop() {
+        if reachable_by_others(&p) {
+            reachable.push(p.display().to_string());
+        }
+        if fs::symlink_metadata(&p).expect("lstat").is_dir() {
+            stack.extend(fs::read_dir(&p).expect("ls").flatten().map(|e| e.path()));
+        }
+    }
+    assert!(reachable.is_empty(), "reachable by others: {reachable:?}");
+    drop(lab);
+    assert!(!dir.exists(), "the lab's state outlived it");
+}
+
+/// A lab's registry entry as a crashed owner leaves it, written by hand; removed on drop.
+struct PlantedLab {
+    id: String,
+    dir: PathBuf,
+}
+
+impl PlantedLab {
+    fn new(owner_pid: u32, owner_start: Option<u64>) -> Self {
+        let id = registry::new_id();
+        let dir = Path::new(registry::RUN_DIR).join(&id);
+        fs::create_dir_all(&dir).expect("state dir");
+        let state = registry::State {
+            id: id.clone(),
+            owner_pid,
+            owner_start,
+            netns: format!("migtrace-{id}"),
+            ..Default::default()
+        };
+        fs::write(dir.join("lab.json"), serde_json::to_string(&state).expect("json")).expect("state");
+        Self { id, dir }
+    }
+}
+
+impl Drop for PlantedLab {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+#[ignore = "needs root: writes lab state under /run/migtrace (run `cargo xtask test`)"]
+fn lab_down_never_signals_a_process_that_reused_the_owners_pid() {
+    // A lab's owner died and a process whose command line says migtrace took its pid.
+    let mut other = Command::new("sleep").arg0("migtrace-impostor").arg("60").spawn().expect("sleep");
+    let pid = other.id();
+    // spawn returns once exec began; the new command line shows a little later.
+    let cmdline = || fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !cmdline().starts_with(b"migtrace-impostor") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let start = migtrace::sys::process::start_time(pid).expect("start time");
+    let lab = PlantedLab::new(pid, Some(start + 1));
+    let out = migtrace().args(["lab", "down", &lab.id]).output().expect("lab down");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(other.try_wait().expect("wait").is_none(), "lab down signalled a process that only reused the owner's pid");
+    assert!(!lab.dir.exists(), "the abandoned lab's state was not removed");
+    // A state an older migtrace wrote has no start time: the process is not signalled,
+    // and the error says why and what to do.
+    let lab = PlantedLab::new(pid, None);
+    let out = migtrace().args(["lab", "down", &lab.id]).output().expect("lab down");
+    let e = error_line(&out);
+    assert!(e.contains("not signalled") && e.contains(&format!("kill -INT {pid}")), "{e}");
+    assert!(other.try_wait().expect("wait").is_none(), "lab down signalled a process it could not tell from the owner");
+    assert!(lab.dir.exists(), "the lab of an owner that may still run was removed");
+    let list = migtrace().args(["lab", "list"]).output().expect("lab list");
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.lines().any(|l| l.starts_with(&lab.id) && l.contains("owner unknown")), "{list}");
+    other.kill().expect("kill");
+    other.wait().expect("wait");
+}
+
+#[test]
+#[ignore = "needs root: runs migtrace as root, which must not write through links (run `cargo xtask test`)"]
+fn a_results_directory_with_a_linked_records_file_or_lock_is_refused_and_the_target_untouched() {
+    // Another user who may write into the results directory plants a link where root
+    // will write: the run refuses it by name, before any lab, and the file it points at
+    // keeps its bytes.
+    let root = temp_root("links");
+    let spec = write_spec(&root, "links", &tiny_spec("links", ""));
+    let victim = root.join("victim");
+    for name in [files::LOCK_FILE, record::RECORDS_FILE] {
+        fs::write(&victim, b"precious").expect("victim");
+        let dir = root.join("results/links");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let link = dir.join(name);
+        std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+        let child = migtrace()
+            .arg("run")
+            .arg(&spec)
+            .arg("--results")
+            .arg(root.join("results"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run");
+        let pid = child.id();
+        let e = error_line(&child.wait_with_output().expect("wait"));
+        assert!(e.contains(&format!("{}: a symbolic link", link.display())) && e.contains("remove the link"), "{e}");
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious", "{name}: written through the link");
+        assert!(fs::symlink_metadata(&link).expect("lstat").file_type().is_symlink(), "{name}: the link was replaced");
+        assert!(labs_of(pid).is_empty(), "a refused run started a lab");
+    }
     fs::remove_dir_all(&root).expect("cleanup");
 }
 

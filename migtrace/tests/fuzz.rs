@@ -17,7 +17,7 @@ use migtrace::{
     experiment::{design, spec::ExperimentSpec},
     hypervisor::qmp::Qmp,
     measure::record::{self, MigrationRecord},
-    report::stats::{self, EffectDesign},
+    stats::{self, EffectDesign},
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -27,7 +27,7 @@ fn assert_gone(id: &str) {
         "QEMU processes of lab {id} left: {:?}",
         registry::qemu_processes(id)
     );
-    assert!(!migtrace::sys::netns::ns_path(&netns::LabNet::ns_name(id)).exists(), "namespace of lab {id} left");
+    assert!(netns::namespaces_of(id).is_empty(), "namespaces of lab {id} left: {:?}", netns::namespaces_of(id));
     assert!(!std::path::Path::new(registry::RUN_DIR).join(id).exists(), "state of lab {id} left");
 }
 
@@ -53,7 +53,7 @@ async fn boots_pings_and_migrates_back_and_forth_with_a_dirty_workload() {
         "dirty workload running: {}",
         lab.agent_line
     );
-    assert!(ping_once(lab.ns()), "guest answers ping after boot");
+    assert!(ping_once(&lab.client_ns()), "guest answers ping after boot");
     eprintln!("boot to agent: {:.2} s", lab.boot_time.as_secs_f64());
 
     let mut walls = Vec::new();
@@ -70,7 +70,7 @@ async fn boots_pings_and_migrates_back_and_forth_with_a_dirty_workload() {
         walls.push(o.command_ms().expect("completed has an end"));
         hosts.push(o.direction.clone());
         lab.prepare_next().await.expect("fresh destination");
-        assert!(ping_once(lab.ns()), "guest answers ping after migration {rep}");
+        assert!(ping_once(&lab.client_ns()), "guest answers ping after migration {rep}");
     }
     // Ping-pong: the guest went a → b → a → b.
     assert_eq!(hosts, ["tap-a → tap-b", "tap-b → tap-a", "tap-a → tap-b"]);
@@ -98,7 +98,7 @@ async fn killed_destination_fails_the_migration_cleanly() {
     let error = o.error.expect("error text");
     assert!(error.contains("destination") || error.contains("failed"), "error names the problem: {error}");
     // The guest still runs on the source after the failed migration.
-    assert!(ping_once(lab.ns()), "guest still answers on the source");
+    assert!(ping_once(&lab.client_ns()), "guest still answers on the source");
     drop(lab); // the unhappy path: Drop, not down(), must clean up too
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_gone(&id);
@@ -133,15 +133,15 @@ async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_fail
         measure::quality::{self, Category},
         measure::{
             record::{self, RecordWriter},
-            session::{MeasureOptions, Network, Session},
+            session::{MeasureOptions, Session},
         },
     };
     // 64 MiB of dirty pages at 32 MiB/s: the stream is still flowing when it is cut.
     let config = LabConfig { workload: Spec::parse("wset=64M,rate=2000").expect("spec"), ..LabConfig::default() };
     let mut lab = Lab::up(config).await.expect("lab up");
     let id = lab.id.clone();
-    let ns = lab.ns().to_owned();
-    let network = Network { ns: Some(ns.clone()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
+    let link_ns = lab.host_ns(netns::TAPS[0]);
+    let network = lab.network();
     let options = MeasureOptions {
         trace: false,
         ping_interval: None,
@@ -152,11 +152,11 @@ async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_fail
         ..MeasureOptions::default()
     };
     let mut session = Session::start(network, options).expect("session");
-    // The stream runs over the namespace's loopback (MIGRATION_URI): down, every segment
+    // The stream crosses the hosts' link: with the source's end down, every segment
     // between the two QEMUs is dropped and the connection hangs, as on a cut cable.
     let cutter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));
-        migtrace::sys::netns::ip(&["-n", &ns, "link", "set", "lo", "down"]).expect("cut the stream");
+        migtrace::sys::netns::ip(&["-n", &link_ns, "link", "set", netns::LINK_IF, "down"]).expect("cut the stream");
     });
     let params = MigrationParams { max_bandwidth: Some(32 << 20), timeout_s: 4.0, ..MigrationParams::default() };
     let r = session.migrate(&mut lab, &params, 0, "cut").await.expect("attempt recorded");
@@ -171,7 +171,7 @@ async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_fail
     let source = lab.source.as_ref().expect("source");
     let state = source.qmp.run_state().await.expect("query-status");
     assert_eq!(state, "running", "the source resumed the guest after the cancel");
-    assert!(ping_once(lab.ns()), "guest still answers on the source");
+    assert!(ping_once(&lab.client_ns()), "guest still answers on the source");
     // A failed record, written like any other and kept out of the statistics.
     assert_eq!(quality::category(&r), Category::Failed);
     let dir = std::env::temp_dir().join(format!("migtrace-cut-{}", std::process::id()));
@@ -189,16 +189,38 @@ async fn migration_stream_cut_midway_times_out_is_cancelled_and_recorded_as_fail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and QEMU: starts a lab (run `cargo xtask test`)"]
 async fn migration_that_does_not_converge_times_out_and_is_cancelled() {
-    // 64 MiB of dirty pages over a 1 MiB/s link cannot converge in 3 s.
+    use migtrace::measure::{
+        quality::{self, Category},
+        session::{MeasureOptions, Session},
+    };
+    // 64 MiB dirtied at 8 MB/s over a 1 MiB/s bandwidth cannot converge in 3 s.
     let config = LabConfig { workload: Spec::parse("wset=64M,rate=2000").expect("spec"), ..LabConfig::default() };
     let mut lab = Lab::up(config).await.expect("lab up");
     let id = lab.id.clone();
+    let options = MeasureOptions {
+        ping_interval: None,
+        probe_interval: None,
+        settle: Duration::from_millis(100),
+        settle_max: Duration::from_millis(100),
+        memory_check: None,
+        ..MeasureOptions::default()
+    };
+    let mut session = Session::start(lab.network(), options).expect("session");
     let params = MigrationParams { max_bandwidth: Some(1 << 20), timeout_s: 3.0, ..MigrationParams::default() };
-    let o = lab.migrate(&params).await.expect("attempt recorded");
-    assert_eq!(o.status, Status::TimedOut);
-    assert!(o.error.as_deref().is_some_and(|e| e.contains("did not complete within 3 s")), "{:?}", o.error);
+    let r = session.migrate(&mut lab, &params, 0, "stuck").await.expect("attempt recorded");
+    assert_eq!(r.outcome.status, Status::TimedOut);
+    assert!(
+        r.outcome.error.as_deref().is_some_and(|e| e.contains("did not complete within 3 s")),
+        "{:?}",
+        r.outcome.error
+    );
+    // Pre-copy never reached a switchover: its own category, neither usable nor failed.
+    let marks = r.timeline.as_ref().map(|t| t.marks.clone()).unwrap_or_default();
+    assert!(marks.active_ns.is_some() && marks.vm_stop_ns.is_none(), "pre-copy ran, never stopped: {marks:?}");
+    assert_eq!(quality::category(&r), Category::DidNotConverge);
+    session.stop().await.expect("stop");
     // Cancelled: the guest runs on where it was.
-    assert!(ping_once(lab.ns()), "guest still answers on the source");
+    assert!(ping_once(&lab.client_ns()), "guest still answers on the source");
     lab.down().await;
     assert_gone(&id);
 }

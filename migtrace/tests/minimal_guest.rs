@@ -26,13 +26,13 @@ use workloads::spec::Spec;
 const WSET_PAGES: u64 = 32 << 8; // 32 MiB
 
 fn network(lab: &Lab) -> Network {
-    Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() }
+    lab.network()
 }
 
 /// Nothing of lab `id` remains: no QEMU process, no namespace, no state directory.
 fn assert_gone(id: &str) {
     assert!(registry::qemu_processes(id).is_empty(), "QEMU processes of lab {id} left");
-    assert!(!migtrace::sys::netns::ns_path(&netns::LabNet::ns_name(id)).exists(), "namespace of lab {id} left");
+    assert!(netns::namespaces_of(id).is_empty(), "namespaces of lab {id} left: {:?}", netns::namespaces_of(id));
     assert!(!std::path::Path::new(registry::RUN_DIR).join(id).exists(), "state of lab {id} left");
 }
 

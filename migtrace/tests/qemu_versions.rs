@@ -11,7 +11,7 @@ use migtrace::{
     lab::{Lab, LabConfig, netns},
     measure::{
         record::MigrationRecord,
-        session::{MeasureOptions, Network, Session},
+        session::{MeasureOptions, Session},
     },
     probe::qemu::migration_status_name,
 };
@@ -27,7 +27,7 @@ async fn migrate_twice(build: &QemuBuild) -> (Lab, Vec<MigrationRecord>) {
         ..LabConfig::default()
     };
     let mut lab = Lab::up(config).await.expect("lab up");
-    let network = Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
+    let network = lab.network();
     let mut session =
         Session::start(network, MeasureOptions { keep_trace: true, ..MeasureOptions::default() }).expect("probes");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -99,7 +99,7 @@ async fn every_qemu_build_migrates_the_papers_rates_with_intact_memory_and_a_com
         let (lab, records) = migrate_twice(build).await;
         let id = lab.id.clone();
         lab.down().await;
-        assert!(!migtrace::sys::netns::ns_path(&netns::LabNet::ns_name(&id)).exists(), "namespace of lab {id} left");
+        assert!(netns::namespaces_of(&id).is_empty(), "namespaces of lab {id} left: {:?}", netns::namespaces_of(&id));
         check(build, &records);
     }
 }

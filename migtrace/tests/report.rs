@@ -20,8 +20,9 @@ use migtrace::{
     measure::record::{self, MigrationRecord},
     report::{
         html::{self, Experiment},
-        perfetto, stats,
+        perfetto,
     },
+    stats,
 };
 
 const SPEC: &str = r#"name = "synthetic"
@@ -122,7 +123,15 @@ fn write_synthetic(tag: &str) -> Page {
     let records = synthetic(&spec);
     let summary = stats::summarize(&records, &store::levels_of(&spec), &store::effect_design(&spec));
     let dir = temp_dir(tag);
-    let e = Experiment { spec: &spec, spec_text: SPEC, records: &records, summary: &summary, validation: None };
+    let e = Experiment {
+        spec: &spec,
+        spec_text: SPEC,
+        treatments: store::levels_of(&spec).len(),
+        effects: &store::effect_design(&spec),
+        records: &records,
+        summary: &summary,
+        validation: None,
+    };
     let written = html::write(&dir, &e).expect("report written");
     assert_eq!(written.html, dir.join("report.html"));
     let html = fs::read_to_string(&written.html).expect("report.html");
@@ -187,7 +196,7 @@ fn the_page_shows_hand_computed_numbers_of_a_synthetic_experiment() {
     assert_eq!(row(&counts, &["planned"])[1], "24");
     assert_eq!(row(&counts, &["run"])[1], "26");
     assert_eq!(row(&counts, &["usable"])[1], "25");
-    assert_eq!(row(&counts, &["failed (migration failed or timed out)"])[1], "1");
+    assert_eq!(row(&counts, &["failed (migration failed, or timed out in its switchover)"])[1], "1");
     let machine = table(&doc, "machine");
     assert_eq!(machine.len(), 1);
     assert!(machine[0][3].starts_with("tcg (no vmx/svm)"), "{:?}", machine[0]);

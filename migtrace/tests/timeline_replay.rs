@@ -13,7 +13,7 @@ use migtrace::{
         record::{self, MigrationRecord},
         timeline::{self, Evidence, Input},
     },
-    probe::tracer::Trace,
+    probe::tracer::{Trace, Unread},
 };
 
 fn recorded() -> MigrationRecord {
@@ -146,6 +146,34 @@ fn main_chain_is_complete_contiguous_and_ordered() {
     assert_eq!(r1.threshold_bytes, Some(40_272_795));
     assert_eq!((r2.dirty_bytes, r2.checks, r2.threshold_bytes), (Some(14_426_112), Some(1), Some(40_276_089)));
     assert_eq!((t.rounds[2].dirty_bytes, t.rounds[2].checks), (None, None), "the final round checks nothing");
+}
+
+#[test]
+fn a_pending_check_the_probe_could_not_read_has_no_figure() {
+    let r = recorded();
+    let mut trace = r.trace.clone().expect("trace");
+    // Round 2's one pending check (returning at 804.300 ms, 14,426,112 bytes), as the
+    // return probe records it when its entry saved no arguments: zeros, flagged.
+    let check = trace
+        .phases
+        .iter_mut()
+        .find(|p| p.point == "SavevmStatePending" && p.ret && p.args.iter().sum::<u64>() == 14_426_112)
+        .expect("round 2's check");
+    check.args = [0; 3];
+    check.unread = Some(Unread::NotSaved);
+    let t = reassemble(&r, Some(&trace));
+    let r2 = &t.rounds[1];
+    assert_eq!((r2.remaining_bytes, r2.dirty_bytes), (None, None), "no figure, never 0");
+    assert_eq!(r2.checks, Some(1), "the check still happened");
+    assert_eq!(t.rounds[0].remaining_bytes, Some(82_173_952), "round 1 untouched");
+    for figure in ["remaining_bytes", "dirty_bytes"] {
+        assert!(
+            t.missing.iter().any(|m| m.starts_with(&format!("round 2: {figure}: QEMU's pending bytes"))
+                && m.contains("saved no arguments")),
+            "{:?}",
+            t.missing
+        );
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use migtrace::{
     hypervisor::{HostPair, MigrationParams, Status},
-    lab::{Lab, LabConfig, netns},
+    lab::{Lab, LabConfig},
     measure::{
         record::MigrationRecord,
         session::{MeasureOptions, Network, Session},
@@ -16,7 +16,7 @@ use migtrace::{
 use workloads::spec::Spec;
 
 fn network(lab: &Lab) -> Network {
-    Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() }
+    lab.network()
 }
 
 fn params() -> MigrationParams {
@@ -264,7 +264,7 @@ pub extern "C" fn qemu_savevm_state_pending(f: usize, threshold: u64, pre: &mut 
 #[ignore = "needs root: loads eBPF programs (run `cargo xtask test`)"]
 async fn binary_without_some_symbols_degrades_instead_of_failing() {
     let pid = std::process::id();
-    let mut tracer = Tracer::start(None).expect("tracer");
+    let mut tracer = Tracer::start(&[]).expect("tracer");
     let missing = tracer.watch(pid).expect("attach to a binary lacking most symbols");
     assert!(missing.contains(&"qemu_loadvm_state") && missing.contains(&"memory_global_dirty_log_sync"));
     assert!(!missing.contains(&"migrate_set_state") && !missing.contains(&"vm_start"));

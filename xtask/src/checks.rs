@@ -53,7 +53,13 @@ pub enum Distro {
 
 /// Debian 12, whose backports carry QEMU 10.0 (setup fetches it into the cache).
 pub fn is_bookworm() -> bool {
-    fs::read_to_string("/etc/os-release").is_ok_and(|t| t.lines().any(|l| l == "VERSION_CODENAME=bookworm"))
+    codename().as_deref() == Some("bookworm")
+}
+
+/// The release's code name (`VERSION_CODENAME`: bookworm, noble …).
+pub fn codename() -> Option<String> {
+    let text = fs::read_to_string("/etc/os-release").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim_matches('"').to_owned())
 }
 
 pub fn distro() -> Distro {

@@ -1,5 +1,6 @@
 //! `cargo xtask`: set up a host, build, test and run migtrace.
 
+mod apt;
 mod build;
 mod checks;
 mod setup;

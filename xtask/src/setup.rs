@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use migtrace_common::host::{self, kernel, qemu};
 
 use crate::{
+    apt::Apt,
     checks::{self, BASE_PACKAGES, BPF_LINKER_VERSION, DEBIAN_RUST_PACKAGES, DEBIAN_RUSTC_WEB_LLVM, Distro},
     toolchain::{self, DEBIAN_LINK, DEBIAN_PREFIX, Origin},
 };
@@ -21,7 +22,22 @@ pub fn run() -> Result<()> {
         return report_manual(&distro);
     }
     let mut apt = Apt::default();
+    let installed = install(&mut apt);
+    // Packages left out because installing them would remove others: named with the
+    // way out, after everything else was done.
+    match (installed, apt.check()) {
+        (Ok(tc), Ok(())) => {
+            println!("setup: done in {:.1} s; eBPF toolchain {tc}", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Err(conflicts)) => Err(conflicts),
+        (Err(e), Err(conflicts)) => bail!("{conflicts:#}; then: {e:#}"),
+    }
+}
 
+/// Every install step; returns the eBPF toolchain.
+fn install(apt: &mut Apt) -> Result<toolchain::EbpfToolchain> {
     // 1. Base packages, and Debian's Rust when no better eBPF toolchain exists.
     let mut wanted: Vec<&str> = BASE_PACKAGES.iter().map(|(p, _)| *p).collect();
     let tc = toolchain::select().ok();
@@ -101,7 +117,12 @@ pub fn run() -> Result<()> {
             qemu::BACKPORTS_SUITE,
             qemu::cache_root().display()
         ));
-        let (build, libraries) = qemu::fetch_backports().context("fetching QEMU from bookworm-backports")?;
+        // Its libraries come from the host's own suites, installed like every package here.
+        let install = |libraries: &[String]| {
+            let libraries: Vec<&str> = libraries.iter().map(String::as_str).collect();
+            apt.install_missing(&libraries).map_err(|e| std::io::Error::other(format!("{e:#}")))
+        };
+        let (build, libraries) = qemu::fetch_backports(install).context("fetching QEMU from bookworm-backports")?;
         if !libraries.is_empty() {
             println!("  installed its libraries: {}", libraries.join(" "));
         }
@@ -114,38 +135,7 @@ pub fn run() -> Result<()> {
         host::ensure_tracefs().context("mounting tracefs")?;
     }
 
-    println!("setup: done in {:.1} s; eBPF toolchain {tc}", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-#[derive(Default)]
-struct Apt {
-    updated: bool,
-}
-
-impl Apt {
-    fn update(&mut self) -> Result<()> {
-        if !self.updated {
-            step("apt-get update");
-            sh(Command::new("apt-get").args(["update", "-q"]))?;
-            self.updated = true;
-        }
-        Ok(())
-    }
-
-    fn install_missing(&mut self, packages: &[&str]) -> Result<()> {
-        let missing: Vec<String> =
-            checks::installed(packages).into_iter().filter(|(_, ok)| !ok).map(|(p, _)| p).collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        self.update()?;
-        step(&format!("apt-get install {}", missing.join(" ")));
-        sh(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    }
+    Ok(tc)
 }
 
 /// Not root or not apt: say precisely what is missing and how to get it, then fail.
@@ -181,11 +171,11 @@ fn report_manual(distro: &Distro) -> Result<()> {
     bail!("{} prerequisite(s) missing", missing.len())
 }
 
-fn step(what: &str) {
+pub fn step(what: &str) {
     println!("setup: {what}");
 }
 
-fn sh(cmd: &mut Command) -> Result<()> {
+pub fn sh(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");

@@ -262,10 +262,11 @@ pub const BACKPORTS_SUITE: &str = "bookworm-backports";
 pub const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"];
 
 /// Downloads QEMU from Debian's bookworm-backports with a private apt state (the host's
-/// apt sources and its installed QEMU stay untouched), installs the shared libraries it
-/// depends on from the host's own suites, and unpacks it into the cache. Returns the
-/// build and the library packages it installed. Needs root and Debian 12.
-pub fn fetch_backports() -> io::Result<(QemuBuild, Vec<String>)> {
+/// apt sources and its installed QEMU stay untouched), has `install` put the shared
+/// libraries it depends on in place from the host's own suites (setup's installer, which
+/// never removes a package), and unpacks it into the cache. Returns the build and the
+/// library packages that were missing. Needs root and Debian 12.
+pub fn fetch_backports(install: impl FnOnce(&[String]) -> io::Result<()>) -> io::Result<(QemuBuild, Vec<String>)> {
     let root = cache_root();
     let apt_dir = root.join(".apt");
     let _ = fs::remove_dir_all(&apt_dir);
@@ -302,10 +303,7 @@ pub fn fetch_backports() -> io::Result<(QemuBuild, Vec<String>)> {
     libraries.dedup();
     let missing: Vec<String> = libraries.into_iter().filter(|p| !dpkg_installed(p)).collect();
     if !missing.is_empty() {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        install(&missing)?;
     }
     let download = apt_dir.join("download");
     run(private("apt-get")

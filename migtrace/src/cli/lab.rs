@@ -1,13 +1,13 @@
 //! `migtrace lab …`
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
 use migtrace::hypervisor::HostPair as _;
 use migtrace::lab::{
     Lab, image,
     libvirt::LibvirtLab,
-    netns::{GUEST_IP, PROBE_IP},
-    registry,
+    netns::{GUEST_IP, PROBE_IP, TAPS},
+    registry::{self, Owner},
 };
 
 use super::MachineArgs;
@@ -17,6 +17,7 @@ pub enum LabCommand {
     /// Start a lab and keep it up until Ctrl-C or `migtrace lab down`.
     ///
     /// Example: migtrace lab up --vmsize 512 --workload wset=64M,rate=10000
+    /// Example: migtrace lab up --link 100mbit
     /// Example: migtrace lab up --backend libvirt --workload wset=64M,rate=20000
     /// Example: migtrace lab up --guest minimal --vmsize 128 --workload wset=64M,rate=5000,fill=1
     Up {
@@ -58,21 +59,29 @@ pub async fn run(cmd: LabCommand) -> Result<()> {
                 println!("no labs");
             }
             for s in labs {
-                let state = if registry::owner_alive(&s) {
-                    format!("running (owner pid {})", s.owner_pid)
-                } else {
-                    "left behind (migtrace lab clean)".into()
+                let state = match registry::owner(&s) {
+                    Owner::Running(_) => format!("running (owner pid {})", s.owner_pid),
+                    Owner::Gone => "left behind (migtrace lab clean)".into(),
+                    Owner::Unknown => format!("owner unknown ({})", unknown_owner(&s)),
                 };
-                println!("{}  netns {}  qemu pids {:?}  {state}", s.id, s.netns, registry::qemu_processes(&s.id));
+                let namespaces = migtrace::lab::netns::namespaces_of(&s.id).join(" ");
+                println!("{}  netns {namespaces}  qemu pids {:?}  {state}", s.id, registry::qemu_processes(&s.id));
             }
             Ok(())
         }
         LabCommand::Clean => {
             let mut cleaned = 0;
             for s in registry::list() {
-                if registry::owner_alive(&s) {
-                    println!("{}: in use by pid {}, kept", s.id, s.owner_pid);
-                    continue;
+                match registry::owner(&s) {
+                    Owner::Running(_) => {
+                        println!("{}: in use by pid {}, kept", s.id, s.owner_pid);
+                        continue;
+                    }
+                    Owner::Unknown => {
+                        println!("{}: kept, {}", s.id, unknown_owner(&s));
+                        continue;
+                    }
+                    Owner::Gone => {}
                 }
                 let r = registry::remove(&s);
                 println!("{}: killed QEMU {:?}, netns removed: {}, state removed: {}", s.id, r.killed, r.netns, r.dir);
@@ -112,15 +121,17 @@ async fn up(machine: MachineArgs) -> Result<()> {
         println!("  workaround {w}");
     }
     if let Some(why) = lab.guest_offline() {
-        println!("  netns      {} ({why})", lab.ns());
+        println!("  hosts      netns {} and {} ({why})", lab.host_ns(TAPS[0]), lab.host_ns(TAPS[1]));
         println!(
             "  console    {} (heartbeat bytes stripped)",
             lab.source.as_ref().map_or_else(String::new, |q| q.console.display().to_string())
         );
     } else {
-        println!("  netns      {}   (ip netns exec {} ping {GUEST_IP})", lab.ns(), lab.ns());
+        println!("  hosts      netns {} and {}", lab.host_ns(TAPS[0]), lab.host_ns(TAPS[1]));
+        println!("  client     netns {}   (ip netns exec {} ping {GUEST_IP})", lab.client_ns(), lab.client_ns());
         println!("  guest      {GUEST_IP}, probe sender {PROBE_IP}");
     }
+    println!("  link       {}", link_line(lab.link()));
     println!("  source     pid {src}, destination pid {dst} (waiting for a migration)");
     println!("  state      {}", lab.runtime_dir().display());
     println!("  agent      {}", lab.agent_line.trim());
@@ -143,6 +154,7 @@ async fn up_libvirt(machine: MachineArgs) -> Result<()> {
             println!("  host {h}     {}   (netns {})", p.hosts[i].uri, LibvirtLab::ns(&lab.id, h));
         }
     }
+    println!("  link       {}", link_line(&lab.link()));
     println!("  domain     {} on host a ({}, {} KiB)", lab.domain, machine.description, machine.ram_bytes / 1024);
     println!("  client     netns {} (ping {})", LibvirtLab::ns(&lab.id, "c"), migtrace::lab::libvirt::GUEST_IP);
     println!("  agent      {}", lab.agent_line.trim());
@@ -165,11 +177,15 @@ async fn down(id: Option<String>) -> Result<()> {
             n => bail!("{n} labs exist: name one (see `migtrace lab list`)"),
         },
     };
-    if registry::owner_alive(&state) {
-        // SAFETY: signalling the migtrace process that owns this lab.
-        unsafe { libc::kill(state.owner_pid as i32, libc::SIGTERM) };
+    let signalled = match registry::owner(&state) {
+        Owner::Unknown => bail!("lab {}: not stopped, {}", state.id, unknown_owner(&state)),
+        Owner::Running(owner) => registry::stop_owner(owner)
+            .with_context(|| format!("signalling the owner of lab {} (pid {})", state.id, owner.pid))?,
+        Owner::Gone => false,
+    };
+    if signalled {
         for _ in 0..100 {
-            if !migtrace::sys::netns::ns_path(&state.netns).exists() {
+            if migtrace::lab::netns::namespaces_of(&state.id).is_empty() {
                 println!("lab {} stopped by its owner (pid {})", state.id, state.owner_pid);
                 return Ok(());
             }
@@ -180,4 +196,24 @@ async fn down(id: Option<String>) -> Result<()> {
     let r = registry::remove(&state);
     println!("lab {} removed (killed QEMU {:?})", state.id, r.killed);
     Ok(())
+}
+
+/// The link as `lab up` shows it.
+fn link_line(link: &migtrace::hypervisor::link::LinkConfig) -> String {
+    let delay = link.delay_ms.map_or(String::new(), |d| format!(", {d} ms one-way delay"));
+    match link.shaper.as_str() {
+        "" => format!("{}{delay} (not shaped)", link.rate),
+        shaper => format!("{}{delay} ({shaper})", link.rate),
+    }
+}
+
+/// Why a lab whose owner cannot be told apart is left alone, and what to do.
+fn unknown_owner(s: &registry::State) -> String {
+    format!(
+        "its state, written by an older migtrace, has no start time for owner pid {pid}, and a migtrace process with \
+         that pid runs: it may be the owner or a later process that reused the pid, so it is not signalled; if pid \
+         {pid} is this lab's `migtrace lab up`, stop it (`kill -INT {pid}`), otherwise `migtrace lab clean` once \
+         it has exited",
+        pid = s.owner_pid
+    )
 }

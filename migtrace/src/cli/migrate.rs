@@ -10,7 +10,7 @@ use migtrace::{
         HostPair, MigrationParams, Status,
         libvirt::{LibvirtFlags, LibvirtHost, LibvirtPair},
     },
-    lab::{GuestKind, Lab, libvirt::LibvirtLab, netns},
+    lab::{GuestKind, Lab, libvirt::LibvirtLab},
     measure::{
         record::{MigrationRecord, RecordWriter},
         session::{MeasureOptions, Network, Session},
@@ -131,6 +131,11 @@ pub struct MigrationArgs {
     /// Target downtime, ms (QEMU's `downtime-limit`); default: QEMU's (300).
     #[arg(long, value_name = "MS")]
     pub downtime_limit: Option<u64>,
+    /// The bandwidth QEMU assumes for the switchover when it decides whether the rest
+    /// fits in the downtime limit, MiB/s (QEMU's `avail-switchover-bandwidth`, QEMU 8.2
+    /// and newer: --qemu 10.0 in the lab); default: QEMU's own estimate.
+    #[arg(long, value_name = "MIB_PER_S")]
+    pub avail_switchover_bandwidth: Option<u64>,
     /// Give up on a migration (and cancel it) after this many seconds.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     pub timeout: f64,
@@ -141,10 +146,21 @@ impl MigrationArgs {
         if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= MAX_SECONDS) {
             bail!("--timeout must be positive and at most {MAX_SECONDS} s (a week)");
         }
+        // MiB/s to bytes/s, refused where QEMU would take 0 for "unlimited" or the bytes
+        // would not fit.
+        let bytes = |flag: &str, mib: Option<u64>| -> Result<Option<u64>> {
+            match mib {
+                None => Ok(None),
+                Some(m) if m > 0 && m <= 1 << 40 => Ok(Some(m << 20)),
+                Some(m) => bail!("{flag} {m}: MiB/s from 1 to {}", 1u64 << 40),
+            }
+        };
         Ok(MigrationParams {
-            max_bandwidth: self.max_bandwidth.map(|m| m << 20),
+            max_bandwidth: bytes("--max-bandwidth", self.max_bandwidth)?,
             downtime_limit_ms: self.downtime_limit,
+            avail_switchover_bandwidth: bytes("--avail-switchover-bandwidth", self.avail_switchover_bandwidth)?,
             timeout_s: self.timeout,
+            link: None,
         })
     }
 }
@@ -210,11 +226,6 @@ impl MeasureArgs {
     }
 }
 
-/// The lab's network as seen by the measurement session.
-pub fn lab_network(lab: &Lab) -> Network {
-    Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() }
-}
-
 pub async fn run(args: MigrateArgs) -> Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
@@ -236,6 +247,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
     let _lock = migtrace::files::DirLock::acquire(&out)?;
     let mut writer = RecordWriter::open(&out)?;
     let warmup = Duration::try_from_secs_f64(args.warmup.max(0.0)).context("--warmup: seconds")?;
+    if params.avail_switchover_bandwidth.is_some() && (args.libvirt.is_some() || args.backend == LabBackend::Libvirt) {
+        bail!("--avail-switchover-bandwidth: libvirt has no parameter for it (migrate with the QEMU lab: --lab)");
+    }
     if let Some(uris) = &args.libvirt {
         let domain = args.domain.clone().unwrap_or_default();
         let hosts = [LibvirtHost::from_uri(&uris[0], "source"), LibvirtHost::from_uri(&uris[1], "destination")];
@@ -275,6 +289,9 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         return result;
     }
     let config = args.machine.lab_config()?;
+    // A knob this QEMU lacks is refused before the guest boots.
+    let qemu = migtrace_common::host::qemu::select(config.qemu.as_deref().unwrap_or("system"))?;
+    migtrace::lab::check_parameters(&params, Some((qemu.version.major, qemu.version.minor)))?;
     let guest = match config.guest {
         GuestKind::Linux => String::new(),
         g => format!("guest={g},"),
@@ -288,7 +305,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         LabBackend::Qemu => {
             let mut lab = Lab::up(config).await?;
             eprintln!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel_label());
-            let mut session = Session::start(lab_network(&lab), options)
+            let mut session = Session::start(lab.network(), options)
                 .context("starting the eBPF probes (--no-probes runs without)")?;
             tokio::time::sleep(warmup).await;
             let result = migrate_n(&mut lab, &mut session, &params, args.count, &treatment, &mut writer).await;
@@ -410,10 +427,11 @@ pub fn summary_line(r: &MigrationRecord) -> String {
         f(d.vcpu),
         f(d.reported),
         d.heartbeat_gap.map_or(String::new(), |g| format!(" | heartbeat gap {g:.1}")),
-        r.trace_health
-            .as_ref()
-            .filter(|h| h.lost_records > 0)
-            .map_or(String::new(), |h| format!(" ({} records lost)", h.lost_records)),
+        r.trace_health.as_ref().filter(|h| h.lossy()).map_or(String::new(), |h| {
+            let mut lost = vec![format!("{} records lost", h.lost_records)];
+            lost.extend(h.diagnostics.iter().filter(|(d, _)| *d != "ip-layout").map(|(d, n)| format!("{d} ×{n}")));
+            format!(" ({})", lost.join(", "))
+        }),
     ) + &match r.guest.as_ref().and_then(|g| g.memory_check.as_ref()) {
         Some(m) if m.pages_checked > 0 || m.corrupted_pages() > 0 => {
             format!("; memory check: {} of {} pages bad", m.corrupted_pages(), m.pages_checked)

@@ -68,9 +68,11 @@ enum Command {
     ///
     /// Every migration is measured every way: the paper's ping (50 ms by default),
     /// migtrace's probe sender timed at the taps, the vCPU blackout and the phase
-    /// timeline from eBPF probes, and QEMU's own figures.
+    /// timeline from eBPF probes, and QEMU's own figures. In the lab the migration
+    /// stream crosses a link between the hosts shaped to --link (1gbit by default).
     ///
     /// Example: migtrace migrate --lab --count 5 --workload wset=64M,rate=2000 --out results/try
+    /// Example: migtrace migrate --lab --link 100mbit --count 3 --workload wset=16M,rate=1000
     Migrate(Box<migrate::MigrateArgs>),
     /// Run (or resume) an experiment: a spec of factors and levels, many migrations.
     ///
@@ -192,9 +194,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             let root = dir.parent().map(PathBuf::from).unwrap_or_default();
             let store = migtrace::experiment::store::Store::open(&root, &spec, &text, false)?;
             let summary = store.write_summaries(&spec)?;
+            migtrace::report::pages::write_text(&store, &spec, &summary)?;
             print!("{}", migtrace::report::experiment::render(&spec.raw.name, &summary));
             if html {
-                let w = store.write_report(&spec, &summary)?;
+                let w = migtrace::report::pages::write_html(&store, &spec, &summary)?;
                 println!("{} ({} figures, each also in {})", w.html.display(), w.figures, w.plots.display());
             }
             println!("results in {}", store.dir.display());
@@ -274,7 +277,7 @@ fn write_perfetto(path: &std::path::Path, chosen: &[&migtrace::measure::record::
         );
     }
     if into_dir {
-        std::fs::create_dir_all(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+        migtrace::files::create_dir(path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
     }
     let mut notes = 0;
     for (treatment, records) in &groups {
@@ -289,7 +292,8 @@ fn write_perfetto(path: &std::path::Path, chosen: &[&migtrace::measure::record::
         };
         let export = perfetto::export(records);
         let text = serde_json::to_string(&export.json)?;
-        std::fs::write(&out, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+        migtrace::files::write_atomic(&out, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
         eprintln!(
             "{}: {} migration(s) of {treatment}, {} trace events; open it in ui.perfetto.dev or chrome://tracing",
             out.display(),
@@ -366,6 +370,7 @@ async fn run_experiment(args: RunArgs) -> Result<()> {
         &spec,
         &text,
         &runner::RunOptions { results: args.results.clone(), force_new: args.force_new, migtrace: None },
+        &migtrace::report::pages::Pages,
     )
     .await?;
     print!("{}", migtrace::report::experiment::render(&spec.raw.name, &report.summary));
@@ -381,6 +386,20 @@ async fn run_experiment(args: RunArgs) -> Result<()> {
         (None, None) => {}
     }
     Ok(())
+}
+
+/// An error and its causes on one line. Most of migtrace's errors already print their
+/// source in their own message: a cause the line holds already is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Resolves on SIGINT or SIGTERM, with the signal's name.
@@ -454,6 +473,17 @@ pub struct MachineArgs {
     /// reproduces QEMU's lost-dirty-page bug (guests crash or their memory check fails).
     #[arg(long)]
     pub no_tcg_dirty_workaround: bool,
+    /// The link between the lab's two hosts, which carries the migration stream, in tc's
+    /// rate syntax: `100mbit`, `1gbit` (the paper's 1 GbE), `10gbit`, or `unlimited`
+    /// (no shaping: the hosts' veth at memory speed). Shaped with the kernel's tbf on
+    /// both ends; the guest's own network is not shaped.
+    #[arg(long, default_value = "1gbit", value_name = "RATE", allow_hyphen_values = true)]
+    pub link: migtrace::hypervisor::link::LinkRate,
+    /// One-way delay added on the link in each direction, ms (RTT + 2×). Needs the
+    /// kernel's netem qdisc (sch_netem); a kernel without it refuses, and migtrace adds
+    /// no delay of its own.
+    #[arg(long, value_name = "MS")]
+    pub link_delay: Option<f64>,
 }
 
 impl MachineArgs {
@@ -488,6 +518,31 @@ impl MachineArgs {
             tcg_dirty_workaround: !self.no_tcg_dirty_workaround,
             guest,
             dirty_ring: self.dirty_ring,
+            link: self.link_config()?,
         })
+    }
+
+    fn link_config(&self) -> Result<migtrace::hypervisor::link::LinkConfig> {
+        if let Some(ms) = self.link_delay
+            && !(ms.is_finite() && ms > 0.0 && ms <= 10_000.0)
+        {
+            anyhow::bail!("--link-delay {ms}: a one-way delay in ms, more than 0 and at most 10000");
+        }
+        Ok(migtrace::hypervisor::link::LinkConfig { rate: self.link, delay_ms: self.link_delay, shaper: String::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let store = migtrace::experiment::store::StoreError::Io { path: "r/x".into(), source: io };
+        let e = anyhow::Error::new(store).context("opening the results");
+        assert_eq!(error_line(&e), "opening the results: r/x: No such file or directory (os error 2)");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&e), "outer: inner");
     }
 }

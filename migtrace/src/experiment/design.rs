@@ -8,7 +8,10 @@ use workloads::spec::Spec;
 
 use super::spec::{Design, ExperimentSpec, Factor, Level, Order, SpecError};
 use crate::{
-    hypervisor::MigrationParams,
+    hypervisor::{
+        MigrationParams,
+        link::{LinkConfig, LinkRate},
+    },
     lab::{GuestKind, LabConfig},
 };
 
@@ -92,6 +95,14 @@ impl Treatment {
         }
     }
 
+    /// The lab's link in this treatment (`link` factor), else the lab's default.
+    pub fn link(&self) -> LinkConfig {
+        match self.levels.get(&Factor::Link).map(|l| l.to_string().parse::<LinkRate>()) {
+            Some(Ok(rate)) => LinkConfig { rate, ..crate::lab::default_link() },
+            _ => crate::lab::default_link(),
+        }
+    }
+
     pub fn lab_config(
         &self,
         boot_timeout: Duration,
@@ -115,6 +126,7 @@ impl Treatment {
             tcg_dirty_workaround: lab.tcg_dirty_workaround,
             guest,
             dirty_ring: lab.dirty_ring,
+            link: self.link(),
         })
     }
 
@@ -122,7 +134,11 @@ impl Treatment {
         MigrationParams {
             max_bandwidth: self.get(Factor::MaxBandwidth).map(|m| (m * (1 << 20) as f64) as u64),
             downtime_limit_ms: self.get(Factor::DowntimeLimit).map(|d| d as u64),
+            avail_switchover_bandwidth: self
+                .get(Factor::AvailSwitchoverBandwidth)
+                .map(|m| (m * (1 << 20) as f64) as u64),
             timeout_s,
+            link: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Runs an experiment: one lab per treatment (or one pair of libvirt hosts for all), its
 //! repetitions as ping-pong migrations, every record appended durably as it finishes,
-//! summaries after every treatment.
+//! summaries after every treatment, and the pages people read through the
+//! [`PageWriter`] its caller passes (the report layer draws them).
 
 use std::{
     io::IsTerminal as _,
@@ -23,7 +24,7 @@ use crate::{
         session::{MeasureOptions, Session, SessionError},
     },
     probe::tracer::TraceError,
-    report::stats::ExperimentSummary,
+    stats::ExperimentSummary,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,22 @@ pub struct RunReport {
     pub html_error: Option<String>,
 }
 
+/// The pages a run keeps current in its directory (`report.txt`, `report.html`): drawn
+/// by the report layer, handed in by the caller, so the experiment does not depend on how
+/// its results are shown.
+pub trait PageWriter {
+    /// After every treatment, with the summaries (cheap).
+    fn text(&self, store: &Store, spec: &ExperimentSpec, summary: &ExperimentSummary) -> Result<(), StoreError>;
+    /// After a treatment when it is cheap next to the treatment, and at the end: where
+    /// the page went. A failure does not stop the run.
+    fn page(
+        &self,
+        store: &Store,
+        spec: &ExperimentSpec,
+        summary: &ExperimentSummary,
+    ) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>>;
+}
+
 /// `12.3` or `-`.
 fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
@@ -86,6 +103,13 @@ fn ms(v: Option<f64>) -> String {
 
 /// The key figures of one migration, for a progress line.
 pub fn key_figures(r: &MigrationRecord) -> String {
+    if crate::measure::quality::category(r) == crate::measure::quality::Category::DidNotConverge {
+        return format!(
+            "did not converge: pre-copy still running when cancelled after {:.0} s (the guest dirties memory faster than \
+             the link drains it)",
+            r.params.timeout_s
+        );
+    }
     if r.outcome.status != Status::Completed {
         return format!(
             "{}: {}",
@@ -205,14 +229,32 @@ fn measure_options(spec: &ExperimentSpec) -> MeasureOptions {
     }
 }
 
-/// Runs (or resumes) `spec`; `spec_text` is stored as run.
-pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> Result<RunReport, RunError> {
+/// Runs (or resumes) `spec`; `spec_text` is stored as run; `pages` are written after
+/// every treatment and at the end.
+pub async fn run(
+    spec: &ExperimentSpec,
+    spec_text: &str,
+    opts: &RunOptions,
+    pages: &(dyn PageWriter + Sync),
+) -> Result<RunReport, RunError> {
     let treatments = design::expand(spec);
     // Every QEMU the spec names must exist here: refused now, not an hour into the run.
     let mut selectors: Vec<&str> = treatments.iter().filter_map(Treatment::qemu).collect();
     selectors.dedup();
     for q in selectors {
         migtrace_common::host::qemu::select(q).map_err(|e| SpecError::Treatment(format!("qemu = {q:?}: {e}")))?;
+    }
+    // And every knob must be one its QEMU takes.
+    for t in &treatments {
+        let params = t.migration_params(spec.raw.migration.timeout_s);
+        if params.avail_switchover_bandwidth.is_none() {
+            continue;
+        }
+        let q = t.qemu().unwrap_or("system");
+        let build = migtrace_common::host::qemu::select(q)
+            .map_err(|e| SpecError::Treatment(format!("treatment {}: qemu = {q:?}: {e}", t.name())))?;
+        crate::lab::check_parameters(&params, Some((build.version.major, build.version.minor)))
+            .map_err(|e| SpecError::Treatment(format!("treatment {}: {e}", t.name())))?;
     }
     // What a lab on this machine needs (root, capabilities, tracefs) fails now, not
     // after the first boot.
@@ -317,11 +359,12 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
             kept = Some((hosts, session));
         }
         let summary = store.write_summaries(spec)?;
+        pages.text(&store, spec, &summary)?;
         // The page after each treatment while it is cheap next to the treatment itself.
         let mut html = String::new();
         if last_report.is_none_or(|d| d * 20 < treatment_started.elapsed()) {
             let t = Instant::now();
-            match store.write_report(spec, &summary) {
+            match pages.page(&store, spec, &summary) {
                 Ok(_) => html = "; report.html updated".into(),
                 Err(e) => html = format!("; report.html not written: {e}"),
             }
@@ -341,8 +384,9 @@ pub async fn run(spec: &ExperimentSpec, spec_text: &str, opts: &RunOptions) -> R
     }
     progress.finish();
     let summary = store.write_summaries(spec)?;
-    let (html, html_error) = match store.write_report(spec, &summary) {
-        Ok(w) => (Some(w.html), None),
+    pages.text(&store, spec, &summary)?;
+    let (html, html_error) = match pages.page(&store, spec, &summary) {
+        Ok(html) => (Some(html), None),
         Err(e) => (None, Some(e.to_string())),
     };
     Ok(RunReport { dir: store.dir.clone(), ran, skipped, summary, html, html_error })

@@ -20,7 +20,9 @@
 //! ```
 //!
 //! Factors: `vmsize`, `vcpus`, `accel`, `load`, `wset`, `rate`, `period`, `bpc`, `fill`,
-//! `max_bandwidth` (MiB/s), `downtime_limit` (ms). Measurement knobs live in `[measure]`
+//! `max_bandwidth` (MiB/s), `downtime_limit` (ms), `avail_switchover_bandwidth` (MiB/s,
+//! QEMU ≥ 8.2), `link` (the lab's link between the
+//! hosts, tc's rate syntax: `100mbit`, `1gbit`, `unlimited`; default `1gbit`), `qemu`. Measurement knobs live in `[measure]`
 //! and migration knobs in `[migration]`.
 
 use std::{collections::BTreeMap, fmt, time::Duration};
@@ -46,10 +48,12 @@ pub enum Factor {
     MaxBandwidth,
     DowntimeLimit,
     Qemu,
+    Link,
+    AvailSwitchoverBandwidth,
 }
 
 impl Factor {
-    pub const ALL: [Factor; 12] = [
+    pub const ALL: [Factor; 14] = [
         Factor::Vmsize,
         Factor::Vcpus,
         Factor::Accel,
@@ -62,6 +66,8 @@ impl Factor {
         Factor::MaxBandwidth,
         Factor::DowntimeLimit,
         Factor::Qemu,
+        Factor::Link,
+        Factor::AvailSwitchoverBandwidth,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +84,8 @@ impl Factor {
             Factor::MaxBandwidth => "max_bandwidth",
             Factor::DowntimeLimit => "downtime_limit",
             Factor::Qemu => "qemu",
+            Factor::Link => "link",
+            Factor::AvailSwitchoverBandwidth => "avail_switchover_bandwidth",
         }
     }
 
@@ -93,9 +101,10 @@ impl Factor {
             Factor::Load | Factor::Fill => "a percentage 0–100",
             Factor::Rate => "pages per second (0 or more)",
             Factor::Period => "a duration such as \"10ms\"",
-            Factor::MaxBandwidth => "MiB/s (more than 0)",
+            Factor::MaxBandwidth | Factor::AvailSwitchoverBandwidth => "MiB/s (more than 0)",
             Factor::DowntimeLimit => "milliseconds (0 or more)",
             Factor::Qemu => "a QEMU build: \"system\", a version such as \"10.0\", or a path to a binary",
+            Factor::Link => crate::hypervisor::link::RATE_FORMS,
         }
     }
 }
@@ -318,7 +327,7 @@ pub enum SpecError {
     #[error("spec is not valid TOML or has a misspelled field: {0}")]
     Toml(String),
     #[error(
-        "unknown factor {0:?}: use one of vmsize, vcpus, accel, qemu, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit"
+        "unknown factor {0:?}: use one of vmsize, vcpus, accel, qemu, link, load, wset, rate, period, bpc, fill, max_bandwidth, downtime_limit, avail_switchover_bandwidth"
     )]
     UnknownFactor(String),
     #[error("factor {0} has no levels: give at least one, e.g. {0} = [...]")]
@@ -392,7 +401,7 @@ fn normalise(factor: Factor, value: &toml::Value) -> Result<Level, SpecError> {
             }
             Level::Number(n)
         }
-        Factor::MaxBandwidth => {
+        Factor::MaxBandwidth | Factor::AvailSwitchoverBandwidth => {
             let n = number().ok_or_else(bad)?;
             if n <= 0.0 || !n.is_finite() {
                 return Err(bad());
@@ -418,6 +427,12 @@ fn normalise(factor: Factor, value: &toml::Value) -> Result<Level, SpecError> {
             toml::Value::Integer(i) => Level::Text(i.to_string()),
             _ => return Err(bad()),
         },
+        // Normalised (`1000mbit` is `1gbit`), so equal links are equal levels.
+        Factor::Link => {
+            let toml::Value::String(s) = value else { return Err(bad()) };
+            let rate: crate::hypervisor::link::LinkRate = s.parse().map_err(|_| bad())?;
+            Level::Text(rate.to_string())
+        }
     };
     Ok(level)
 }
@@ -450,6 +465,11 @@ impl ExperimentSpec {
                      only max_bandwidth and downtime_limit vary here (backend \"libvirt-lab\" varies them all)"
                 )));
             }
+        }
+        if backend != Backend::Lab && raw.factors.contains_key(Factor::AvailSwitchoverBandwidth.name()) {
+            return Err(SpecError::Libvirt(
+                "factor avail_switchover_bandwidth: libvirt has no parameter for it (use backend \"lab\")".into(),
+            ));
         }
         if let Some(a) = raw.libvirt.agents.as_deref()
             && !["auto", "local", "none"].contains(&a)

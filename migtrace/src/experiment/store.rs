@@ -20,7 +20,7 @@ use crate::{
         quality::MEASURES,
         record::{self, MigrationRecord, RecordError, RecordWriter},
     },
-    report::stats::{self, EffectDesign, ExperimentSummary},
+    stats::{self, EffectDesign, ExperimentSummary},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +40,6 @@ pub enum StoreError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Locked(#[from] crate::files::LockError),
-    #[error("writing the HTML report: {0}")]
-    Html(#[from] crate::report::html::HtmlError),
 }
 
 /// `experiment.json`: identifies the spec the results belong to.
@@ -118,6 +116,9 @@ impl Store {
         if held.is_some() {
             files::check_writable(&dir).map_err(io_err(&dir))?;
             remove_stale_temporaries(&dir);
+            // Read before the writer opens it: a link there is named now, not misread.
+            let records = dir.join(record::RECORDS_FILE);
+            files::refuse_link(&records).map_err(io_err(&records))?;
         }
         if !manifest_path.exists() {
             let manifest = Manifest {
@@ -162,8 +163,8 @@ impl Store {
     }
 
     /// Recomputes and writes every summary from the records: `summary.json` (statistics,
-    /// HDR histograms, Table II, effects), `treatments.csv`, `migrations.csv`,
-    /// `report.txt`. Returns the summary.
+    /// HDR histograms, Table II, effects), `treatments.csv`, `migrations.csv`. Returns the
+    /// summary (the report layer draws `report.txt` and `report.html` from it).
     pub fn write_summaries(&self, spec: &ExperimentSpec) -> Result<ExperimentSummary, StoreError> {
         let records = self.records()?;
         let levels_of = levels_of(spec);
@@ -174,40 +175,7 @@ impl Store {
         )?;
         write_atomic(&self.dir.join("treatments.csv"), treatments_csv(&summary).as_bytes())?;
         write_atomic(&self.dir.join("migrations.csv"), migrations_csv(&records, &levels_of).as_bytes())?;
-        write_atomic(
-            &self.dir.join("report.txt"),
-            crate::report::experiment::render(&spec.raw.name, &summary).as_bytes(),
-        )?;
         Ok(summary)
-    }
-}
-
-impl Store {
-    /// Writes `report.html` and `plots/*.svg` from the records and `summary`, with the
-    /// model validation of `validation.json` when the directory has one (see
-    /// [`crate::report::html`]).
-    pub fn write_report(
-        &self,
-        spec: &ExperimentSpec,
-        summary: &ExperimentSummary,
-    ) -> Result<crate::report::html::Written, StoreError> {
-        let records = self.records()?;
-        let spec_text = fs::read_to_string(self.dir.join("spec.toml"))
-            .unwrap_or_else(|_| toml::to_string(&spec.raw).unwrap_or_default());
-        // A validation the directory holds is shown; one that cannot be read is said so
-        // and left out, the rest of the report still written.
-        let validation = crate::model::validate::Validation::load(&self.dir).unwrap_or_else(|e| {
-            log::warn!("{e}: the report leaves the model validation out");
-            None
-        });
-        let e = crate::report::html::Experiment {
-            spec,
-            spec_text: &spec_text,
-            records: &records,
-            summary,
-            validation: validation.as_ref(),
-        };
-        Ok(crate::report::html::write(&self.dir, &e)?)
     }
 }
 
@@ -236,13 +204,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 /// Temporary files of [`files::write_atomic`] left by a process that was killed while
-/// writing (`.<name>.tmp.<pid>`, the pid no longer running). Only the lock holder calls
-/// this: nobody else writes here.
+/// writing (`.<name>.tmp.<pid>.<random>`, or `.<name>.tmp.<pid>` from older versions;
+/// the pid no longer running). Only the lock holder calls this: nobody else writes here.
 fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp.")).and_then(|(_, p)| p.parse::<u32>().ok());
+        let pid = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp."))
+            .and_then(|(_, rest)| rest.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
@@ -261,7 +233,10 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
     let factors: Vec<String> = s.treatments.first().map(|t| t.levels.keys().cloned().collect()).unwrap_or_default();
     let mut header: Vec<String> = vec!["treatment".into()];
     header.extend(factors.iter().cloned());
-    header.extend(["migrations", "usable", "failed", "guest_crashed", "corrupted", "trace_loss"].map(String::from));
+    header.extend(
+        ["migrations", "usable", "did_not_converge", "failed", "guest_crashed", "corrupted", "trace_loss"]
+            .map(String::from),
+    );
     for m in MEASURES {
         for stat in ["mean", "sd", "min", "p50", "p99", "p999", "max", "ci95_low", "ci95_high"] {
             header.push(format!("{}.{stat}", m.name));
@@ -272,7 +247,8 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
         let mut row = vec![t.treatment.clone()];
         row.extend(factors.iter().map(|f| t.levels.get(f).cloned().unwrap_or_default()));
         row.extend(
-            [t.migrations, t.usable, t.failed, t.guest_crashed, t.corrupted, t.trace_loss].map(|n| n.to_string()),
+            [t.migrations, t.usable, t.did_not_converge, t.failed, t.guest_crashed, t.corrupted, t.trace_loss]
+                .map(|n| n.to_string()),
         );
         for m in MEASURES {
             match t.measures.get(m.name) {
@@ -361,6 +337,34 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".old-"))
             .count();
         assert_eq!(aside, 1, "old results moved aside, not deleted");
+        fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn a_run_removes_stale_temporaries_and_refuses_a_linked_records_file() {
+        let root = std::env::temp_dir().join(format!("migtrace-store-run-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let spec = ExperimentSpec::parse(SPEC).expect("spec");
+        let dir = root.join("store-test");
+        files::create_dir(&dir).expect("dir");
+        // No process has pid u32::MAX: its temporaries are stale, in both name formats.
+        let stale = [format!(".summary.json.tmp.{}.AbC123", u32::MAX), format!(".report.txt.tmp.{}", u32::MAX)];
+        let live = format!(".summary.json.tmp.{}.XyZ789", std::process::id());
+        for name in stale.iter().chain([&live]) {
+            fs::write(dir.join(name), b"partial").expect("temporary");
+        }
+        drop(Store::open_for_run(&root, &spec, SPEC, false).expect("open"));
+        for name in &stale {
+            assert!(!dir.join(name).exists(), "{name} left");
+        }
+        assert!(dir.join(&live).exists(), "a live writer's temporary was removed");
+        let victim = root.join("victim");
+        fs::write(&victim, b"precious").expect("victim");
+        let records = dir.join(record::RECORDS_FILE);
+        std::os::unix::fs::symlink(&victim, &records).expect("symlink");
+        let e = Store::open_for_run(&root, &spec, SPEC, false).err().expect("refused").to_string();
+        assert!(e.starts_with(&format!("{}: a symbolic link", records.display())), "{e}");
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious");
         fs::remove_dir_all(&root).expect("cleanup");
     }
 }

@@ -16,7 +16,6 @@ use crate::{
     lab::{
         Lab, LabError,
         libvirt::{LibvirtLab, LibvirtLabError},
-        netns,
     },
     measure::session::{MeasureOptions, Network, Session},
     probe::{
@@ -65,9 +64,7 @@ impl Testbed {
                     .lab_config(boot_timeout, &spec.raw.lab, spec.raw.guest)
                     .map_err(|e| TestbedError::Config(e.to_string()))?;
                 let lab = Lab::up(config).await?;
-                let network =
-                    Network { ns: Some(lab.ns().to_owned()), guest: netns::GUEST_IP, taps: netns::TAPS.to_vec() };
-                let session = Session::start(network, options)?;
+                let session = Session::start(lab.network(), options)?;
                 Ok((Self::Qemu(Box::new(lab)), session))
             }
             Backend::LibvirtLab => {
@@ -233,6 +230,22 @@ impl HostPair for Testbed {
             Self::Qemu(l) => l.memory_check(timeout).await,
             Self::LibvirtLab(l) => l.memory_check(timeout).await,
             Self::Libvirt(p) => p.memory_check(timeout).await,
+        }
+    }
+
+    fn link(&self) -> Option<crate::hypervisor::link::LinkConfig> {
+        match self {
+            Self::Qemu(l) => HostPair::link(l.as_ref()),
+            Self::LibvirtLab(l) => HostPair::link(l.as_ref()),
+            Self::Libvirt(p) => p.link(),
+        }
+    }
+
+    fn link_tx_bytes(&self) -> Option<u64> {
+        match self {
+            Self::Qemu(l) => l.link_tx_bytes(),
+            Self::LibvirtLab(l) => l.link_tx_bytes(),
+            Self::Libvirt(p) => p.link_tx_bytes(),
         }
     }
 

@@ -4,7 +4,9 @@
 //! is mapped into them, labelled with where it came from.
 
 pub mod console;
+pub mod features;
 pub mod libvirt;
+pub mod link;
 pub mod qmp;
 
 use serde::{Deserialize, Serialize};
@@ -18,8 +20,17 @@ pub struct MigrationParams {
     pub max_bandwidth: Option<u64>,
     /// Milliseconds; None keeps the hypervisor's default.
     pub downtime_limit_ms: Option<u64>,
+    /// Bytes per second QEMU assumes for the switchover when deciding whether what is
+    /// left fits in the downtime limit (`avail-switchover-bandwidth`, QEMU ≥ 8.2); None:
+    /// QEMU's own estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avail_switchover_bandwidth: Option<u64>,
     /// Give up (and cancel) after this many seconds.
     pub timeout_s: f64,
+    /// The link between the hosts as configured, and what the migration achieved over
+    /// it; filled in by the measurement (a knob of the hosts, not of `migrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<link::LinkRecord>,
 }
 
 /// What both hosts run: the hypervisor build, how it executes the guest, the guest's
@@ -318,6 +329,18 @@ pub trait HostPair {
     /// Heartbeats the guest sent since `since_ns`, from both hosts, in time order. None:
     /// this guest sends none.
     fn heartbeats(&self, _since_ns: u64) -> Option<Vec<Heartbeat>> {
+        None
+    }
+
+    /// The link the migration stream crosses, as configured, if the hosts know it (the
+    /// labs shape their own).
+    fn link(&self) -> Option<link::LinkConfig> {
+        None
+    }
+
+    /// Bytes the source host's end of the link has sent so far, if the hosts can read
+    /// its counter.
+    fn link_tx_bytes(&self) -> Option<u64> {
         None
     }
 }

@@ -166,6 +166,12 @@ impl Qmp {
         Ok(ReportedStats { reported_by: Some("qemu query-migrate".into()), ..stats })
     }
 
+    /// `query-migrate-parameters` as QEMU answers it (its names; the set differs between
+    /// releases).
+    pub async fn migrate_parameters(&self) -> Result<serde_json::Value, QmpError> {
+        self.execute(QueryMigrateParametersRaw {}).await
+    }
+
     /// `query-status`: the VM's run state (`running`, `paused`, `inmigrate`, …).
     pub async fn run_state(&self) -> Result<String, QmpError> {
         let status = self.execute(qmp::query_status {}).await?;
@@ -189,6 +195,17 @@ impl qapi::Command for QueryMigrateRaw {
     const ALLOW_OOB: bool = false;
 }
 impl qmp::QmpCommand for QueryMigrateRaw {}
+
+/// `query-migrate-parameters` returning the raw JSON object.
+#[derive(Serialize)]
+struct QueryMigrateParametersRaw {}
+
+impl qapi::Command for QueryMigrateParametersRaw {
+    type Ok = serde_json::Value;
+    const NAME: &'static str = "query-migrate-parameters";
+    const ALLOW_OOB: bool = false;
+}
+impl qmp::QmpCommand for QueryMigrateParametersRaw {}
 
 #[cfg(test)]
 mod tests {

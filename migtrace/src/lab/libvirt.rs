@@ -1,16 +1,20 @@
 //! Two real libvirt hosts on one machine: the libvirt backend measured for real here.
 //!
 //! ```text
-//!   netns migtrace-<id>-a            netns migtrace-<id>-b
-//!   ┌──────────────────────────┐     ┌──────────────────────────┐
-//!   │ libvirtd (own /etc,/run, │     │ libvirtd (own /etc,/run, │
-//!   │  /var/lib,/var/log …)    │     │  /var/lib,/var/log …)    │
-//!   │ br0 10.78.0.1 ── peer-b ─┼─────┼─ peer-a ── br0 10.78.0.2 │
-//!   │   └ vnetN (the guest)    │     │   └ vnetN (the guest)    │
-//!   │   └ client-br ┐          │     └──────────────────────────┘
-//!   └───────────────┼──────────┘
-//!   netns migtrace-<id>-c: client 10.78.0.100 (ping and probe sender)
+//!   netns migtrace-<id>-a                      netns migtrace-<id>-b
+//!   ┌────────────────────────────────┐         ┌────────────────────────────────┐
+//!   │ libvirtd (own /etc,/run,       │         │ libvirtd (own /etc,/run,       │
+//!   │  /var/lib,/var/log …)          │         │  /var/lib,/var/log …)          │
+//!   │ vnetN (the guest) ─ br0 ─ uplink ─┐   ┌─ uplink ─ br0 ─ vnetN (the guest)│
+//!   │ mig0 10.79.0.1 ═══════════════════╪═══╪═════════════════ mig0 10.79.0.2 │
+//!   └────────────────────────────────┘  │   │  └────────────────────────────────┘
+//!                     netns migtrace-<id>-sw: the switch
+//!                     netns migtrace-<id>-c: client 10.78.0.100 (ping and probe sender)
 //! ```
+//!
+//! The network is the QEMU lab's ([`super::netns`]): each daemon listens, and migrates,
+//! on its host's end of the shaped link; the guest's NIC is on its host's bridge,
+//! joined to the other host's by the switch.
 //!
 //! Each daemon runs in its host's network namespace and a private mount and UTS
 //! namespace of its own (its own configuration, state, logs, host name and host UUID),
@@ -37,27 +41,35 @@ use virt::connect::Connect;
 use super::{
     LabConfig, LabError,
     image::{self, GuestImage},
+    netns::{self, GuestNet, LabNet, LabNetError},
     qemu::QemuError,
     registry,
 };
 use crate::{
+    hypervisor::link::LinkConfig,
     hypervisor::{
         GuestCheck, HostPair, Machine, MigrationOutcome, MigrationParams,
         libvirt::{LibvirtError, LibvirtFlags, LibvirtHost, LibvirtPair},
     },
     measure::session::Network,
-    sys::netns::{self, NetError},
+    sys::{
+        netns::{NetError, ns_path},
+        private,
+    },
 };
 
-/// The hosts' addresses on their shared segment, the client's and the guest's.
-pub const HOST_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 78, 0, 1), Ipv4Addr::new(10, 78, 0, 2)];
+/// The hosts' addresses: their ends of the link (libvirt's listen and migration
+/// address); the client's and the guest's on the guest network.
+pub const HOST_IPS: [Ipv4Addr; 2] = netns::LINK_IPS;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 100);
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 10);
 pub const GUEST_MAC: &str = "52:54:00:4d:54:02";
 const PREFIX_LEN: u8 = 24;
 /// Where libvirt looks for QEMU, and where a cached build is mounted on each host.
 const SYSTEM_QEMU: &str = "/usr/bin/qemu-system-x86_64";
-const HOSTS: [&str; 2] = ["a", "b"];
+use netns::HOSTS;
+/// The guest network of the libvirt lab (libvirt makes the taps).
+const GUEST_NET: GuestNet = GuestNet { guest_ip: GUEST_IP, guest_mac: GUEST_MAC, client_ip: CLIENT_IP, taps: false };
 /// Directories each daemon gets a private copy of.
 const PRIVATE_DIRS: [(&str, &str); 5] = [
     ("etc", "/etc/libvirt"),
@@ -73,6 +85,8 @@ pub enum LibvirtLabError {
     Lab(#[from] LabError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    LabNet(#[from] LabNetError),
     #[error(
         "libvirt's daemon is not installed ({0} missing): `cargo xtask setup` installs libvirt-daemon, libvirt-daemon-driver-qemu and libvirt-clients"
     )]
@@ -118,7 +132,9 @@ pub struct LibvirtLab {
     pub boot_time: Duration,
     pub agent_line: String,
     workarounds: Vec<String>,
-    namespaces: Vec<String>,
+    /// The hosts' namespaces, the link, the switch and the client (None until made,
+    /// and after teardown).
+    net: Option<LabNet>,
     daemons: Vec<Daemon>,
     dir: PathBuf,
     registry: registry::Entry,
@@ -127,7 +143,12 @@ pub struct LibvirtLab {
 impl LibvirtLab {
     /// The namespace of host `a` or `b`, and the client's (`c`).
     pub fn ns(id: &str, host: &str) -> String {
-        format!("{}-{host}", super::netns::LabNet::ns_name(id))
+        LabNet::ns_of(id, host)
+    }
+
+    /// The link as configured and shaped.
+    pub fn link(&self) -> LinkConfig {
+        self.net.as_ref().map_or_else(|| self.config.link.clone(), |n| n.link.clone())
     }
 
     /// Where probes are sent from and the guest is reached.
@@ -173,7 +194,10 @@ impl LibvirtLab {
         let ram_kib = config.vmsize_mib as u64 * 1024;
         let (qemu, workarounds) = choose_qemu(&config, &accel)?;
         let id = registry::new_id();
-        let registry = registry::Entry::create(&id)?;
+        let mut registry = registry::Entry::create(&id)?;
+        for ns in LabNet::all_namespaces(&id).iter().skip(1) {
+            registry.add_netns(ns)?;
+        }
         let dir = registry.dir.clone();
         let domain = format!("migtrace-{id}");
         // From here on, a failure tears down what exists (see Drop).
@@ -188,12 +212,12 @@ impl LibvirtLab {
             boot_time: Duration::ZERO,
             agent_line: String::new(),
             workarounds,
-            namespaces: Vec::new(),
+            net: None,
             daemons: Vec::new(),
             dir: dir.clone(),
             registry,
         };
-        lab.create_network()?;
+        lab.net = Some(LabNet::create(&id, GUEST_NET, &lab.config.link)?);
         for (i, h) in HOSTS.iter().enumerate() {
             lab.start_daemon(i, h).await?;
         }
@@ -244,58 +268,18 @@ impl LibvirtLab {
         m
     }
 
-    fn create_network(&mut self) -> Result<(), LibvirtLabError> {
-        let [a, b, c] = ["a", "b", "c"].map(|h| Self::ns(&self.id, h));
-        for ns in [&a, &b, &c] {
-            netns::ip(&["netns", "add", ns])?;
-            self.namespaces.push(ns.clone());
-            self.registry.add_netns(ns)?;
-            netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        for (ns, ip) in [(&a, HOST_IPS[0]), (&b, HOST_IPS[1])] {
-            netns::ip(&["-n", ns, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
-            netns::ip(&["-n", ns, "addr", "add", &format!("{ip}/{PREFIX_LEN}"), "dev", "br0"])?;
-            netns::ip(&["-n", ns, "link", "set", "br0", "up"])?;
-        }
-        // The hosts' segment: one veth between the two bridges.
-        netns::ip(&["-n", &a, "link", "add", "peer-b", "type", "veth", "peer", "name", "peer-a", "netns", &b])?;
-        netns::ip(&["-n", &a, "link", "set", "peer-b", "master", "br0", "up"])?;
-        netns::ip(&["-n", &b, "link", "set", "peer-a", "master", "br0", "up"])?;
-        // The client (ping, probe sender) hangs off host a's bridge, like a third machine.
-        netns::ip(&["-n", &c, "link", "add", "client", "type", "veth", "peer", "name", "client-br", "netns", &a])?;
-        netns::ip(&["-n", &a, "link", "set", "client-br", "master", "br0", "up"])?;
-        netns::ip(&["-n", &c, "addr", "add", &format!("{CLIENT_IP}/{PREFIX_LEN}"), "dev", "client"])?;
-        netns::ip(&["-n", &c, "link", "set", "client", "up"])?;
-        netns::ip(&[
-            "-n",
-            &c,
-            "neigh",
-            "replace",
-            &GUEST_IP.to_string(),
-            "lladdr",
-            GUEST_MAC,
-            "dev",
-            "client",
-            "nud",
-            "permanent",
-        ])?;
-        Ok(())
-    }
-
     async fn start_daemon(&mut self, i: usize, h: &str) -> Result<(), LibvirtLabError> {
+        // Root's alone, like the lab's directory they are in (see sys::private).
         let home = self.dir.join(h);
-        for (sub, _) in PRIVATE_DIRS {
-            let d = home.join(sub);
-            fs::create_dir_all(&d).map_err(io(&d))?;
-        }
-        for d in [home.join("lib/qemu"), home.join("log/qemu")] {
-            fs::create_dir_all(&d).map_err(io(&d))?;
+        let dirs = PRIVATE_DIRS.iter().map(|(sub, _)| home.join(sub));
+        for d in [home.clone()].into_iter().chain(dirs).chain([home.join("lib/qemu"), home.join("log/qemu")]) {
+            private::dir(&d).map_err(io(&d))?;
         }
         // libvirtd probes each QEMU binary's capabilities once; keep its cache across labs.
         let caps = cache_dir().join("libvirt").join(format!("cache-{h}"));
         fs::create_dir_all(&caps).map_err(io(&caps))?;
         let hosts_file = home.join("hosts");
-        let write = |path: PathBuf, text: String| fs::write(&path, text).map_err(io(&path));
+        let write = |path: PathBuf, text: String| private::write(&path, text.as_bytes()).map_err(io(&path));
         write(
             hosts_file.clone(),
             format!(
@@ -311,6 +295,7 @@ impl LibvirtLab {
             format!(
                 "listen_tls = 0\nlisten_tcp = 1\nlisten_addr = \"{}\"\nauth_tcp = \"none\"\nauth_unix_rw = \"none\"\n\
                  auth_unix_ro = \"none\"\nunix_sock_group = \"root\"\nunix_sock_rw_perms = \"0700\"\n\
+                 unix_sock_ro_perms = \"0700\"\nunix_sock_admin_perms = \"0700\"\n\
                  host_uuid = \"{}\"\nlog_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n",
                 HOST_IPS[i],
                 host_uuid(&self.id, i)
@@ -348,9 +333,9 @@ impl LibvirtLab {
         }
         let hostname = host_name(&self.id, h);
         let ns = Self::ns(&self.id, h);
-        let ns_file = fs::File::open(netns::ns_path(&ns)).map_err(io(&netns::ns_path(&ns)))?;
+        let ns_file = fs::File::open(ns_path(&ns)).map_err(io(&ns_path(&ns)))?;
         let stderr_path = home.join("libvirtd.stderr");
-        let stderr = fs::File::create(&stderr_path).map_err(io(&stderr_path))?;
+        let stderr = private::file(&stderr_path).map_err(io(&stderr_path))?;
         let config = home.join("etc/libvirtd.conf");
         let mut cmd = tokio::process::Command::new("/usr/sbin/libvirtd");
         cmd.arg("--listen")
@@ -365,10 +350,13 @@ impl LibvirtLab {
         let fd = ns_file.as_raw_fd();
         let root = c"/".to_owned();
         // SAFETY: between fork and exec only async-signal-safe system calls on data
-        // prepared before the fork: setns, unshare, mount, sethostname, prctl.
+        // prepared before the fork: umask, setns, unshare, mount, sethostname, prctl.
         unsafe {
             cmd.as_std_mut().pre_exec(move || {
                 let check = |rc: libc::c_int| if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+                // What the daemon makes in the lab's state is its owner's alone, whatever
+                // the caller's umask.
+                libc::umask(0o077);
                 check(libc::setns(fd, libc::CLONE_NEWNET))?;
                 check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
                 check(libc::mount(
@@ -484,10 +472,10 @@ impl LibvirtLab {
             std::thread::sleep(Duration::from_millis(20));
         }
         registry::kill_qemus(&self.id);
-        for ns in self.namespaces.drain(..) {
-            if let Err(e) = netns::delete_ns(&ns) {
-                eprintln!("warning: {e}");
-            }
+        if let Some(mut net) = self.net.take()
+            && let Err(e) = net.delete()
+        {
+            eprintln!("warning: {e}");
         }
         self.registry.remove();
     }
@@ -524,6 +512,16 @@ impl HostPair for LibvirtLab {
         self.pair.as_ref().and_then(HostPair::guest_check)
     }
 
+    fn link(&self) -> Option<LinkConfig> {
+        Some(LibvirtLab::link(self))
+    }
+
+    fn link_tx_bytes(&self) -> Option<u64> {
+        // The domain runs on the host named first in the pair's endpoints.
+        let (source, _) = self.endpoints();
+        netns::tx_bytes(&Self::ns(&self.id, &source), netns::LINK_IF)
+    }
+
     async fn prepare_next(&mut self) -> Result<(), LibvirtError> {
         match self.pair.as_mut() {
             Some(p) => p.prepare_next().await,
@@ -534,7 +532,7 @@ impl HostPair for LibvirtLab {
 
 impl Drop for LibvirtLab {
     fn drop(&mut self) {
-        if !self.namespaces.is_empty() || !self.daemons.is_empty() {
+        if self.net.is_some() || !self.daemons.is_empty() {
             self.teardown();
         }
     }

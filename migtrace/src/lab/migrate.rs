@@ -5,7 +5,7 @@ use std::time::Duration;
 use qapi::qmp as q;
 use tokio::time::Instant;
 
-use super::{GuestKind, Lab, LabError, MIGRATION_URI, set_migration_parameters};
+use super::{GuestKind, Lab, LabError, migration_uri, set_migration_parameters};
 use crate::{
     clock::{WallClock, monotonic_ns},
     hypervisor::{Heartbeat, HostPair, MemoryCheck, MigrationOutcome, MigrationParams, ReportedStats, Status},
@@ -42,7 +42,8 @@ impl HostPair for Lab {
                 stderr: String::new(),
             }));
         };
-        set_migration_parameters(src, params.max_bandwidth, params.downtime_limit_ms).await?;
+        super::check_parameters(params, self.qemu_version)?;
+        set_migration_parameters(src, params).await?;
         let (src_cursor, dst_cursor) = (src.qmp.event_count(), dst.qmp.event_count());
         let direction = format!("{} → {}", src.tap, dst.tap);
         let (source_pid, destination_pid) = (src.pid, dst.pid);
@@ -50,7 +51,7 @@ impl HostPair for Lab {
         let start_ns = monotonic_ns();
         // QMP stamps are converted with this pair; records keep it (start_ns, start_unix_us).
         src.qmp
-            .execute(q::migrate { uri: Some(MIGRATION_URI.into()), channels: None, detach: None, resume: None })
+            .execute(q::migrate { uri: Some(migration_uri(dst.tap)), channels: None, detach: None, resume: None })
             .await?;
 
         let deadline = Instant::now() + Duration::from_secs_f64(params.timeout_s);
@@ -156,6 +157,15 @@ impl HostPair for Lab {
         let console = self.destination.as_ref()?.serial.as_ref()?;
         let pages = self.config.workload.wset.unwrap_or(0) / workloads::spec::PAGE_SIZE as u64;
         Some(console.memory_check(pages, timeout).await)
+    }
+
+    fn link(&self) -> Option<crate::hypervisor::link::LinkConfig> {
+        Some(Lab::link(self).clone())
+    }
+
+    fn link_tx_bytes(&self) -> Option<u64> {
+        let tap = self.source.as_ref()?.tap;
+        super::netns::tx_bytes(&self.host_ns(tap), super::netns::LINK_IF)
     }
 
     fn heartbeats(&self, since_ns: u64) -> Option<Vec<Heartbeat>> {

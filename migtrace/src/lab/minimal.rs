@@ -188,7 +188,7 @@ impl Console {
     /// appended to), heartbeat bytes are stamped (CLOCK_MONOTONIC) and dropped. The
     /// thread ends when QEMU closes its end.
     pub fn serve(stream: UnixStream, console: &Path) -> io::Result<Self> {
-        let mut file = fs::OpenOptions::new().create(true).append(true).open(console)?;
+        let mut file = crate::sys::private::append(console)?;
         let mut reader = stream.try_clone()?;
         let heartbeats = Arc::new(Mutex::new(VecDeque::new()));
         let stamps = heartbeats.clone();

@@ -1,9 +1,10 @@
-//! The embedded two-host lab: two QEMU processes in a private network namespace that
-//! behave like a source and a destination hypervisor host.
+//! The embedded two-host lab: two QEMU processes, each in the network namespace of its
+//! host, joined by a shaped link, that behave like a source and a destination
+//! hypervisor host.
 //!
 //! - [`image`]: the guest kernel and initramfs (busybox + the `workloads` agent).
 //! - [`minimal`]: migtrace's minimal bare-metal guest, for KVM where Linux cannot run.
-//! - [`netns`]: the namespace with its bridge, taps and probe interface.
+//! - [`netns`]: the hosts' namespaces, the link between them, the switch and the client.
 //! - [`qemu`]: starting and stopping one QEMU (QMP: [`crate::hypervisor::qmp`]; children
 //!   that die with migtrace: [`crate::sys::tied`]).
 //!
@@ -25,17 +26,37 @@ use qapi::qmp as q;
 use tokio::time::Instant;
 use workloads::spec::Spec;
 
-use crate::hypervisor::qmp::QmpError;
+use crate::hypervisor::{
+    MigrationParams,
+    features::{self, FeatureError},
+    link::{LinkConfig, LinkRate},
+    qmp::QmpError,
+};
 
 use self::{
     image::{GuestImage, ImageError},
     minimal::MinimalError,
-    netns::{GUEST_IP, LabNet, NetError, PREFIX_LEN, TAPS},
+    netns::{GUEST_IP, GuestNet, LINK_IPS, LabNet, LabNetError, NetError, PREFIX_LEN, TAPS},
     qemu::{MachineSpec, Qemu, QemuError},
 };
 
-/// Where the destination listens, inside the lab namespace (its own loopback).
-pub const MIGRATION_URI: &str = "tcp:127.0.0.1:4444";
+/// Where a destination listens, on its host's end of the link.
+pub const MIGRATION_PORT: u16 = 4444;
+
+/// The host (0: a, 1: b) a QEMU of the lab runs on, by its tap.
+fn host_of(tap: &str) -> usize {
+    usize::from(tap == TAPS[1])
+}
+
+/// The migration URI of a destination on `tap`'s host: its address on the link.
+pub fn migration_uri(tap: &str) -> String {
+    format!("tcp:{}:{MIGRATION_PORT}", LINK_IPS[host_of(tap)])
+}
+
+/// The link the lab's hosts get unless told otherwise: the paper's 1 GbE.
+pub fn default_link() -> LinkConfig {
+    LinkConfig { rate: LinkRate::BitsPerSecond(1_000_000_000), delay_ms: None, shaper: String::new() }
+}
 
 /// What the lab boots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -85,6 +106,8 @@ pub struct LabConfig {
     /// bitmaps (QEMU's `dirty-ring-size`): every page KVM marks dirty is then a
     /// `kvm:kvm_dirty_ring_push`, counted per round. KVM only.
     pub dirty_ring: Option<u32>,
+    /// The link between the hosts, which the migration stream crosses.
+    pub link: LinkConfig,
 }
 
 impl Default for LabConfig {
@@ -100,6 +123,7 @@ impl Default for LabConfig {
             tcg_dirty_workaround: true,
             guest: GuestKind::Linux,
             dirty_ring: None,
+            link: default_link(),
         }
     }
 }
@@ -136,9 +160,13 @@ pub enum LabError {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
+    LabNet(#[from] LabNetError),
+    #[error(transparent)]
     Qemu(#[from] QemuError),
     #[error(transparent)]
     Qmp(#[from] QmpError),
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
     #[error(transparent)]
     QemuBuild(#[from] host::qemu::SelectError),
     #[error("lab state in {path}: {source}")]
@@ -236,8 +264,11 @@ impl Lab {
             ));
         }
         let id = registry::new_id();
-        let registry = registry::Entry::create(&id)?;
-        let net = LabNet::create(&id)?;
+        let mut registry = registry::Entry::create(&id)?;
+        for ns in LabNet::all_namespaces(&id).iter().skip(1) {
+            registry.add_netns(ns)?;
+        }
+        let net = LabNet::create(&id, GuestNet::QEMU_LAB, &config.link)?;
         let qemu_version = Some((build.version.major, build.version.minor));
         let machine = MachineSpec {
             qemu: build,
@@ -319,8 +350,29 @@ impl Lab {
         }
     }
 
-    pub fn ns(&self) -> &str {
-        self.net.ns()
+    /// The client's namespace: where the guest is reached from (ping, probe sender).
+    pub fn client_ns(&self) -> String {
+        self.net.client_ns()
+    }
+
+    /// The namespace of the host behind `tap`.
+    pub fn host_ns(&self, tap: &str) -> String {
+        self.net.host_ns(host_of(tap))
+    }
+
+    /// The link as configured and shaped.
+    pub fn link(&self) -> &LinkConfig {
+        &self.net.link
+    }
+
+    /// The lab's network as the measurement session sees it: the guest reached from
+    /// the client, its packets stamped at both hosts' taps.
+    pub fn network(&self) -> crate::measure::session::Network {
+        crate::measure::session::Network {
+            ns: Some(self.client_ns()),
+            guest: GUEST_IP,
+            taps: TAPS.iter().map(|t| (self.host_ns(t), *t)).collect(),
+        }
     }
 
     pub fn runtime_dir(&self) -> PathBuf {
@@ -330,7 +382,8 @@ impl Lab {
     async fn start_qemu(&mut self, tap: &'static str, incoming: bool) -> Result<Qemu, LabError> {
         self.qemu_serial += 1;
         let name = format!("migtrace-{}-q{}", self.id, self.qemu_serial);
-        let qemu = Qemu::start(&self.machine, &name, self.net.ns(), tap, &self.registry.dir, incoming).await?;
+        let ns = self.host_ns(tap);
+        let qemu = Qemu::start(&self.machine, &name, &ns, tap, &self.registry.dir, incoming).await?;
         self.registry.add_qemu(qemu.pid)?;
         Ok(qemu)
     }
@@ -340,7 +393,7 @@ impl Lab {
         let dest = self.start_qemu(tap, true).await?;
         dest.qmp.execute(q::migrate_set_capabilities { capabilities: vec![events_capability()] }).await?;
         dest.qmp
-            .execute(q::migrate_incoming { uri: Some(MIGRATION_URI.into()), channels: None, exit_on_error: None })
+            .execute(q::migrate_incoming { uri: Some(migration_uri(tap)), channels: None, exit_on_error: None })
             .await?;
         Ok(dest)
     }
@@ -469,15 +522,27 @@ fn events_capability() -> q::MigrationCapabilityStatus {
     q::MigrationCapabilityStatus { capability: q::MigrationCapability::events, state: true }
 }
 
-/// Applies `max-bandwidth` (bytes/s) and `downtime-limit` (ms) on the source.
-pub async fn set_migration_parameters(
-    qemu: &Qemu,
-    max_bandwidth: Option<u64>,
-    downtime_limit_ms: Option<u64>,
-) -> Result<(), QmpError> {
-    if max_bandwidth.is_none() && downtime_limit_ms.is_none() {
+/// Whether QEMU `version` takes every knob of `params`.
+pub fn check_parameters(params: &MigrationParams, version: Option<(u32, u32)>) -> Result<(), FeatureError> {
+    if params.avail_switchover_bandwidth.is_some() {
+        features::require(features::AVAIL_SWITCHOVER_BANDWIDTH, version)?;
+    }
+    Ok(())
+}
+
+/// Applies `max-bandwidth` (bytes/s), `downtime-limit` (ms) and
+/// `avail-switchover-bandwidth` (bytes/s) on the source; what `params` leaves at None
+/// keeps QEMU's value.
+pub async fn set_migration_parameters(qemu: &Qemu, params: &MigrationParams) -> Result<(), QmpError> {
+    let MigrationParams { max_bandwidth, downtime_limit_ms, avail_switchover_bandwidth, .. } = *params;
+    if max_bandwidth.is_none() && downtime_limit_ms.is_none() && avail_switchover_bandwidth.is_none() {
         return Ok(());
     }
-    let params = q::MigrateSetParameters { max_bandwidth, downtime_limit: downtime_limit_ms, ..Default::default() };
-    qemu.qmp.execute(q::migrate_set_parameters(params)).await.map(|_| ())
+    let set = q::MigrateSetParameters {
+        max_bandwidth,
+        downtime_limit: downtime_limit_ms,
+        avail_switchover_bandwidth,
+        ..Default::default()
+    };
+    qemu.qmp.execute(q::migrate_set_parameters(set)).await.map(|_| ())
 }

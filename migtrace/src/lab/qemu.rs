@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    os::unix::process::CommandExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -15,7 +15,7 @@ use tokio::{process::Child, time::Instant};
 
 use crate::{
     hypervisor::qmp::{Qmp, QmpError},
-    sys::netns,
+    sys::{netns, private},
 };
 
 use super::{GuestKind, minimal::Console, netns::GUEST_MAC};
@@ -161,18 +161,18 @@ impl Qemu {
         for p in [&qmp_socket, &user_qmp_socket, &console] {
             let _ = fs::remove_file(p);
         }
-        let stderr =
-            fs::File::create(&stderr_log).map_err(|source| QemuError::Io { path: stderr_log.clone(), source })?;
+        let stderr = private::file(&stderr_log).map_err(|source| QemuError::Io { path: stderr_log.clone(), source })?;
         // The minimal guest's serial port connects to our socket as QEMU starts; the
         // Linux guest's goes straight to the console file.
         let serial_socket = dir.join(format!("{name}.serial"));
         let serial_listener = match spec.guest {
             GuestKind::Minimal => {
                 let _ = fs::remove_file(&serial_socket);
-                Some(
-                    tokio::net::UnixListener::bind(&serial_socket)
-                        .map_err(|source| QemuError::Io { path: serial_socket.clone(), source })?,
-                )
+                let io = |source| QemuError::Io { path: serial_socket.clone(), source };
+                let listener = tokio::net::UnixListener::bind(&serial_socket).map_err(io)?;
+                // Made under our umask; the directory keeps others out meanwhile.
+                fs::set_permissions(&serial_socket, fs::Permissions::from_mode(private::FILE_MODE)).map_err(io)?;
+                Some(listener)
             }
             GuestKind::Linux => None,
         };
@@ -205,13 +205,16 @@ impl Qemu {
             fs::File::open(netns::ns_path(ns)).map_err(|source| QemuError::Io { path: netns::ns_path(ns), source })?;
         let overlay = mount_pairs(&spec.qemu.overlay());
         // SAFETY: only async-signal-safe calls between fork and exec, on data prepared
-        // before: setns on an fd we own, unshare and mount for a cached QEMU's own
-        // directories. QEMU then opens its tap inside the lab namespace; `tied::spawn`
+        // before: umask, setns on an fd we own, unshare and mount for a cached QEMU's
+        // own directories. QEMU then opens its tap inside the lab namespace; `tied::spawn`
         // makes it die with us.
         unsafe {
             use std::os::fd::AsRawFd as _;
             let fd = ns_file.as_raw_fd();
             cmd.as_std_mut().pre_exec(move || {
+                // QEMU makes its QMP sockets and console file with the umask it inherits:
+                // the owner's alone, whatever the caller's umask.
+                libc::umask(0o077);
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -1,5 +1,6 @@
 //! Which labs exist on this host, who owns them, and what they started: the state
-//! `lab down` and `lab clean` work from. One directory per lab under /run/migtrace/.
+//! `lab down` and `lab clean` work from. One directory per lab under /run/migtrace/,
+//! only root's to enter (see [`crate::sys::private`]).
 
 use std::{
     fs, io,
@@ -10,7 +11,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{LabError, netns};
-use crate::sys::netns::{delete_ns, ns_path};
+use crate::sys::{
+    netns::{delete_ns, ns_path},
+    private,
+    process::{self, ProcessId},
+};
 
 pub const RUN_DIR: &str = "/run/migtrace";
 
@@ -18,6 +23,11 @@ pub const RUN_DIR: &str = "/run/migtrace";
 pub struct State {
     pub id: String,
     pub owner_pid: u32,
+    /// When the owner started (clock ticks after boot): with the pid, it tells the
+    /// owner from a later process that reuses the pid. None in states an older
+    /// migtrace wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_start: Option<u64>,
     pub netns: String,
     pub qemu_pids: Vec<u32>,
     /// More namespaces of the lab (the libvirt lab's hosts and client).
@@ -48,13 +58,18 @@ pub fn new_id() -> String {
 }
 
 impl Entry {
+    /// Makes the lab's state directory, 0700 inside /run/migtrace (0700 too): the QMP
+    /// sockets there give root to whoever reaches them.
     pub fn create(id: &str) -> Result<Self, LabError> {
-        let dir = Path::new(RUN_DIR).join(id);
-        fs::create_dir_all(&dir).map_err(|source| LabError::State { path: dir.clone(), source })?;
+        let run = Path::new(RUN_DIR);
+        private::dir(run).map_err(|source| LabError::State { path: run.to_owned(), source })?;
+        let dir = run.join(id);
+        private::dir(&dir).map_err(|source| LabError::State { path: dir.clone(), source })?;
         let state = State {
             id: id.into(),
             owner_pid: std::process::id(),
-            netns: netns::LabNet::ns_name(id),
+            owner_start: process::start_time(std::process::id()),
+            netns: netns::LabNet::ns_of(id, netns::HOSTS[0]),
             ..State::default()
         };
         let entry = Self { dir, state, removed: false };
@@ -65,7 +80,7 @@ impl Entry {
     fn save(&self) -> Result<(), LabError> {
         let path = self.dir.join("lab.json");
         let text = serde_json::to_string_pretty(&self.state).map_err(io::Error::other);
-        text.and_then(|t| fs::write(&path, t)).map_err(|source| LabError::State { path, source })
+        text.and_then(|t| private::write(&path, t.as_bytes())).map_err(|source| LabError::State { path, source })
     }
 
     pub fn add_qemu(&mut self, pid: u32) -> Result<(), LabError> {
@@ -132,9 +147,35 @@ fn cmdline(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
 }
 
-/// Whether the lab's owner is still running (a migtrace process with that pid).
-pub fn owner_alive(state: &State) -> bool {
-    state.owner_pid != 0 && cmdline(state.owner_pid).contains("migtrace")
+/// Whether a lab's owner, the process that made it, still runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Running(ProcessId),
+    Gone,
+    /// A migtrace process has the owner's pid, but the state has no start time (an
+    /// older migtrace wrote it): it may be the owner or a later process with its pid.
+    Unknown,
+}
+
+/// Whether the owner of `state` still runs: its pid, started at the recorded time.
+pub fn owner(state: &State) -> Owner {
+    if state.owner_pid == 0 {
+        return Owner::Gone;
+    }
+    match state.owner_start {
+        Some(start) => {
+            let id = ProcessId { pid: state.owner_pid, start };
+            if id.alive() { Owner::Running(id) } else { Owner::Gone }
+        }
+        None if cmdline(state.owner_pid).contains("migtrace") => Owner::Unknown,
+        None => Owner::Gone,
+    }
+}
+
+/// Asks a lab's owner to stop (SIGTERM: it tears its lab down). `Ok(false)` when that
+/// process is gone; a process that took its pid since is never signalled.
+pub fn stop_owner(owner: ProcessId) -> io::Result<bool> {
+    owner.signal(rustix::process::Signal::TERM)
 }
 
 /// QEMU processes of lab `id`: recognised by the name they were given, `-name
@@ -223,6 +264,39 @@ fn wait_gone(alive: impl Fn() -> bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_that_reuses_the_owners_pid_is_not_the_owner() {
+        use std::os::unix::process::CommandExt as _;
+        // A migtrace process (by its command line) holding the pid a lab recorded.
+        let mut other = std::process::Command::new("sleep").arg0("migtrace-impostor").arg("30").spawn().expect("sleep");
+        let pid = other.id();
+        // spawn returns once exec began; the new command line shows a little later.
+        for _ in 0..200 {
+            if cmdline(pid).contains("migtrace-impostor") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let start = process::start_time(pid).expect("start time");
+        let state = |owner_start| State { id: "t".into(), owner_pid: pid, owner_start, ..State::default() };
+        // The lab's owner started at another time: it is gone, whatever holds its pid now.
+        assert_eq!(owner(&state(Some(start + 1))), Owner::Gone);
+        assert_eq!(owner(&state(Some(start))), Owner::Running(ProcessId { pid, start }));
+        // A state without a start time cannot tell: neither running nor gone.
+        assert_eq!(owner(&state(None)), Owner::Unknown);
+        other.kill().expect("kill");
+        other.wait().expect("wait");
+        assert_eq!(owner(&state(Some(start))), Owner::Gone);
+        assert_eq!(owner(&state(None)), Owner::Gone);
+    }
+
+    #[test]
+    fn a_state_without_the_owners_start_time_still_reads() {
+        let old = r#"{"id": "3fa2c1", "owner_pid": 4242, "netns": "migtrace-3fa2c1", "qemu_pids": [4243]}"#;
+        let state: State = serde_json::from_str(old).expect("old state");
+        assert_eq!((state.owner_pid, state.owner_start), (4242, None));
+    }
 
     #[test]
     fn ids_are_short_hex_and_vary() {

@@ -3,6 +3,7 @@
 //! - [`record`]: the per-migration record (versioned JSON lines) and its durable writer.
 pub mod downtime;
 pub mod heartbeat;
+pub mod link;
 pub mod memcheck;
 pub mod ping;
 pub mod prober;

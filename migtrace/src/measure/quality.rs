@@ -72,31 +72,82 @@ pub const MEASURES: &[Measure] = &[
 pub enum Category {
     /// Completed, healthy guest, complete trace.
     Usable,
-    /// The migration failed or timed out.
+    /// Pre-copy was still running when the migration timed out: the guest dirtied its
+    /// memory faster than the link drained it, and QEMU never stopped it. A finding
+    /// about the treatment, counted as such: neither a failure nor a downtime.
+    DidNotConverge,
+    /// The migration failed, or timed out after its switchover began.
     Failed,
     /// The guest crashed, rebooted or went silent after the migration.
     GuestUnhealthy,
     /// The guest's own memory check found pages that lost writes in the migration.
     Corrupted,
-    /// The ring buffer lost records: probe-based figures may miss their stamps.
+    /// The probes lost part of the migration (ring-buffer records, or what a full kernel
+    /// map could not hold): probe-based figures may miss their stamps.
     TraceLoss,
 }
 
 pub fn category(r: &MigrationRecord) -> Category {
-    if r.outcome.status != Status::Completed {
+    if r.outcome.status == Status::TimedOut && !switchover_began(r) {
+        Category::DidNotConverge
+    } else if r.outcome.status != Status::Completed {
         Category::Failed
     } else if r.guest.as_ref().is_some_and(|g| g.crashed || g.rebooted || g.unreachable) {
         Category::GuestUnhealthy
     } else if r.guest.as_ref().is_some_and(|g| g.corrupted()) {
         Category::Corrupted
-    } else if r.trace_health.as_ref().is_some_and(|h| h.lost_records > 0) {
+    } else if r.trace_health.as_ref().is_some_and(|h| h.lossy()) {
         Category::TraceLoss
     } else {
         Category::Usable
     }
 }
 
+/// Whether the source began its switchover: it stopped the VM (the timeline's vm-stop,
+/// traced or QEMU's STOP event), or reported a switchover state.
+fn switchover_began(r: &MigrationRecord) -> bool {
+    let stopped = r.timeline.as_ref().is_some_and(|t| t.marks.vm_stop_ns.is_some());
+    stopped
+        || r.outcome.source_events.iter().any(|e| {
+            matches!(e.migration_status(), Some("pre-switchover" | "device" | "postcopy-active" | "completed"))
+        })
+}
+
 /// Whether a record's measures describe a healthy, fully traced migration.
 pub fn usable(r: &MigrationRecord) -> bool {
     category(r) == Category::Usable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{HostEvent, MigrationOutcome, MigrationParams};
+
+    /// A timed-out migration whose source reported MIGRATION events of these statuses.
+    fn timed_out(statuses: &[&str]) -> MigrationRecord {
+        let mut outcome = MigrationOutcome::completed_for_test(None);
+        outcome.status = Status::TimedOut;
+        outcome.source_events = statuses
+            .iter()
+            .map(|s| HostEvent { event: "MIGRATION".into(), unix_us: 0, data: serde_json::json!({ "status": s }) })
+            .collect();
+        MigrationRecord::new(0, "t".into(), MigrationParams::default(), outcome)
+    }
+
+    #[test]
+    fn a_timeout_before_the_switchover_did_not_converge_and_one_after_it_failed() {
+        assert_eq!(category(&timed_out(&["setup", "active", "cancelling"])), Category::DidNotConverge);
+        // The source got to its switchover: that hung.
+        assert_eq!(category(&timed_out(&["setup", "active", "device"])), Category::Failed);
+        let mut traced = timed_out(&[]);
+        traced.timeline = Some(Default::default());
+        assert_eq!(category(&traced), Category::DidNotConverge);
+        if let Some(t) = traced.timeline.as_mut() {
+            t.marks.vm_stop_ns = Some(5);
+        }
+        assert_eq!(category(&traced), Category::Failed);
+        let mut failed = timed_out(&[]);
+        failed.outcome.status = Status::Failed;
+        assert_eq!(category(&failed), Category::Failed);
+    }
 }

@@ -3,8 +3,8 @@
 
 use std::{
     collections::BTreeMap,
-    fs::{self, File, OpenOptions},
-    io::{self, Write as _},
+    fs::{self, File},
+    io::{self, Read as _, Seek as _, Write as _},
     path::{Path, PathBuf},
 };
 
@@ -150,8 +150,8 @@ impl RecordWriter {
         let path = dir.join(RECORDS_FILE);
         crate::files::check_writable(dir).map_err(|source| RecordError::Io { path: dir.to_owned(), source })?;
         let err = |source| RecordError::Io { path: path.clone(), source };
-        repair_torn_tail(&path).map_err(err)?;
-        let file = crate::files::open_append(&path).map_err(err)?;
+        let mut file = crate::files::open_append(&path).map_err(err)?;
+        repair_torn_tail(&mut file).map_err(err)?;
         Ok(Self { path, file })
     }
 
@@ -179,13 +179,16 @@ impl RecordWriter {
 /// A process killed while writing leaves a last line without its newline; appending
 /// after it would glue two records together. Cut such a tail off (it was never a
 /// complete record) before appending.
-fn repair_torn_tail(path: &Path) -> io::Result<()> {
-    let Ok(bytes) = fs::read(path) else { return Ok(()) };
+/// Works on the descriptor [`crate::files::open_append`] opened: the file checked, not
+/// whatever its name leads to now.
+fn repair_torn_tail(file: &mut File) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    file.rewind()?;
+    file.read_to_end(&mut bytes)?;
     if bytes.is_empty() || bytes.ends_with(b"\n") {
         return Ok(());
     }
     let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let file = OpenOptions::new().write(true).open(path)?;
     file.set_len(keep as u64)?;
     file.sync_all()
 }
@@ -224,6 +227,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<MigrationRecord>, RecordEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn a_torn_last_line_is_ignored_and_repaired_before_appending() {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     clock::{HostClock, OffsetEstimate, WallClock},
-    hypervisor::{HostPair, MigrationOutcome, MigrationParams},
+    hypervisor::{HostPair, MigrationOutcome, MigrationParams, link::LinkRecord},
     probe::{
         agent::{AgentError, ClockRecord, HostSide},
         host::{HostTrace, Role},
@@ -70,10 +70,11 @@ impl Default for MeasureOptions {
 /// Where the guest is reachable from, and the taps its packets cross.
 #[derive(Clone, Debug)]
 pub struct Network {
-    /// Network namespace to send probes from (the lab's), None for the current one.
+    /// Network namespace to send probes from (the lab's client), None for the current one.
     pub ns: Option<String>,
     pub guest: Ipv4Addr,
-    pub taps: Vec<&'static str>,
+    /// The taps to stamp the guest's packets at, each in its host's namespace.
+    pub taps: Vec<(String, &'static str)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,12 +142,7 @@ impl Session {
     /// Starts tracing (if enabled) for the embedded lab. Must be called within a tokio
     /// runtime, as root.
     pub fn start(network: Network, options: MeasureOptions) -> Result<Self, TraceError> {
-        let tracing = if options.trace {
-            let taps: Vec<&str> = network.taps.clone();
-            Tracing::Lab(Box::new(Tracer::start(network.ns.as_deref().map(|ns| (ns, taps.as_slice())))?))
-        } else {
-            Tracing::Off
-        };
+        let tracing = if options.trace { Tracing::Lab(Box::new(Tracer::start(&network.taps)?)) } else { Tracing::Off };
         Ok(Self { tracing, options, network })
     }
 
@@ -295,6 +291,7 @@ impl Session {
         tokio::time::sleep(self.options.preroll).await;
         stages.mark("preroll");
 
+        let link_tx_before = pair.link_tx_bytes();
         let result = {
             let migration = pair.migrate(params);
             tokio::pin!(migration);
@@ -313,6 +310,8 @@ impl Session {
             }
         };
         stages.mark("migration");
+        // The link's counter, while the source's end is still known.
+        let link_tx = link_tx_before.zip(pair.link_tx_bytes()).map(|(a, b)| b.saturating_sub(a));
         if let Ok(outcome) = &result
             && outcome.status == crate::hypervisor::Status::Completed
             && let Some(end) = outcome.end_ns
@@ -411,8 +410,18 @@ impl Session {
                 measures.missing.push(format!("downtime_ms.heartbeat_gap: {e}"));
             }
         }
+        let configured_link = pair.link();
+        let (achieved, link_missing) = super::link::achieved(&outcome, &timeline.marks, link_tx);
+        let completed = outcome.status == crate::hypervisor::Status::Completed;
+        let mut params = params.clone();
+        if configured_link.is_some() || completed {
+            params.link = Some(LinkRecord { configured: configured_link, achieved });
+            if completed {
+                measures.missing.extend(link_missing);
+            }
+        }
         let origin = outcome.start_ns;
-        let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params.clone(), outcome);
+        let mut record = MigrationRecord::new(repetition, treatment.to_owned(), params, outcome);
         record.machine = Some(pair.machine());
         record.ping = ping.map(|mut p| {
             if let Some(g) = measures.ping_gap {
@@ -543,6 +552,10 @@ fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced
         let h = &mut merged.health;
         h.lost_records += t.health.lost_records;
         h.undecodable_records += t.health.undecodable_records;
+        h.dropped_records += t.health.dropped_records;
+        for (name, n) in t.health.diagnostics {
+            *h.diagnostics.entry(name).or_default() += n;
+        }
         if i == 0 {
             h.missing_source_symbols = t.health.missing_source_symbols;
         } else {

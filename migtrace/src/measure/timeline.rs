@@ -15,7 +15,7 @@ use crate::{
     hypervisor::{HostEvent, MigrationOutcome, Versions},
     probe::{
         qemu::migration_status_name,
-        tracer::{PacketStamp, PhaseStamp, Trace},
+        tracer::{PacketStamp, PhaseStamp, RoundKvm, Trace, Unread},
     },
 };
 
@@ -97,7 +97,7 @@ pub struct Round {
     pub final_round: bool,
     /// KVM dirty-log ioctls (count, latency) and dirty-ring events in this round.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kvm: Vec<crate::probe::tracer::RoundKvm>,
+    pub kvm: Vec<RoundKvm>,
 }
 
 /// Key instants, CLOCK_MONOTONIC ns, for downtime measures.
@@ -244,6 +244,10 @@ impl<'a> Stamps<'a> {
     }
 }
 
+/// A RESUME this soon after a STOP is QEMU's back-to-back pair for a VM that never
+/// stopped (`vm_prepare_start` on a running VM with a stop request pending).
+const PAIRED_RESUME_US: i64 = 1000;
+
 struct Qmp<'a> {
     events: &'a [HostEvent],
     clock: WallClock,
@@ -256,6 +260,18 @@ impl Qmp<'_> {
     fn status(&self, status: &str) -> Option<u64> {
         self.when(|e| e.migration_status() == Some(status))
     }
+    /// The VM's stop: the first STOP that is not half of the STOP/RESUME pair QEMU
+    /// emits back to back when it is asked to start a VM that runs already (a migration
+    /// cancelled in pre-copy does that); the VM never stopped then.
+    fn stop(&self) -> Option<u64> {
+        let resumes: Vec<i64> = self.events.iter().filter(|e| e.event == "RESUME").map(|e| e.unix_us).collect();
+        self.events
+            .iter()
+            .filter(|e| e.event == "STOP")
+            .find(|e| !resumes.iter().any(|&r| (0..=PAIRED_RESUME_US).contains(&(r - e.unix_us))))
+            .map(|e| self.clock.from_unix_us(e.unix_us))
+    }
+
     fn all(&self, event: &str) -> Vec<u64> {
         self.events.iter().filter(|e| e.event == event).map(|e| self.clock.from_unix_us(e.unix_us)).collect()
     }
@@ -301,7 +317,8 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let setup = pick("setup", src.state("setup"), sq.status("setup"));
     let active = pick("active", src.state("active"), sq.status("active"));
     let stop_call = src.first("VmStopForceState", false);
-    let vm_stop = pick("vm-stop", stop_call, sq.when(|e| e.event == "STOP"));
+    let stop_event = sq.stop();
+    let vm_stop = pick("vm-stop", stop_call, stop_event);
     // The vCPU blackout, both sides the same way (see `Marks`): guest-code stamps
     // clamped to the pause_all_vcpus / resume_all_vcpus call around them.
     let clamp = |t: Option<u64>, lo: Option<u64>, hi: Option<u64>| match (t, lo, hi) {
@@ -311,10 +328,17 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     };
     let last_source_exit =
         input.trace.and_then(|t| t.source_vcpus.iter().map(|r| r.last_exit_ns).filter(|&t| t > 0).max());
+    // Guest-code stamps mark the pause only around a traced pause: without one the
+    // last exit is merely where tracing ended (a migration cancelled in pre-copy).
+    let pause_entered = src.first("PauseAllVcpus", false).or(stop_call);
+    let pause_returned = src.first("PauseAllVcpus", true);
     let source_paused = pick(
         "source-paused",
-        clamp(last_source_exit, src.first("PauseAllVcpus", false).or(stop_call), src.first("PauseAllVcpus", true)),
-        sq.when(|e| e.event == "STOP"),
+        match pause_entered {
+            Some(_) => clamp(last_source_exit, pause_entered, pause_returned),
+            None => pause_returned,
+        },
+        stop_event,
     );
     let completed = pick("source-completed", src.state("completed"), sq.status("completed"));
     // The source completes only once the destination confirmed the load when QEMU has a
@@ -323,19 +347,19 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     // A destination traced by a tracer of its own saw nothing before that tracer attached
     // to its QEMU: a vCPU's first entry after that is the resume only if the tracer
     // attached before the destination could resume (the source stopped), or saw the
-    // resume itself. Otherwise it is a late stamp, not the resume.
+    // resume begin. Otherwise it is a late stamp, not the resume.
     let since_command = |t: u64| (t as i128 - o.start_ns as i128) as f64 / 1e6;
     let dst_attached = input.trace.and_then(|t| t.destination_host.as_ref()).map(|h| h.attached_ns);
-    let resume_seen = dst.first("ResumeAllVcpus", false).is_some();
+    let resume_entered = dst.first("ResumeAllVcpus", false);
     let late_vcpus = match (dst_attached, stop_call.or(source_paused)) {
-        (Some(at), stop) if at > 0 && !resume_seen && stop.is_none_or(|s| at > s) => {
+        (Some(at), stop) if at > 0 && resume_entered.is_none() && stop.is_none_or(|s| at > s) => {
             let when = stop.map_or_else(
                 || "the source's stop is unknown".to_owned(),
                 |s| format!("after the source stopped ({:.3} ms)", since_command(s)),
             );
             missing.push(format!(
-                "destination-resumed: the destination's tracer attached to its QEMU at {:.3} ms, {when}, and saw no \
-                 resume_all_vcpus: its vCPUs' first entries may be later than the resume, not taken",
+                "destination-resumed: the destination's tracer attached to its QEMU at {:.3} ms, {when}, and did \
+                 not see resume_all_vcpus begin: its vCPUs' first entries may be later than the resume, not taken",
                 since_command(at)
             ));
             true
@@ -346,7 +370,10 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         .trace
         .filter(|_| !late_vcpus)
         .and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
-    let resumed_probe = clamp(first_dest_enter, dst.first("ResumeAllVcpus", false), dst.first("ResumeAllVcpus", true));
+    let resumed_probe = match resume_entered {
+        Some(_) => clamp(first_dest_enter, resume_entered, dst.first("ResumeAllVcpus", true)),
+        None => dst.first("ResumeAllVcpus", true),
+    };
     let resume_event = dq.when(|e| e.event == "RESUME");
     let resumed = pick("destination-resumed", resumed_probe, resume_event);
     // QEMU 7.2 on the destination: qemu_loadvm_state returns, RESUME, resume_all_vcpus,
@@ -422,12 +449,13 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let stop = vm_stop.or(source_paused);
     let mut rounds = Vec::new();
     // QEMU 8.0+ estimates every iteration and computes exactly (with a sync) near the end.
-    let mut remaining: Vec<(u64, u64)> = src
+    // A check whose out-parameters the probe could not read has no figure, not 0.
+    let mut remaining: Vec<(u64, Result<u64, Unread>)> = src
         .all("SavevmStatePending", true)
         .chain(src.all("SavevmStatePendingEstimate", true))
-        .map(|p| (p.ts_ns, p.args.iter().sum::<u64>()))
+        .map(|p| (p.ts_ns, p.unread.map_or_else(|| Ok(p.args.iter().sum::<u64>()), Err)))
         .collect();
-    remaining.sort_unstable();
+    remaining.sort_unstable_by_key(|(t, _)| *t);
     // QEMU < 8.0 passes its threshold to every pending check (0 before the first
     // window); stamped at the check's return, as its result is.
     let thresholds: Vec<(u64, u64)> = if v < (8, 0) {
@@ -454,12 +482,28 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             }
         };
         let in_round = || remaining.iter().filter(|(t, _)| *t >= start && *t <= end);
-        let remaining_bytes = in_round().next_back().map(|(_, b)| *b);
-        let dirty_bytes = in_round().next().map(|(_, b)| *b);
+        let mut read = |figure: &str, check: &str, pending: Option<&Result<u64, Unread>>| match pending? {
+            Ok(b) => Some(*b),
+            Err(why) => {
+                missing
+                    .push(format!("round {n}: {figure}: QEMU's pending bytes at its {check} check: {}", why.reason()));
+                None
+            }
+        };
+        let remaining_bytes = read("remaining_bytes", "last", in_round().next_back().map(|(_, b)| b));
+        let dirty_bytes = read("dirty_bytes", "first", in_round().next().map(|(_, b)| b));
         let checks = (!final_round && !remaining.is_empty()).then(|| in_round().count() as u32);
         let threshold_bytes = thresholds.iter().rfind(|(t, _)| *t >= start && *t <= end).map(|(_, b)| *b);
-        let kvm =
+        let kvm: Vec<RoundKvm> =
             input.trace.map(|t| t.source_kvm.iter().filter(|k| k.round == n).cloned().collect()).unwrap_or_default();
+        for (what, why) in [
+            ("dirty-pages-truncated", "of memslots over 4 GiB, counted up to 4 GiB"),
+            ("dirty-pages-unread", "not read, or read in part"),
+        ] {
+            if let Some(k) = kvm.iter().find(|k| k.what == what && k.counts.count > 0) {
+                missing.push(format!("round {n}: kvm dirty-pages: {} dirty bitmaps {why}", k.counts.count));
+            }
+        }
         rounds.push(Round {
             round: n,
             start_ms: ms(start),
@@ -592,7 +636,18 @@ mod tests {
     const DST: u32 = 2;
 
     fn stamp(ts_ns: u64, tgid: u32, point: &str, ret: bool, args: [u64; 3]) -> PhaseStamp {
-        PhaseStamp { ts_ns, tgid, tid: tgid, point: point.into(), ret, args, value: 0, host: None }
+        PhaseStamp {
+            ts_ns,
+            tgid,
+            tid: tgid,
+            point: point.into(),
+            ret,
+            args,
+            returned: ret.then_some(0),
+            round: (!ret).then_some(0),
+            unread: None,
+            host: None,
+        }
     }
 
     fn event(event: &str, at_ns: u64, data: serde_json::Value) -> HostEvent {
@@ -684,6 +739,33 @@ mod tests {
         assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 30 * US));
         assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 60 * US));
         assert_eq!(t.mark_evidence("destination-resumed"), Evidence::Probe);
+    }
+
+    #[test]
+    fn a_migration_cancelled_in_pre_copy_has_no_pause() {
+        // QEMU 7.2, cancelled while active: no vm_stop_force_state, no pause_all_vcpus,
+        // and the STOP/RESUME pair of starting an already running VM, 10 µs apart.
+        let mut o = outcome();
+        o.status = Status::TimedOut;
+        o.source_events = vec![
+            event("MIGRATION", MS, serde_json::json!({"status": "setup"})),
+            event("MIGRATION", 2 * MS, serde_json::json!({"status": "active"})),
+            event("MIGRATION", 3000 * MS, serde_json::json!({"status": "cancelling"})),
+            event("STOP", 3001 * MS, serde_json::Value::Null),
+            event("RESUME", 3001 * MS + 10 * US, serde_json::Value::Null),
+            event("MIGRATION", 3002 * MS, serde_json::json!({"status": "cancelled"})),
+        ];
+        o.destination_events.clear();
+        let mut trace = idle_trace(2999 * MS, 0);
+        trace.phases.retain(|p| p.tgid == SRC && p.point == "MigrateSetState");
+        trace.destination_vcpus.clear();
+        let t = assemble_with(Some(&trace), &o, Some((7, 2)));
+        // Neither the vCPU's last exit (tracing just ended) nor the paired STOP is a pause.
+        assert_eq!((t.marks.vm_stop_ns, t.marks.source_paused_ns), (None, None), "{:?}", t.marks);
+        // A real stop (a RESUME follows only much later) still counts from QMP.
+        o.source_events[4].unix_us += 5_000;
+        let t = assemble_with(None, &o, Some((7, 2)));
+        assert_eq!(t.marks.vm_stop_ns, Some(3001 * MS));
     }
 
     #[test]
@@ -811,6 +893,56 @@ mod tests {
                 pair.prepare_next().await.expect("next");
             }
         }
+    }
+
+    #[test]
+    fn pending_bytes_the_probe_could_not_read_are_missing_not_zero() {
+        let o = outcome();
+        let mut trace = idle_trace(70 * MS, 127 * MS);
+        let pending = |ts_ns: u64, bytes: u64, unread: Option<Unread>| PhaseStamp {
+            unread,
+            ..stamp(ts_ns, SRC, "SavevmStatePending", true, [bytes, 0, 0])
+        };
+        trace.phases.extend([
+            stamp(MS + 500 * US, SRC, "DirtyLogSync", false, [0; 3]),
+            stamp(MS + 600 * US, SRC, "DirtyLogSync", true, [0; 3]),
+            pending(10 * MS, 100 << 20, None),
+            pending(50 * MS, 80 << 20, None),
+            stamp(60 * MS, SRC, "DirtyLogSync", false, [0; 3]),
+            stamp(60 * MS + 100 * US, SRC, "DirtyLogSync", true, [0; 3]),
+            // Round 2's first check: its out-parameters were never read (zeros).
+            pending(61 * MS, 0, Some(Unread::NotSaved)),
+            pending(90 * MS, 30 << 20, None),
+        ]);
+        trace.phases.sort_by_key(|p| p.ts_ns);
+        let unread_pages = RoundKvm {
+            round: 2,
+            what: "dirty-pages-unread".into(),
+            counts: crate::probe::kvm::KvmCounts { count: 1, ..Default::default() },
+        };
+        trace.source_kvm.push(unread_pages);
+        let t = assemble_with(Some(&trace), &o, Some((7, 2)));
+        let (r1, r2) = (&t.rounds[0], &t.rounds[1]);
+        assert_eq!((r1.dirty_bytes, r1.remaining_bytes), (Some(100 << 20), Some(80 << 20)));
+        assert_eq!(r2.dirty_bytes, None, "not Some(0)");
+        assert_eq!(r2.remaining_bytes, Some(30 << 20));
+        assert_eq!(r2.checks, Some(2), "the unread check still happened");
+        assert!(
+            t.missing.iter().any(|m| m.starts_with(
+                "round 2: dirty_bytes: QEMU's pending bytes at its first check: the \
+                 entry probe saved no arguments"
+            )),
+            "{:?}",
+            t.missing
+        );
+        assert!(t.missing.iter().any(|m| m == "round 2: kvm dirty-pages: 1 dirty bitmaps not read, or read in part"));
+        // A faulted read of the round's last check: no remaining bytes either.
+        for p in trace.phases.iter_mut().filter(|p| p.ts_ns == 90 * MS) {
+            p.unread = Some(Unread::ReadFault);
+        }
+        let t = assemble_with(Some(&trace), &o, Some((7, 2)));
+        assert_eq!(t.rounds[1].remaining_bytes, None);
+        assert!(t.missing.iter().any(|m| m.starts_with("round 2: remaining_bytes:") && m.ends_with("faulted")));
     }
 
     #[test]

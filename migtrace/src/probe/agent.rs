@@ -612,7 +612,9 @@ mod tests {
             point: "VmStart".into(),
             ret: false,
             args: [0; 3],
-            value: 0,
+            returned: None,
+            round: Some(0),
+            unread: None,
             host: None,
         });
         t.trace.packets.push(PacketStamp {

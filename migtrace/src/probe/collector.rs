@@ -18,6 +18,8 @@ use tokio::{
     task::JoinHandle,
 };
 
+use super::store::EventStore;
+
 /// A decoded ring-buffer record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -70,8 +72,8 @@ pub struct CollectorStats {
 pub enum Sink {
     /// Batches through a channel; a full channel back-pressures into the ring buffer.
     Channel(mpsc::Sender<Vec<Event>>),
-    /// Appended to a shared store, read after [`Collector::flush`].
-    Store(Arc<Mutex<Vec<Event>>>),
+    /// Indexed and kept in a shared store, read after [`Collector::flush`].
+    Store(Arc<Mutex<EventStore>>),
 }
 
 impl Sink {
@@ -80,7 +82,7 @@ impl Sink {
         match self {
             Sink::Channel(tx) => tx.send(batch).await.is_ok(),
             Sink::Store(store) => {
-                store.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
+                store.lock().unwrap_or_else(|p| p.into_inner()).put(batch);
                 true
             }
         }

@@ -138,7 +138,7 @@ impl HostTracer {
     /// Must be called within a tokio runtime, as root.
     pub fn start(domain: &str, guest_mac: Option<&str>, netns: Option<String>) -> Result<Self, TraceError> {
         Ok(Self {
-            tracer: Tracer::start(None)?,
+            tracer: Tracer::start(&[])?,
             domain: domain.to_owned(),
             tap_mac: guest_mac.and_then(tap_mac),
             netns,
@@ -274,7 +274,9 @@ mod tests {
             point: "VmStart".into(),
             ret: false,
             args: [7; 3],
-            value: 9,
+            returned: None,
+            round: Some(9),
+            unread: None,
             host: None,
         });
         t.trace.packets.push(PacketStamp {
@@ -296,7 +298,7 @@ mod tests {
         t.trace.destination_vcpus.push(vcpu(3_000, 4_000, 0));
         t.map_stamps(|ns| ns * 2);
         assert_eq!((t.attached_ns, t.trace.phases[0].ts_ns, t.trace.packets[0].ts_ns), (200, 2_000, 4_000));
-        assert_eq!((t.trace.phases[0].args, t.trace.phases[0].value), ([7; 3], 9), "values are not stamps");
+        assert_eq!((t.trace.phases[0].args, t.trace.phases[0].round), ([7; 3], Some(9)), "values are not stamps");
         assert_eq!(t.trace.packets[0].sent_ns, 1_500, "the sender's echoed stamp is not this host's");
         assert_eq!(t.trace.source_vcpus[0], vcpu(20, 40, 60));
         assert_eq!(t.trace.destination_vcpus[0], vcpu(6_000, 8_000, 0), "0 means never");

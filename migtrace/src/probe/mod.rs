@@ -10,6 +10,7 @@ pub mod kvm;
 pub mod net;
 pub mod qemu;
 pub mod selftest;
+pub mod store;
 pub mod symbols;
 pub mod tracer;
 
@@ -26,7 +27,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 pub use collector::{Collector, CollectorStats, Event};
-use migtrace_common::event::{LOSS_MAP_LEN, Role};
+use migtrace_common::event::{Diag, LOSS_MAP_LEN, Role};
 
 /// The eBPF object built by `cargo xtask build`; empty when built without it.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/migtrace.bpf.o"));
@@ -191,6 +192,12 @@ impl Probes {
     /// The programs' diagnostics go to migtrace's log at the level `log::max_level()`
     /// allows; below it they are compiled in but skipped in the kernel.
     pub fn load() -> Result<Self, ProbeError> {
+        Self::load_with_map_sizes(&[])
+    }
+
+    /// As [`Probes::load`], with the maps named in `max_entries` resized: the tests make
+    /// a map tiny to see what happens when it is full.
+    pub fn load_with_map_sizes(max_entries: &[(&'static str, u32)]) -> Result<Self, ProbeError> {
         preflight()?;
         let mut fallbacks = Vec::new();
         // The ioctl tracepoint's layout is read from tracefs, not assumed.
@@ -208,6 +215,9 @@ impl Probes {
         let mut loader = EbpfLoader::new();
         if let Some(bytes) = ring_bytes()? {
             loader.map_max_entries("EVENTS", bytes);
+        }
+        for &(map, entries) in max_entries {
+            loader.map_max_entries(map, entries);
         }
         let mut ebpf = loader
             .override_global("IOCTL_CMD_OFFSET", &cmd_offset, true)
@@ -264,6 +274,19 @@ impl Probes {
         Ok(Loss { by_kind })
     }
 
+    /// How often each diagnostic of the eBPF programs was raised so far, summed over CPUs.
+    pub fn diagnostics(&self) -> Result<Diagnostics, ProbeError> {
+        let map = self.ebpf.map("DIAG_COUNT").ok_or(ProbeError::Missing { what: "map", name: "DIAG_COUNT" })?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name: "DIAG_COUNT", source })?;
+        let mut by_diag = [0u64; Diag::COUNT as usize];
+        for (d, slot) in by_diag.iter_mut().enumerate() {
+            let values = array.get(&(d as u32), 0).map_err(|source| ProbeError::Map { name: "DIAG_COUNT", source })?;
+            *slot = values.iter().sum();
+        }
+        Ok(Diagnostics { by_diag })
+    }
+
     /// A program of the object, loaded into the kernel on first use.
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, ProbeError>
     where
@@ -297,6 +320,51 @@ impl Loss {
             *now = now.saturating_sub(before);
         }
         Loss { by_kind }
+    }
+}
+
+/// Counts of the eBPF programs' diagnostics ([`Diag`]), indexed by discriminant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    pub by_diag: [u64; Diag::COUNT as usize],
+}
+
+impl Diagnostics {
+    /// Diagnostics raised since `earlier`.
+    pub fn since(&self, earlier: &Diagnostics) -> Diagnostics {
+        let mut by_diag = self.by_diag;
+        for (now, before) in by_diag.iter_mut().zip(earlier.by_diag) {
+            *now = now.saturating_sub(before);
+        }
+        Diagnostics { by_diag }
+    }
+
+    /// The diagnostics raised, by name, without the ring buffer's (its losses are
+    /// counted per kind in [`Loss`]).
+    pub fn named(&self) -> std::collections::BTreeMap<String, u64> {
+        Diag::ALL
+            .into_iter()
+            .zip(self.by_diag)
+            .filter(|&(d, n)| d != Diag::RingFull && n > 0)
+            .map(|(d, n)| (diag_name(d).to_owned(), n))
+            .collect()
+    }
+}
+
+/// A diagnostic's name in records: `*-full` for a kernel map that was full (what it
+/// would have held is missing), `*-layout` for a layout the programs could not read.
+pub fn diag_name(d: Diag) -> &'static str {
+    match d {
+        Diag::RingFull => "ring-full",
+        Diag::KvmStatsFull => "kvm-stats-full",
+        Diag::VcpuRunFull => "vcpu-run-full",
+        Diag::InflightFull => "inflight-full",
+        Diag::SavedArgsFull => "saved-args-full",
+        Diag::RoundFull => "round-full",
+        Diag::IoctlLayout => "ioctl-layout",
+        Diag::IpLayout => "ip-layout",
+        Diag::DirtyLogArgFull => "dirty-log-arg-full",
+        Diag::SlotPagesFull => "slot-pages-full",
     }
 }
 

@@ -6,15 +6,18 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use migtrace_common::event::{KvmWhat, PHASE_RETURN, PacketKind, PhasePoint, VcpuRun};
+use migtrace_common::event::{
+    KvmWhat, PHASE_ARG_FAULT_MASK, PHASE_ARGS_NOT_SAVED, PHASE_RETURN, PacketKind, PhaseEvent, PhasePoint, VcpuRun,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Collector, CollectorStats, Event, Loss, ProbeError, Probes,
+    Collector, CollectorStats, Diagnostics, Event, Loss, ProbeError, Probes,
     collector::Sink,
     kvm::KvmCounts,
     net::NetProbeError,
     qemu::{QemuProbes, SymbolCache},
+    store::EventStore,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,7 @@ pub struct TraceHost {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "PhaseStampRecord")]
 pub struct PhaseStamp {
     pub ts_ns: u64,
     pub tgid: u32,
@@ -69,13 +73,55 @@ pub struct PhaseStamp {
     pub point: String,
     /// Return probe (else entry).
     pub ret: bool,
-    /// Entry: the first arguments. Return: values read through pointer arguments.
+    /// Entry: the first arguments. Return: values read through pointer arguments (0
+    /// where `unread` says they could not be read).
     pub args: [u64; 3],
-    /// Return: the return value. Entry: the process's round counter.
-    pub value: u64,
+    /// Return: the function's return value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned: Option<u64>,
+    /// Entry: the process's round counter (its dirty-log syncs so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    /// Return: why values behind pointer arguments are missing from `args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<Unread>,
     /// The host whose tracer saw it, in a trace merged from several hosts' tracers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+}
+
+/// Why a return probe could not read the values behind pointer arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unread {
+    /// The entry probe saved no arguments for the call: it began before the probe was
+    /// attached, or the kernel's `SAVED_ARGS` map was full. No value was read.
+    NotSaved,
+    /// Reading through a pointer argument failed for at least one value.
+    ReadFault,
+}
+
+impl Unread {
+    /// Of a kernel record's flags.
+    pub fn of_flags(flags: u32) -> Option<Self> {
+        if flags & PHASE_ARGS_NOT_SAVED != 0 {
+            Some(Self::NotSaved)
+        } else if flags & PHASE_ARG_FAULT_MASK != 0 {
+            Some(Self::ReadFault)
+        } else {
+            None
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NotSaved => {
+                "the entry probe saved no arguments for that call (it began before the probe was attached, or \
+                 SAVED_ARGS was full)"
+            }
+            Self::ReadFault => "reading its out-parameters faulted",
+        }
+    }
 }
 
 impl Trace {
@@ -95,9 +141,7 @@ impl Trace {
                 (f(v.first_enter_ns), f(v.last_enter_ns), f(v.last_exit_ns));
         }
     }
-}
 
-impl Trace {
     /// Whether `s` is a stamp of the source's QEMU: its pid and, in a trace merged from
     /// several hosts, its host.
     pub fn from_source(&self, s: &PhaseStamp) -> bool {
@@ -110,9 +154,71 @@ impl Trace {
     }
 }
 
+/// A phase stamp as records hold it. Records written before `returned` and `round`
+/// hold one `value`: the return value on returns, the round counter on entries.
+#[derive(Deserialize)]
+struct PhaseStampRecord {
+    ts_ns: u64,
+    tgid: u32,
+    tid: u32,
+    point: String,
+    ret: bool,
+    args: [u64; 3],
+    #[serde(default)]
+    returned: Option<u64>,
+    #[serde(default)]
+    round: Option<u32>,
+    #[serde(default)]
+    unread: Option<Unread>,
+    #[serde(default)]
+    value: Option<u64>,
+    #[serde(default)]
+    host: Option<String>,
+}
+
+impl From<PhaseStampRecord> for PhaseStamp {
+    fn from(r: PhaseStampRecord) -> Self {
+        let (returned, round) = if r.ret {
+            (r.returned.or(r.value), None)
+        } else {
+            (None, r.round.or(r.value.and_then(|v| u32::try_from(v).ok())))
+        };
+        Self {
+            ts_ns: r.ts_ns,
+            tgid: r.tgid,
+            tid: r.tid,
+            point: r.point,
+            ret: r.ret,
+            args: r.args,
+            returned,
+            round,
+            unread: r.unread,
+            host: r.host,
+        }
+    }
+}
+
 impl PhaseStamp {
     pub fn point(&self) -> Option<PhasePoint> {
         PhasePoint::ALL.into_iter().find(|p| format!("{p:?}") == self.point)
+    }
+
+    /// Of a kernel record.
+    pub fn of_event(e: &PhaseEvent, point: PhasePoint) -> Self {
+        let ret = e.flags & PHASE_RETURN != 0;
+        Self {
+            ts_ns: e.header.ts_ns,
+            tgid: e.header.tgid,
+            tid: e.header.tid,
+            point: format!("{point:?}"),
+            ret,
+            args: e.args,
+            returned: ret.then_some(e.ret),
+            round: (!ret).then(|| u32::try_from(e.ret).ok()).flatten(),
+            unread: if ret { Unread::of_flags(e.flags) } else { None },
+            // One tracer saw it; a merge of several hosts' traces names the host.
+            host: None,
+        }
     }
 }
 
@@ -139,7 +245,8 @@ fn is_zero(v: &u64) -> bool {
 pub struct RoundKvm {
     pub round: u32,
     /// `get-dirty-log`, `clear-dirty-log`, `reset-dirty-rings`, `run`, `dirty-ring-push`,
-    /// `dirty-pages` (pages set in the KVM_GET_DIRTY_LOG bitmaps; count only), …
+    /// `dirty-pages` (pages set in the KVM_GET_DIRTY_LOG bitmaps; count only),
+    /// `dirty-pages-truncated` and `dirty-pages-unread` (bitmaps counted in part), …
     pub what: String,
     #[serde(flatten)]
     pub counts: KvmCounts,
@@ -165,6 +272,8 @@ pub fn kvm_what_name(what: KvmWhat) -> &'static str {
         KvmWhat::DirtyRingReset => "dirty-ring-reset",
         KvmWhat::DirtyRingExit => "dirty-ring-exit",
         KvmWhat::DirtyPages => "dirty-pages",
+        KvmWhat::DirtyPagesTruncated => "dirty-pages-truncated",
+        KvmWhat::DirtyPagesUnread => "dirty-pages-unread",
     }
 }
 
@@ -209,36 +318,66 @@ pub struct TraceHealth {
     /// Defaults the probes had to assume (see [`Probes::fallbacks`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
+    /// Conditions the eBPF programs met during this migration, by name (see
+    /// [`super::diag_name`]), with how often: a full kernel map (`*-full`) drops what it
+    /// would have held, an unreadable layout (`*-layout`) what it would have read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub diagnostics: BTreeMap<String, u64>,
+    /// Records of this migration the tracer did not keep: more than its store holds
+    /// (see [`super::store::CAPACITY`]); the first ones are kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_records: u64,
+}
+
+impl TraceHealth {
+    /// Whether the probes lost part of this migration: records (in the ring buffer, or
+    /// beyond the tracer's store), or what a full map or an unreadable layout kept from
+    /// them. Figures from the probes may then miss their stamps. A guest frame the
+    /// classifier could not parse (`ip-layout`) is no probe of ours: no loss.
+    pub fn lossy(&self) -> bool {
+        self.lost_records > 0
+            || self.dropped_records > 0
+            || self.diagnostics.iter().any(|(name, n)| *n > 0 && name != "ip-layout")
+    }
 }
 
 pub struct Tracer {
     probes: Probes,
     symbols: SymbolCache,
     collector: Option<Collector>,
-    store: Arc<Mutex<Vec<Event>>>,
+    store: Arc<Mutex<EventStore>>,
     qemus: HashMap<u32, QemuProbes>,
     /// (tap name, ifindex) of the lab's taps; empty without a lab network.
     pub taps: Vec<(String, u32)>,
     missing_tracepoints: Vec<String>,
     loss_before: Loss,
+    diagnostics_before: Diagnostics,
     /// The collector's lifetime count of undecodable records at [`Tracer::begin`].
     undecodable_before: u64,
 }
 
 impl Tracer {
-    /// Loads the programs, attaches the KVM tracepoints and, given a lab namespace, the
-    /// tap classifiers, and starts collecting. Must be called within a tokio runtime.
-    pub fn start(lab_net: Option<(&str, &[&str])>) -> Result<Self, TraceError> {
-        let mut probes = Probes::load()?;
+    /// Loads the programs, attaches the KVM tracepoints and the classifier to each of
+    /// `taps` (a tap in its namespace), and starts collecting. Must be called within a
+    /// tokio runtime. Taps in different namespaces must have different interface
+    /// indexes (the classifier's events carry only the index).
+    pub fn start(taps: &[(String, &str)]) -> Result<Self, TraceError> {
+        Self::with_probes(Probes::load()?, taps)
+    }
+
+    /// As [`Tracer::start`], with probes already loaded (e.g. with resized maps).
+    pub fn with_probes(mut probes: Probes, taps: &[(String, &str)]) -> Result<Self, TraceError> {
         let missing_tracepoints = probes.attach_kvm()?;
-        let taps = match lab_net {
-            Some((ns, taps)) => probes.attach_taps(Some(ns), taps)?,
-            None => Vec::new(),
-        };
-        let store = Arc::new(Mutex::new(Vec::new()));
+        let mut attached = Vec::new();
+        for (ns, tap) in taps {
+            attached.extend(probes.attach_taps(Some(ns), &[tap])?);
+        }
+        let taps = attached;
+        let store = Arc::new(Mutex::new(EventStore::default()));
         let collector =
             Collector::spawn_into(probes.take_events()?, Sink::Store(store.clone())).map_err(TraceError::Collector)?;
         let loss_before = probes.loss()?;
+        let diagnostics_before = probes.diagnostics()?;
         Ok(Self {
             probes,
             symbols: SymbolCache::default(),
@@ -248,6 +387,7 @@ impl Tracer {
             taps,
             missing_tracepoints,
             loss_before,
+            diagnostics_before,
             undecodable_before: 0,
         })
     }
@@ -310,6 +450,7 @@ impl Tracer {
         }
         self.store.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.loss_before = self.probes.loss()?;
+        self.diagnostics_before = self.probes.diagnostics()?;
         self.undecodable_before = self.collector.as_ref().map_or(0, Collector::undecodable);
         Ok(())
     }
@@ -320,13 +461,7 @@ impl Tracer {
         if let Some(c) = &self.collector {
             c.flush().await;
         }
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        store.iter().rev().any(|e| match e {
-            Event::Packet(p) => {
-                p.kind == PacketKind::IcmpEchoReply as u32 && p.ident == ident && p.payload_stamp >= since_ns
-            }
-            _ => false,
-        })
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).answered_since(ident, since_ns)
     }
 
     /// Whether packets crossing tap `tap` are stamped.
@@ -341,16 +476,7 @@ impl Tracer {
         if let Some(c) = &self.collector {
             c.flush().await;
         }
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        store
-            .iter()
-            .filter(|e| match e {
-                Event::Packet(p) => {
-                    p.kind == PacketKind::Rarp as u32 && p.ifindex == ifindex && p.header.ts_ns >= since_ns
-                }
-                _ => false,
-            })
-            .count()
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).rarps_since(ifindex, since_ns)
     }
 
     /// Ends a migration: everything the kernel recorded since [`Tracer::begin`].
@@ -359,8 +485,9 @@ impl Tracer {
             c.flush().await;
         }
         self.probes.flush_log();
-        let events = std::mem::take(&mut *self.store.lock().unwrap_or_else(|p| p.into_inner()));
+        let (events, dropped) = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
         let loss = self.probes.loss()?.since(&self.loss_before);
+        let diagnostics = self.probes.diagnostics()?.since(&self.diagnostics_before);
         let missing = |pid| -> Vec<String> {
             self.qemus.get(&pid).map(|q| q.missing.iter().map(|s| s.to_string()).collect()).unwrap_or_default()
         };
@@ -373,16 +500,7 @@ impl Tracer {
             match event {
                 Event::Phase(e) if e.header.tgid == source || e.header.tgid == destination => {
                     let Some(point) = PhasePoint::from_u16(e.point as u16) else { continue };
-                    phases.push(PhaseStamp {
-                        ts_ns: e.header.ts_ns,
-                        tgid: e.header.tgid,
-                        tid: e.header.tid,
-                        point: format!("{point:?}"),
-                        ret: e.flags & PHASE_RETURN != 0,
-                        args: e.args,
-                        value: e.ret,
-                        host: None,
-                    });
+                    phases.push(PhaseStamp::of_event(&e, point));
                 }
                 Event::Packet(e) => packets.push(PacketStamp {
                     ts_ns: e.header.ts_ns,
@@ -422,6 +540,8 @@ impl Tracer {
                 missing_tracepoints: self.missing_tracepoints.clone(),
                 problems: Vec::new(),
                 fallbacks: self.probes.fallbacks.clone(),
+                diagnostics: diagnostics.named(),
+                dropped_records: dropped,
             },
             // One tracer, one host: its phases carry no host name.
             source_host: None,
@@ -440,5 +560,86 @@ impl Tracer {
             Some(c) => c.stop().await.map_err(TraceError::Collector),
             None => Ok(CollectorStats::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use migtrace_common::event::{EventHeader, EventKind, PHASE_ARG_FAULT_SHIFT};
+
+    use super::*;
+
+    #[test]
+    fn an_entry_holds_a_round_counter_a_return_its_return_value() {
+        let event = |flags: u32| PhaseEvent {
+            header: EventHeader { kind: EventKind::Phase as u32, cpu: 0, tgid: 7, tid: 8, ts_ns: 100 },
+            point: PhasePoint::DirtyLogSync as u32,
+            flags,
+            args: [9, 0, 0],
+            ret: 3,
+        };
+        let entry = PhaseStamp::of_event(&event(0), PhasePoint::DirtyLogSync);
+        assert_eq!((entry.round, entry.returned), (Some(3), None));
+        let ret = PhaseStamp::of_event(&event(PHASE_RETURN), PhasePoint::DirtyLogSync);
+        assert_eq!((ret.round, ret.returned), (None, Some(3)));
+    }
+
+    fn phase_event(flags: u32, args: [u64; 3], ret: u64) -> PhaseEvent {
+        PhaseEvent {
+            header: EventHeader { kind: EventKind::Phase as u32, cpu: 0, tgid: 7, tid: 8, ts_ns: 100 },
+            point: PhasePoint::SavevmStatePending as u32,
+            flags,
+            args,
+            ret,
+        }
+    }
+
+    #[test]
+    fn values_a_return_probe_could_not_read_are_flagged_not_zero() {
+        let point = PhasePoint::SavevmStatePending;
+        let read = PhaseStamp::of_event(&phase_event(PHASE_RETURN, [1, 2, 3], 0), point);
+        assert_eq!((read.unread, read.returned, read.round), (None, Some(0), None));
+        let fault = phase_event(PHASE_RETURN | 1 << (PHASE_ARG_FAULT_SHIFT + 2), [1, 2, 0], 0);
+        assert_eq!(PhaseStamp::of_event(&fault, point).unread, Some(Unread::ReadFault));
+        let not_saved = phase_event(PHASE_RETURN | PHASE_ARGS_NOT_SAVED, [0; 3], 0);
+        assert_eq!(PhaseStamp::of_event(&not_saved, point).unread, Some(Unread::NotSaved));
+        // An entry reads registers, never through pointers: nothing unread.
+        let entry = PhaseStamp::of_event(&phase_event(PHASE_ARGS_NOT_SAVED, [9, 40_000_000, 0], 3), point);
+        assert_eq!(entry.unread, None);
+    }
+
+    #[test]
+    fn records_with_one_value_field_still_read() {
+        // As records before `returned` and `round` hold them.
+        let old = r#"[{"ts_ns":1,"tgid":2,"tid":2,"point":"DirtyLogSync","ret":false,"args":[0,0,0],"value":4},
+            {"ts_ns":2,"tgid":2,"tid":2,"point":"DirtyLogSync","ret":true,"args":[0,0,0],"value":4}]"#;
+        let stamps: Vec<PhaseStamp> = serde_json::from_str(old).expect("old stamps");
+        assert_eq!((stamps[0].round, stamps[0].returned), (Some(4), None), "entry: the round counter");
+        assert_eq!((stamps[1].round, stamps[1].returned), (None, Some(4)), "return: the return value");
+        // Written anew, each meaning has its own field, and they read back the same.
+        let json = serde_json::to_string(&stamps).expect("json");
+        assert!(
+            !json.contains("\"value\"") && json.contains("\"round\":4") && json.contains("\"returned\":4"),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Vec<PhaseStamp>>(&json).expect("new stamps"), stamps);
+    }
+
+    #[test]
+    fn a_full_map_makes_a_trace_lossy_an_odd_guest_frame_does_not() {
+        let mut h = TraceHealth::default();
+        assert!(!h.lossy());
+        h.diagnostics.insert("ip-layout".into(), 3);
+        assert!(!h.lossy());
+        h.diagnostics.insert("saved-args-full".into(), 1);
+        assert!(h.lossy());
+        let beyond_the_store = TraceHealth { dropped_records: 1, ..TraceHealth::default() };
+        assert!(beyond_the_store.lossy());
+        let old: TraceHealth = serde_json::from_str(
+            r#"{"lost_records":0,"undecodable_records":0,"missing_source_symbols":[],
+            "missing_destination_symbols":[],"missing_tracepoints":[]}"#,
+        )
+        .expect("a record's health before diagnostics");
+        assert!(old.diagnostics.is_empty() && !old.lossy());
     }
 }

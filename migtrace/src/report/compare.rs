@@ -41,8 +41,11 @@ pub struct Group {
     pub name: String,
     pub migrations: usize,
     /// Migrations the figures are over: the same usable set as the experiment
-    /// statistics (completed, healthy guest, no ring-buffer loss).
+    /// statistics (completed, healthy guest, no trace loss).
     pub used: usize,
+    /// Timed out in pre-copy (the dirty rate outpaced the link).
+    #[serde(default)]
+    pub did_not_converge: usize,
     pub failed: usize,
     pub guest_crashed: usize,
     pub trace_loss: usize,
@@ -143,6 +146,7 @@ fn group(name: String, records: &[&MigrationRecord]) -> Group {
         name,
         migrations: records.len(),
         used: used.len(),
+        did_not_converge: count(Category::DidNotConverge),
         failed: count(Category::Failed),
         guest_crashed: count(Category::GuestUnhealthy),
         trace_loss: count(Category::TraceLoss),
@@ -237,8 +241,9 @@ pub fn render(groups: &[Group]) -> String {
     for g in groups {
         let _ = writeln!(
             out,
-            "{} ({} migrations, {} used; excluded: {} failed, {} crashed or silent guest, {} with ring-buffer loss)",
-            g.name, g.migrations, g.used, g.failed, g.guest_crashed, g.trace_loss
+            "{} ({} migrations, {} used, {} did not converge; excluded: {} failed, {} crashed or silent guest, {} with \
+             trace loss)",
+            g.name, g.migrations, g.used, g.did_not_converge, g.failed, g.guest_crashed, g.trace_loss
         );
         let mut t = table(&["downtime", "n", "mean ms", "min ms", "max ms", "method"]);
         let ping = ping_label(&g.ping_intervals_ms);

@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::{align_right, stats::ExperimentSummary, table};
+use super::{align_right, table};
+use crate::stats::ExperimentSummary;
 
 fn f(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
@@ -18,16 +19,31 @@ pub fn render(name: &str, s: &ExperimentSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "experiment {name}: {} treatments, {} migrations, {} used ({} failed, {} with a crashed or silent guest, \
-         {} with corrupted guest memory, {} with ring-buffer loss: excluded)",
+        "experiment {name}: {} treatments, {} migrations, {} used, {} did not converge ({} failed, {} with a \
+         crashed or silent guest, {} with corrupted guest memory, {} with trace loss: excluded)",
         s.treatments.len(),
         s.migrations,
         s.usable,
+        s.did_not_converge,
         s.failed,
         s.guest_crashed,
         s.corrupted,
         s.trace_loss
     );
+    let stuck: Vec<String> = s
+        .treatments
+        .iter()
+        .filter(|t| t.did_not_converge > 0)
+        .map(|t| format!("{} ({} of {})", t.treatment, t.did_not_converge, t.migrations))
+        .collect();
+    if !stuck.is_empty() {
+        let _ = writeln!(
+            out,
+            "did not converge (pre-copy still running at the timeout: the guest dirtied memory faster than the link \
+             drained it; no downtime to count): {}",
+            stuck.join(", ")
+        );
+    }
     let mut t =
         table(&["measure", "n", "mean ms", "max:min means", "max:min all", "max treatment SD ms", "overall SD ms"]);
     let mut no_ratio = false;
@@ -85,7 +101,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::report::stats::{EffectCell, EffectRow, EffectTable, Table2Row};
+    use crate::stats::{EffectCell, EffectRow, EffectTable, Table2Row};
 
     #[test]
     fn a_zero_minimum_is_na_with_a_footnote_and_cells_show_n() {

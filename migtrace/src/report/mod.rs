@@ -4,9 +4,9 @@
 pub mod compare;
 pub mod experiment;
 pub mod html;
+pub mod pages;
 pub mod perfetto;
 pub mod plots;
-pub mod stats;
 pub mod timeline;
 
 /// A table in the style every migtrace report uses.

@@ -357,7 +357,7 @@ fn migration(b: &mut Builder, r: &MigrationRecord, notes: &mut Vec<String>) {
             name,
             "probe",
             rel(s.ts_ns),
-            json!({"tid": s.tid, "args": s.args, "value": s.value}),
+            json!({"tid": s.tid, "args": s.args, "returned": s.returned, "round": s.round, "unread": s.unread}),
         );
     }
 }

@@ -78,7 +78,13 @@ pub fn render(r: &MigrationRecord) -> String {
                 x.remaining_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / (1 << 20) as f64)),
             ];
             if bitmap {
-                row.push(count("dirty-pages").to_string());
+                // A bitmap counted in part is flagged; one not read at all is no figure.
+                let partial = count("dirty-pages-truncated") + count("dirty-pages-unread") > 0;
+                row.push(match (x.kvm.iter().any(|k| k.what == "dirty-pages"), partial) {
+                    (false, _) => "-".into(),
+                    (true, false) => count("dirty-pages").to_string(),
+                    (true, true) => format!("≥{} (partial)", count("dirty-pages")),
+                });
             }
             if ring {
                 row.push(count("dirty-ring-push").to_string());
@@ -151,6 +157,10 @@ pub fn render(r: &MigrationRecord) -> String {
     );
     if let Some(h) = &r.trace_health {
         let _ = writeln!(out, "probe records lost: {}", h.lost_records);
+        if !h.diagnostics.is_empty() {
+            let named: Vec<String> = h.diagnostics.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+            let _ = writeln!(out, "eBPF diagnostics: {}", named.join(", "));
+        }
         if !h.missing_source_symbols.is_empty() || !h.missing_destination_symbols.is_empty() {
             let _ = writeln!(
                 out,

@@ -1,6 +1,9 @@
 //! Statistics of an experiment: per treatment (mean, standard deviation, exact order
 //! statistics, 95 % confidence interval of the mean, an HDR histogram), the paper's
 //! Table II per measure, and single-factor effect tables.
+//!
+//! Pure computation on records, below the experiment that stores the summaries and the
+//! report that shows them.
 
 use std::collections::BTreeMap;
 
@@ -93,6 +96,9 @@ pub struct TreatmentSummary {
     /// Completed with a healthy guest and a complete trace: the migrations the
     /// statistics are over.
     pub usable: usize,
+    /// Timed out in pre-copy: QEMU never stopped the guest (see `Category`).
+    #[serde(default)]
+    pub did_not_converge: usize,
     pub failed: usize,
     /// The guest crashed, rebooted or went silent.
     pub guest_crashed: usize,
@@ -136,6 +142,19 @@ pub enum EffectDesign {
     Sweep { base: BTreeMap<String, String> },
 }
 
+impl EffectDesign {
+    /// Whether a treatment at `levels` shows `factor`'s effect: every treatment of a
+    /// factorial design; in a sweep only those with every other factor at its base level.
+    pub fn shows(&self, factor: &str, levels: &BTreeMap<String, String>) -> bool {
+        match self {
+            EffectDesign::Factorial => true,
+            EffectDesign::Sweep { base } => {
+                levels.iter().all(|(f, l)| f == factor || base.get(f).is_none_or(|b| b == l))
+            }
+        }
+    }
+}
+
 /// One cell of an effect table: a measure at one level.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EffectCell {
@@ -176,6 +195,9 @@ pub struct ExperimentSummary {
     pub histograms: BTreeMap<String, String>,
     pub migrations: usize,
     pub usable: usize,
+    /// Timed out in pre-copy: the treatment does not converge (see `Category`).
+    #[serde(default)]
+    pub did_not_converge: usize,
     #[serde(default)]
     pub failed: usize,
     #[serde(default)]
@@ -210,6 +232,7 @@ pub fn summarize(
             levels: levels.clone(),
             migrations: mine.len(),
             usable: count(Category::Usable),
+            did_not_converge: count(Category::DidNotConverge),
             failed: count(Category::Failed),
             guest_crashed: count(Category::GuestUnhealthy),
             corrupted: count(Category::Corrupted),
@@ -272,6 +295,7 @@ pub fn summarize(
         histograms: merged.iter().filter_map(|(m, h)| Some(((*m).to_owned(), encode(h)?))).collect(),
         migrations: records.len(),
         usable: usable_records.len(),
+        did_not_converge: treatments.iter().map(|t| t.did_not_converge).sum(),
         failed: treatments.iter().map(|t| t.failed).sum(),
         guest_crashed: treatments.iter().map(|t| t.guest_crashed).sum(),
         corrupted: treatments.iter().map(|t| t.corrupted).sum(),
@@ -294,13 +318,7 @@ fn effects(
     factors
         .into_iter()
         .filter_map(|factor| {
-            // Treatments that show this factor's effect: in a sweep, the others at base.
-            let shows = |levels: &BTreeMap<String, String>| match design {
-                EffectDesign::Factorial => true,
-                EffectDesign::Sweep { base } => {
-                    levels.iter().all(|(f, l)| f == factor || base.get(f).is_none_or(|b| b == l))
-                }
-            };
+            let shows = |levels: &BTreeMap<String, String>| design.shows(factor, levels);
             let mut levels: Vec<&String> = Vec::new();
             for (_, l) in levels_of.iter().filter(|(_, l)| shows(l)) {
                 if let Some(level) = l.get(factor)
@@ -453,12 +471,24 @@ mod tests {
         hung.guest = Some(GuestCheck { unreachable: true, ..GuestCheck::default() });
         let mut lossy = record("a", 2, 999.0, 0.0);
         lossy.trace_health = Some(TraceHealth { lost_records: 3, ..TraceHealth::default() });
+        // A full kernel map lost vCPU stamps: as incomplete as a lost record.
+        let mut full_map = record("a", 4, 999.0, 0.0);
+        let diagnostics = [("vcpu-run-full".to_owned(), 1)].into();
+        full_map.trace_health = Some(TraceHealth { diagnostics, ..TraceHealth::default() });
+        // A guest frame the classifier could not parse is no loss of ours.
+        let mut odd_frame = record("a", 5, 40.0, 50.0);
+        let diagnostics = [("ip-layout".to_owned(), 2)].into();
+        odd_frame.trace_health = Some(TraceHealth { diagnostics, ..TraceHealth::default() });
         let good = record("a", 3, 40.0, 50.0);
-        let s = summarize(&[failed, hung, lossy, good], &[("a".into(), levels(&[]))], &EffectDesign::Factorial);
+        let s = summarize(
+            &[failed, hung, lossy, good, full_map, odd_frame],
+            &[("a".into(), levels(&[]))],
+            &EffectDesign::Factorial,
+        );
         let t = &s.treatments[0];
-        assert_eq!((t.migrations, t.usable, t.failed, t.guest_crashed, t.trace_loss), (4, 1, 1, 1, 1));
-        assert_eq!(t.measures["downtime.probe_gap"].max, 40.0, "only the usable record");
-        assert_eq!((s.usable, s.failed, s.guest_crashed, s.trace_loss), (1, 1, 1, 1));
+        assert_eq!((t.migrations, t.usable, t.failed, t.guest_crashed, t.trace_loss), (6, 2, 1, 1, 2));
+        assert_eq!(t.measures["downtime.probe_gap"].max, 40.0, "only the usable records");
+        assert_eq!((s.usable, s.failed, s.guest_crashed, s.trace_loss), (2, 1, 1, 2));
     }
 
     #[test]
