@@ -376,6 +376,19 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     };
     let resume_event = dq.when(|e| e.event == "RESUME");
     let resumed = pick("destination-resumed", resumed_probe, resume_event);
+    // Attached after the setup, the tracer may have come while the destination loaded:
+    // that call shows neither its entry nor (a uretprobe catches only calls that begin
+    // after it) its return.
+    let receive_start = dst.first("LoadvmState", false);
+    let load_missed = match (receive_start, dst_attached, setup) {
+        (None, Some(at), Some(setup)) if at > setup => Some(format!(
+            "the destination's tracer attached to its QEMU at {:.3} ms, after the migration's setup ({:.3} ms): \
+             the load may have begun before",
+            since_command(at),
+            since_command(setup)
+        )),
+        _ => None,
+    };
     // QEMU 7.2 on the destination: qemu_loadvm_state returns, RESUME, resume_all_vcpus,
     // then MIGRATION completed. Only RESUME lies between the load and the resume, and
     // only a probed resume is later than it.
@@ -394,11 +407,12 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             Some(e)
         }
         _ => {
-            missing.push(
-                "destination-loaded: qemu_loadvm_state not probed, and QEMU sends no event between the end of the \
-                 load and the resume (its MIGRATION completed comes after the resume)"
+            missing.push(match &load_missed {
+                Some(why) => format!("destination-loaded: {why}, and a call under way shows no return"),
+                None => "destination-loaded: qemu_loadvm_state not probed, and QEMU sends no event between the end \
+                         of the load and the resume (its MIGRATION completed comes after the resume)"
                     .into(),
-            );
+            });
             None
         }
     };
@@ -559,7 +573,6 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         Evidence::Probe,
         true,
     );
-    let receive_start = dst.first("LoadvmState", false);
     push(
         "destination receive".into(),
         Host::Destination,
@@ -568,15 +581,8 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         Evidence::Probe,
         true,
     );
-    if let (None, Some(at), Some(setup)) = (receive_start, dst_attached, setup)
-        && at > setup
-    {
-        missing.push(format!(
-            "destination receive: the destination's tracer attached to its QEMU at {:.3} ms, after the migration's \
-             setup ({:.3} ms): the load may have begun before",
-            since_command(at),
-            since_command(setup)
-        ));
+    if let Some(why) = load_missed {
+        missing.push(format!("destination receive: {why}"));
     }
     missing.extend(unplaced);
 
