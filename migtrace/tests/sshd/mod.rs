@@ -5,7 +5,9 @@
 //! Each sshd (Debian's openssh-server) runs in its host's network, mount and UTS
 //! namespaces, the libvirt daemon's own (so `virt-ssh-helper` there reaches that host's
 //! daemon at /run/libvirt), with a host key, a configuration and an authorized key made
-//! here; its sessions find the `migtrace` under test on PATH (`SetEnv`). The client
+//! here; its sessions find the `migtrace` under test on PATH (`SetEnv`). It listens on a
+//! management address the host gets on its bridge: the lab's hosts have addresses only
+//! on their migration link, a real host has one on its management network too. The client
 //! machine is a process holding the lab's client network namespace and a mount namespace
 //! whose /root is a home made here (`.ssh/id_ed25519`, `.ssh/known_hosts`): what runs
 //! there (`nsenter` into it) uses ssh as a user's machine would, with no option added,
@@ -26,8 +28,11 @@ const SSHD: &str = "/usr/sbin/sshd";
 
 /// One lab host's sshd: where it listens, in which host.
 pub struct Host {
+    /// The host's network namespace.
+    pub ns: String,
     /// A process of the host (its libvirtd): sshd joins its namespaces.
     pub daemon_pid: u32,
+    /// Its management address (on its bridge, /24), where sshd listens.
     pub addr: Ipv4Addr,
     /// The port the client knows the host key at.
     pub port: u16,
@@ -37,6 +42,8 @@ pub struct Host {
 
 pub struct SshLab {
     pub dir: PathBuf,
+    /// Management addresses given, by namespace.
+    addresses: Vec<(String, String)>,
     servers: Vec<Child>,
     client: Option<Child>,
 }
@@ -67,7 +74,7 @@ impl SshLab {
             fs::create_dir_all(&d).expect("test dir");
         }
         fs::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700)).expect("mode");
-        let mut lab = Self { dir: dir.clone(), servers: Vec::new(), client: None };
+        let mut lab = Self { dir: dir.clone(), addresses: Vec::new(), servers: Vec::new(), client: None };
         let keygen = |path: &Path| {
             run(Command::new("ssh-keygen")
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", "migtrace-test", "-f"])
@@ -88,6 +95,9 @@ impl SshLab {
         // sshd's privilege separation directory, as Debian's service makes it.
         fs::create_dir_all("/run/sshd").expect("/run/sshd");
         for (i, h) in hosts.iter().enumerate() {
+            let address = format!("{}/24", h.addr);
+            run(Command::new("ip").args(["-n", &h.ns, "addr", "add", &address, "dev", migtrace::lab::netns::BRIDGE]));
+            lab.addresses.push((h.ns.clone(), address));
             let config = dir.join(format!("sshd-{i}.conf"));
             write(
                 &config,
@@ -189,6 +199,11 @@ impl Drop for SshLab {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for (ns, address) in &self.addresses {
+            let _ = Command::new("ip")
+                .args(["-n", ns, "addr", "del", address, "dev", migtrace::lab::netns::BRIDGE])
+                .status();
         }
         if std::thread::panicking() {
             for i in 0..self.servers.len() {
