@@ -270,7 +270,12 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         if !pair.info().cmdline.as_deref().is_some_and(|c| c.contains("migtrace.workload=")) {
             options.memory_check = None;
         }
-        let network = args.guest_ip.map(|ip| Network { ns: args.probe_netns.clone(), guest: ip, taps: Vec::new() });
+        let network = args.guest_ip.map(|ip| Network {
+            ns: args.probe_netns.clone(),
+            guest: ip,
+            taps: Vec::new(),
+            link: Vec::new(),
+        });
         if network.is_none() {
             options.ping_interval = None;
             options.probe_interval = None;
@@ -280,7 +285,12 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         let agent_opts =
             AgentOptions { domain: domain.clone(), guest_mac: pair.info().mac.clone(), clock_offset_ns: 0 };
         let hosts = start_hosts(&tracing, &agent_opts).await.context("starting the hosts' tracing agents")?;
-        let network = network.unwrap_or(Network { ns: None, guest: std::net::Ipv4Addr::UNSPECIFIED, taps: Vec::new() });
+        let network = network.unwrap_or(Network {
+            ns: None,
+            guest: std::net::Ipv4Addr::UNSPECIFIED,
+            taps: Vec::new(),
+            link: Vec::new(),
+        });
         let mut session = Session::with_hosts(network, options, hosts);
         tokio::time::sleep(warmup).await;
         let treatment = format!("libvirt:{domain}");

@@ -127,10 +127,10 @@ impl Testbed {
                     options.memory_check = None;
                 }
                 let network = match l.guest_ip {
-                    Some(ip) => Network { ns: l.probe_netns.clone(), guest: ip, taps: Vec::new() },
+                    Some(ip) => Network { ns: l.probe_netns.clone(), guest: ip, taps: Vec::new(), link: Vec::new() },
                     None => {
                         (options.ping_interval, options.probe_interval, options.memory_check) = (None, None, None);
-                        Network { ns: None, guest: std::net::Ipv4Addr::UNSPECIFIED, taps: Vec::new() }
+                        Network { ns: None, guest: std::net::Ipv4Addr::UNSPECIFIED, taps: Vec::new(), link: Vec::new() }
                     }
                 };
                 let opts =

@@ -153,7 +153,7 @@ impl LibvirtLab {
 
     /// Where probes are sent from and the guest is reached.
     pub fn network(&self) -> Network {
-        Network { ns: Some(Self::ns(&self.id, "c")), guest: GUEST_IP, taps: Vec::new() }
+        Network { ns: Some(Self::ns(&self.id, "c")), guest: GUEST_IP, taps: Vec::new(), link: Vec::new() }
     }
 
     /// The command that starts a tracing agent in host `i`'s namespace.

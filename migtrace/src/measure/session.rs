@@ -75,6 +75,9 @@ pub struct Network {
     pub guest: Ipv4Addr,
     /// The taps to stamp the guest's packets at, each in its host's namespace.
     pub taps: Vec<(String, &'static str)>,
+    /// The ends of the link between the hosts, each in its host's namespace, to count
+    /// what crosses it (the labs).
+    pub link: Vec<(String, &'static str)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +145,11 @@ impl Session {
     /// Starts tracing (if enabled) for the embedded lab. Must be called within a tokio
     /// runtime, as root.
     pub fn start(network: Network, options: MeasureOptions) -> Result<Self, TraceError> {
-        let tracing = if options.trace { Tracing::Lab(Box::new(Tracer::start(&network.taps)?)) } else { Tracing::Off };
+        let tracing = if options.trace {
+            Tracing::Lab(Box::new(Tracer::start(&network.taps, &network.link)?))
+        } else {
+            Tracing::Off
+        };
         Ok(Self { tracing, options, network })
     }
 
@@ -411,7 +418,7 @@ impl Session {
             }
         }
         let configured_link = pair.link();
-        let (achieved, link_missing) = super::link::achieved(&outcome, &timeline.marks, link_tx);
+        let (achieved, link_missing) = super::link::achieved(&outcome, &timeline.marks, trace.as_ref(), link_tx);
         let completed = outcome.status == crate::hypervisor::Status::Completed;
         let mut params = params.clone();
         if configured_link.is_some() || completed {

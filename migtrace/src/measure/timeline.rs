@@ -652,6 +652,7 @@ mod tests {
             returned: ret.then_some(0),
             round: (!ret).then_some(0),
             unread: None,
+            link_bytes: 0,
             host: None,
         }
     }

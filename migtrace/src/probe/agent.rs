@@ -615,6 +615,7 @@ mod tests {
             returned: None,
             round: Some(0),
             unread: None,
+            link_bytes: 0,
             host: None,
         });
         t.trace.packets.push(PacketStamp {

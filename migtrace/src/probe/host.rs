@@ -138,7 +138,7 @@ impl HostTracer {
     /// Must be called within a tokio runtime, as root.
     pub fn start(domain: &str, guest_mac: Option<&str>, netns: Option<String>) -> Result<Self, TraceError> {
         Ok(Self {
-            tracer: Tracer::start(&[])?,
+            tracer: Tracer::start(&[], &[])?,
             domain: domain.to_owned(),
             tap_mac: guest_mac.and_then(tap_mac),
             netns,
@@ -277,6 +277,7 @@ mod tests {
             returned: None,
             round: Some(9),
             unread: None,
+            link_bytes: 0,
             host: None,
         });
         t.trace.packets.push(PacketStamp {
@@ -294,6 +295,7 @@ mod tests {
             last_exit_ns: exit,
             enters: 2,
         };
+        t.trace.link = Some(crate::probe::tracer::LinkTrace { bytes: 5, last_data_ns: 50 });
         t.trace.source_vcpus.push(vcpu(10, 20, 30));
         t.trace.destination_vcpus.push(vcpu(3_000, 4_000, 0));
         t.map_stamps(|ns| ns * 2);
@@ -302,6 +304,7 @@ mod tests {
         assert_eq!(t.trace.packets[0].sent_ns, 1_500, "the sender's echoed stamp is not this host's");
         assert_eq!(t.trace.source_vcpus[0], vcpu(20, 40, 60));
         assert_eq!(t.trace.destination_vcpus[0], vcpu(6_000, 8_000, 0), "0 means never");
+        assert_eq!(t.trace.link, Some(crate::probe::tracer::LinkTrace { bytes: 5, last_data_ns: 100 }));
         let mut never = HostTrace::default();
         never.map_stamps(|ns| ns + 5);
         assert_eq!(never.attached_ns, 0, "never attached stays never");

@@ -52,6 +52,10 @@ pub struct Trace {
     pub source_host: Option<TraceHost>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_host: Option<TraceHost>,
+    /// The lab's link, when its classifier counted what crossed it (each phase stamp
+    /// then carries the count in `link_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkTrace>,
 }
 
 /// A host that traced one side of a migration with its own tracer.
@@ -61,6 +65,15 @@ pub struct TraceHost {
     /// When its tracer attached to the domain's QEMU (this trace's clock; 0: never): it
     /// saw nothing of that QEMU before.
     pub attached_ns: u64,
+}
+
+/// The link's counter at the end of a migration's trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTrace {
+    /// Data bytes the link had carried (since the programs were loaded).
+    pub bytes: u64,
+    /// When its last data packet arrived (monotonic ns; 0: none yet).
+    pub last_data_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,6 +98,10 @@ pub struct PhaseStamp {
     /// Return: why values behind pointer arguments are missing from `args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread: Option<Unread>,
+    /// Data bytes the lab's link had carried when the probe fired (meaningful when the
+    /// trace has a `link`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub link_bytes: u64,
     /// The host whose tracer saw it, in a trace merged from several hosts' tracers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -125,9 +142,10 @@ impl Unread {
 }
 
 impl Trace {
-    /// Applies `f` to every stamp of the host's clock (phases, packets, vCPU runs): the
-    /// one list of what converts when the host's clock is not ours. A 0 stamp means
-    /// "never" and stays 0; the echoed send stamps in packets are the sender's and stay.
+    /// Applies `f` to every stamp of the host's clock (phases, packets, vCPU runs, the
+    /// link's last packet): the one list of what converts when the host's clock is not
+    /// ours. A 0 stamp means "never" and stays 0; the echoed send stamps in packets are
+    /// the sender's and stay.
     pub fn map_stamps(&mut self, f: impl Fn(u64) -> u64) {
         let f = |t: u64| if t == 0 { 0 } else { f(t) };
         for p in &mut self.phases {
@@ -139,6 +157,9 @@ impl Trace {
         for v in self.source_vcpus.iter_mut().chain(&mut self.destination_vcpus) {
             (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
                 (f(v.first_enter_ns), f(v.last_enter_ns), f(v.last_exit_ns));
+        }
+        if let Some(link) = &mut self.link {
+            link.last_data_ns = f(link.last_data_ns);
         }
     }
 
@@ -171,6 +192,8 @@ struct PhaseStampRecord {
     #[serde(default)]
     unread: Option<Unread>,
     #[serde(default)]
+    link_bytes: u64,
+    #[serde(default)]
     value: Option<u64>,
     #[serde(default)]
     host: Option<String>,
@@ -193,6 +216,7 @@ impl From<PhaseStampRecord> for PhaseStamp {
             returned,
             round,
             unread: r.unread,
+            link_bytes: r.link_bytes,
             host: r.host,
         }
     }
@@ -216,6 +240,7 @@ impl PhaseStamp {
             returned: ret.then_some(e.ret),
             round: (!ret).then(|| u32::try_from(e.ret).ok()).flatten(),
             unread: if ret { Unread::of_flags(e.flags) } else { None },
+            link_bytes: e.link_bytes,
             // One tracer saw it; a merge of several hosts' traces names the host.
             host: None,
         }
@@ -349,6 +374,8 @@ pub struct Tracer {
     qemus: HashMap<u32, QemuProbes>,
     /// (tap name, ifindex) of the lab's taps; empty without a lab network.
     pub taps: Vec<(String, u32)>,
+    /// Whether the lab's link is counted.
+    link: bool,
     missing_tracepoints: Vec<String>,
     loss_before: Loss,
     diagnostics_before: Diagnostics,
@@ -357,22 +384,30 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads the programs, attaches the KVM tracepoints and the classifier to each of
-    /// `taps` (a tap in its namespace), and starts collecting. Must be called within a
-    /// tokio runtime. Taps in different namespaces must have different interface
-    /// indexes (the classifier's events carry only the index).
-    pub fn start(taps: &[(String, &str)]) -> Result<Self, TraceError> {
-        Self::with_probes(Probes::load()?, taps)
+    /// Loads the programs, attaches the KVM tracepoints, the packet classifier to each
+    /// of `taps` and the link counter to each end of `link` (each an interface in its
+    /// namespace), and starts collecting. Must be called within a tokio runtime. Taps
+    /// in different namespaces must have different interface indexes (the classifier's
+    /// events carry only the index).
+    pub fn start(taps: &[(String, &str)], link: &[(String, &str)]) -> Result<Self, TraceError> {
+        Self::with_probes(Probes::load()?, taps, link)
     }
 
     /// As [`Tracer::start`], with probes already loaded (e.g. with resized maps).
-    pub fn with_probes(mut probes: Probes, taps: &[(String, &str)]) -> Result<Self, TraceError> {
+    pub fn with_probes(
+        mut probes: Probes,
+        taps: &[(String, &str)],
+        link: &[(String, &str)],
+    ) -> Result<Self, TraceError> {
         let missing_tracepoints = probes.attach_kvm()?;
         let mut attached = Vec::new();
         for (ns, tap) in taps {
             attached.extend(probes.attach_taps(Some(ns), &[tap])?);
         }
         let taps = attached;
+        for (ns, dev) in link {
+            probes.attach_link(ns, dev)?;
+        }
         let store = Arc::new(Mutex::new(EventStore::default()));
         let collector =
             Collector::spawn_into(probes.take_events()?, Sink::Store(store.clone())).map_err(TraceError::Collector)?;
@@ -385,6 +420,7 @@ impl Tracer {
             store,
             qemus: HashMap::new(),
             taps,
+            link: !link.is_empty(),
             missing_tracepoints,
             loss_before,
             diagnostics_before,
@@ -521,7 +557,15 @@ impl Tracer {
             .into_iter()
             .map(|((round, what), counts)| RoundKvm { round, what: kvm_what_name(what).to_owned(), counts })
             .collect();
+        let link = match self.link {
+            true => {
+                let (bytes, last_data_ns) = self.probes.link_counter()?;
+                Some(LinkTrace { bytes, last_data_ns })
+            }
+            false => None,
+        };
         Ok(Trace {
+            link,
             source_pid: source,
             destination_pid: destination,
             phases,
@@ -577,6 +621,7 @@ mod tests {
             flags,
             args: [9, 0, 0],
             ret: 3,
+            link_bytes: 0,
         };
         let entry = PhaseStamp::of_event(&event(0), PhasePoint::DirtyLogSync);
         assert_eq!((entry.round, entry.returned), (Some(3), None));
@@ -591,6 +636,7 @@ mod tests {
             flags,
             args,
             ret,
+            link_bytes: 0,
         }
     }
 
