@@ -102,14 +102,16 @@ pub struct Round {
 
 /// Key instants, CLOCK_MONOTONIC ns, for downtime measures.
 ///
-/// The vCPU blackout (`source_paused_ns` → `destination_resumed_ns`) is decided the
-/// same way on both hosts: QEMU holds the vCPUs from `pause_all_vcpus` to
-/// `resume_all_vcpus`, and each mark lies within that call. A vCPU running guest code
-/// stops when it last leaves guest code and runs again when it first enters it; a vCPU
-/// idle (halted) in the guest leaves and enters guest code only at its next interrupt,
-/// so its stamps are clamped to the call: stopped when QEMU began pausing it, running
-/// when `resume_all_vcpus` returned (it could take an interrupt from then on). The VM
-/// is stopped when its last vCPU stopped and runs when its first vCPU runs.
+/// The vCPU blackout (`source_paused_ns` → `destination_resumed_ns`) is the guest not
+/// running: from the last exit of a source vCPU thread from guest code to the first
+/// entry of a destination vCPU thread into it. Each is held only to the call that
+/// stops or releases the vCPUs: a source vCPU idle (halted) in the guest left guest
+/// code before `vm_stop_force_state` began, and counts as stopped then; a destination
+/// vCPU entering guest code before `resume_all_vcpus` began could not be the guest
+/// resuming. Never clamped to `resume_all_vcpus` returning: until a vCPU enters guest
+/// code (it wakes up, or waits for an interrupt when halted), the guest does not run.
+/// `source_last_exit_ns` and `destination_first_entry_ns` keep the raw stamps, the
+/// `…_clamped_ms` fields how far the clamp moved them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Marks {
     pub command_ns: u64,
@@ -117,10 +119,16 @@ pub struct Marks {
     pub active_ns: Option<u64>,
     pub vm_stop_ns: Option<u64>,
     /// Source vCPUs stopped: the last guest exit of a source vCPU thread (KVM_RUN or
-    /// TCG's cpu_exec) clamped to [`pause_all_vcpus` entry (else the VM stop),
-    /// `pause_all_vcpus` returning], else `pause_all_vcpus` returning, else the STOP
-    /// event.
+    /// TCG's cpu_exec), no earlier than `vm_stop_force_state` entered (else
+    /// `pause_all_vcpus`); without vCPU stamps `pause_all_vcpus` returning, else the
+    /// STOP event.
     pub source_paused_ns: Option<u64>,
+    /// The raw last guest exit behind `source_paused_ns`, and how far the stop's entry
+    /// moved it (ms; 0 when the vCPU ran until the stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_last_exit_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_paused_clamped_ms: Option<f64>,
     /// The source has sent the VM's last state: `qemu_savevm_state_complete_precopy`
     /// returns (it flushes the stream), else the source's completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,10 +139,16 @@ pub struct Marks {
     /// before resuming the vCPUs: an upper bound. Never the destination's MIGRATION
     /// completed event: QEMU sends that after the resume.
     pub destination_loaded_ns: Option<u64>,
-    /// Destination vCPUs running: the first guest entry of a destination vCPU thread
-    /// clamped to [`resume_all_vcpus` entry, `resume_all_vcpus` returning], else
+    /// Destination vCPUs running: the first guest entry of a destination vCPU thread,
+    /// no earlier than `resume_all_vcpus` entered; without vCPU stamps
     /// `resume_all_vcpus` returning, else the RESUME event.
     pub destination_resumed_ns: Option<u64>,
+    /// The raw first guest entry behind `destination_resumed_ns`, and how far the
+    /// resume's entry moved it (ms; 0 when it came after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_first_entry_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_resumed_clamped_ms: Option<f64>,
     pub first_packet_ns: Option<u64>,
     pub announce_ns: Option<u64>,
 }
@@ -319,27 +333,17 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let stop_call = src.first("VmStopForceState", false);
     let stop_event = sq.stop();
     let vm_stop = pick("vm-stop", stop_call, stop_event);
-    // The vCPU blackout, both sides the same way (see `Marks`): guest-code stamps
-    // clamped to the pause_all_vcpus / resume_all_vcpus call around them.
-    let clamp = |t: Option<u64>, lo: Option<u64>, hi: Option<u64>| match (t, lo, hi) {
-        (Some(t), Some(lo), Some(hi)) => Some(t.clamp(lo, hi.max(lo))),
-        (Some(t), lo, hi) => Some(lo.map_or(t, |lo| t.max(lo)).min(hi.unwrap_or(u64::MAX))),
-        (None, _, hi) => hi,
-    };
+    // The vCPU blackout (see `Marks`): guest-code stamps, each no earlier than the
+    // call that stops or releases the vCPUs.
+    let held = |t: Option<u64>, lo: u64| t.map(|t| (t.max(lo), t, lo.saturating_sub(t) as f64 / 1e6));
     let last_source_exit =
         input.trace.and_then(|t| t.source_vcpus.iter().map(|r| r.last_exit_ns).filter(|&t| t > 0).max());
-    // Guest-code stamps mark the pause only around a traced pause: without one the
-    // last exit is merely where tracing ended (a migration cancelled in pre-copy).
-    let pause_entered = src.first("PauseAllVcpus", false).or(stop_call);
+    // Guest-code stamps mark the pause only around a traced stop: without one the last
+    // exit is merely where tracing ended (a migration cancelled in pre-copy).
+    let stop_entered = stop_call.or(src.first("PauseAllVcpus", false));
     let pause_returned = src.first("PauseAllVcpus", true);
-    let source_paused = pick(
-        "source-paused",
-        match pause_entered {
-            Some(_) => clamp(last_source_exit, pause_entered, pause_returned),
-            None => pause_returned,
-        },
-        stop_event,
-    );
+    let source_held = stop_entered.and_then(|lo| held(last_source_exit, lo));
+    let source_paused = pick("source-paused", source_held.map(|h| h.0).or(pause_returned), stop_event);
     let completed = pick("source-completed", src.state("completed"), sq.status("completed"));
     // The source completes only once the destination confirmed the load when QEMU has a
     // return path (libvirt enables one): the stream's end is the source's last send.
@@ -370,10 +374,8 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         .trace
         .filter(|_| !late_vcpus)
         .and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
-    let resumed_probe = match resume_entered {
-        Some(_) => clamp(first_dest_enter, resume_entered, dst.first("ResumeAllVcpus", true)),
-        None => dst.first("ResumeAllVcpus", true),
-    };
+    let destination_held = resume_entered.and_then(|lo| held(first_dest_enter, lo));
+    let resumed_probe = destination_held.map(|h| h.0).or(dst.first("ResumeAllVcpus", true));
     let resume_event = dq.when(|e| e.event == "RESUME");
     let resumed = pick("destination-resumed", resumed_probe, resume_event);
     // Attached after the setup, the tracer may have come while the destination loaded:
@@ -535,7 +537,10 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             push(format!("pre-copy round {n}"), Host::Source, Some(start), Some(end), evidence, false);
         }
     }
-    push("vm-stop".into(), Host::Source, stop, source_paused, ev("vm-stop"), false);
+    // vCPUs idle in the guest before the stop count as stopped at it: no phase then.
+    if source_held.is_none_or(|h| h.2 == 0.0) {
+        push("vm-stop".into(), Host::Source, stop, source_paused, ev("vm-stop"), false);
+    }
     push("stop-and-copy".into(), Host::Source, source_paused.max(stop), sent, ev("source-paused"), false);
     let resume_from = match loaded {
         Some(l) => {
@@ -615,10 +620,14 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             active_ns: active,
             vm_stop_ns: vm_stop,
             source_paused_ns: source_paused,
+            source_last_exit_ns: source_held.map(|h| h.1),
+            source_paused_clamped_ms: source_held.map(|h| h.2),
             source_sent_ns: sent,
             source_completed_ns: completed,
             destination_loaded_ns: loaded,
             destination_resumed_ns: resumed,
+            destination_first_entry_ns: destination_held.map(|h| h.1),
+            destination_resumed_clamped_ms: destination_held.map(|h| h.2),
             first_packet_ns: first_packet,
             announce_ns: announce,
         },
@@ -734,18 +743,30 @@ mod tests {
     }
 
     #[test]
-    fn idle_vcpus_count_as_stopped_and_running_at_qemus_pause_and_resume() {
+    fn the_blackout_runs_from_the_last_guest_exit_to_the_first_guest_entry() {
         let o = outcome();
+        // Idle on both sides: the source's vCPU left guest code at 70 ms, long before
+        // the stop (vm_stop_force_state at 100 ms): stopped at the stop, moved 30 ms.
+        // The destination's entered guest code at its next interrupt, 127 ms, after
+        // resume_all_vcpus returned (123.1 ms): the guest ran only then.
         let t = assemble_with(Some(&idle_trace(70 * MS, 127 * MS)), &o, Some((7, 2)));
-        // Halted on both sides: paused when pause_all_vcpus began, running when
-        // resume_all_vcpus returned; not the idle 70 ms exit, not the 127 ms tick.
-        assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 10 * US));
-        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 100 * US));
-        // Running on both sides: the guest-code stamps inside the calls.
-        let t = assemble_with(Some(&idle_trace(100 * MS + 30 * US, 123 * MS + 60 * US)), &o, Some((7, 2)));
+        assert_eq!(t.marks.source_paused_ns, Some(100 * MS));
+        assert_eq!(t.marks.source_last_exit_ns, Some(70 * MS));
+        assert_eq!(t.marks.source_paused_clamped_ms, Some(30.0));
+        assert_eq!(t.marks.destination_resumed_ns, Some(127 * MS));
+        assert_eq!(t.marks.destination_first_entry_ns, Some(127 * MS));
+        assert_eq!(t.marks.destination_resumed_clamped_ms, Some(0.0));
+        // Running on both sides: the stamps as they are, inside or after the calls (a
+        // first entry 0.46 ms after the resume returned counts whole).
+        let t = assemble_with(Some(&idle_trace(100 * MS + 30 * US, 123 * MS + 560 * US)), &o, Some((7, 2)));
         assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 30 * US));
-        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 60 * US));
+        assert_eq!(t.marks.source_paused_clamped_ms, Some(0.0));
+        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 560 * US));
         assert_eq!(t.mark_evidence("destination-resumed"), Evidence::Probe);
+        // A destination entry before resume_all_vcpus began (123 ms) is not the resume.
+        let t = assemble_with(Some(&idle_trace(100 * MS + 30 * US, 122 * MS + 500 * US)), &o, Some((7, 2)));
+        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS));
+        assert_eq!(t.marks.destination_resumed_clamped_ms, Some(0.5));
     }
 
     #[test]

@@ -14,6 +14,10 @@ use plotters::{
 };
 use serde::Serialize;
 
+pub mod series;
+
+pub use series::{Series, SeriesFigure, SeriesPanel, series_figure};
+
 type Seg = SegmentValue<i32>;
 
 #[derive(Debug, thiserror::Error)]
