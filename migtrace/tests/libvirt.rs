@@ -357,14 +357,17 @@ async fn libvirt_over_ssh_with_default_agents_records_what_namespace_agents_reco
         // Traced by an agent on each host, reached over ssh.
         let hosts: Vec<(&str, &str)> = s.clocks.iter().map(|(h, c)| (h.as_str(), c.source.as_str())).collect();
         assert_eq!(hosts, [(h1.as_str(), "agent"), (h2.as_str(), "agent")], "{what}");
-        // The same fields, the same phases, nothing else missing; figures of the same
-        // order (a loaded 2-core machine varies them by a few times).
+        // The same fields, the same phases, the same missing; figures of the same order
+        // (a loaded 2-core machine varies them by a few times).
+        let reason = |r: &MigrationRecord, k: &str| r.missing.iter().find(|m| m.starts_with(&format!("{k}:"))).cloned();
         for ((k, vs), (_, vn)) in measures(s).into_iter().zip(measures(n)) {
             if voided(s, k) || voided(n, k) {
                 continue;
             }
             let (Some(vs), Some(vn)) = (vs, vn) else {
-                panic!("{what}: {k} over ssh {vs:?}, in namespaces {vn:?}");
+                let both = vs.is_none() && vn.is_none() && reason(s, k).is_some() && reason(s, k) == reason(n, k);
+                assert!(both, "{what}: {k} over ssh {vs:?}, in namespaces {vn:?}");
+                continue;
             };
             if vn > 0.0 {
                 let ratio = vs / vn;
@@ -377,12 +380,14 @@ async fn libvirt_over_ssh_with_default_agents_records_what_namespace_agents_reco
         if late {
             eprintln!("{what}: a destination agent attached after the load began");
         }
-        // (How many pre-copy rounds a migration takes varies with the workload.)
+        // (How many pre-copy rounds a migration takes varies with the workload, and a
+        // vm-stop phase is there only when a vCPU ran guest code at the stop.)
         let phases = |r: &MigrationRecord| {
             let name = |p: &migtrace::measure::timeline::Phase| {
                 if p.name.starts_with("pre-copy round ") { "pre-copy round k".to_owned() } else { p.name.clone() }
             };
             let mut p: Vec<String> = r.timeline.as_ref().expect("timeline").phases.iter().map(name).collect();
+            p.retain(|p| p != "vm-stop");
             if late {
                 p.retain(|p| p != "destination receive");
                 for p in p.iter_mut().filter(|p| *p == "destination load" || *p == "resume") {
