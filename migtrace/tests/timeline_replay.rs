@@ -28,7 +28,7 @@ fn reassemble(r: &MigrationRecord, trace: Option<&Trace>) -> timeline::Timeline 
     timeline::assemble(&Input {
         outcome: &r.outcome,
         trace,
-        qemu_version: Some((7, 2)),
+        qemu_versions: migtrace::hypervisor::Versions::both(Some((7, 2))),
         clock: WallClock::from_pair(r.outcome.start_ns, r.outcome.start_unix_us),
         destination_tap: Some("tap-b"),
         probe_ident: Some(IDENT),

@@ -270,7 +270,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 pair.hosts
                     .iter()
                     .zip([&args.agents.agent_source, &args.agents.agent_destination])
-                    .map(|(h, cmd)| Ok((h.name.clone(), agent_argv(cmd.as_deref(), &h.name)?)))
+                    .map(|(h, cmd)| Ok((h.name.clone(), agent_argv(cmd.as_deref(), h)?)))
                     .collect::<Result<_>>()?,
             ),
         };
@@ -380,8 +380,8 @@ pub fn libvirt_lab_tracing(lab: &LibvirtLab, mode: AgentMode) -> Result<HostTrac
 }
 
 /// An agent command line: the one given (split like a shell would, run without one), or
-/// `ssh HOST migtrace agent`.
-fn agent_argv(given: Option<&str>, host: &str) -> Result<Vec<String>> {
+/// `ssh HOST migtrace agent` as the host's URI says libvirt logs in there.
+fn agent_argv(given: Option<&str>, host: &LibvirtHost) -> Result<Vec<String>> {
     match given {
         Some(cmd) => {
             let argv = shell_words::split(cmd).with_context(|| format!("agent command {cmd:?}"))?;
@@ -390,7 +390,7 @@ fn agent_argv(given: Option<&str>, host: &str) -> Result<Vec<String>> {
             }
             Ok(argv)
         }
-        None => Ok(migtrace::probe::agent::ssh_argv(host)?),
+        None => Ok(migtrace::probe::agent::ssh_argv(&host.ssh()?)?),
     }
 }
 

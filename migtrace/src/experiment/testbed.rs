@@ -114,7 +114,7 @@ impl Testbed {
                             .map(|(h, argv)| {
                                 let argv = match argv {
                                     Some(argv) => argv.clone(),
-                                    None => crate::probe::agent::ssh_argv(&h.name)
+                                    None => crate::probe::agent::ssh_argv(&h.ssh()?)
                                         .map_err(|e| TestbedError::Config(e.to_string()))?,
                                 };
                                 Ok((h.name.clone(), argv))
@@ -185,11 +185,11 @@ impl HostPair for Testbed {
         }
     }
 
-    fn hypervisor_version(&self) -> Option<(u32, u32)> {
+    fn hypervisor_versions(&self) -> crate::hypervisor::Versions {
         match self {
-            Self::Qemu(l) => l.hypervisor_version(),
-            Self::LibvirtLab(l) => l.hypervisor_version(),
-            Self::Libvirt(p) => p.hypervisor_version(),
+            Self::Qemu(l) => l.hypervisor_versions(),
+            Self::LibvirtLab(l) => l.hypervisor_versions(),
+            Self::Libvirt(p) => p.hypervisor_versions(),
         }
     }
 

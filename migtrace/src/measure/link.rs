@@ -185,6 +185,7 @@ mod tests {
             round: None,
             unread: None,
             link_bytes,
+            host: None,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::{
     probe::{
         agent::{AgentError, ClockRecord, HostSide},
         host::{HostTrace, Role},
-        tracer::{Trace, TraceError, Tracer, VcpuStamp},
+        tracer::{Trace, TraceError, TraceHost, Tracer},
     },
 };
 
@@ -384,7 +384,7 @@ impl Session {
         let mut timeline: Timeline = timeline::assemble(&timeline::Input {
             outcome: &outcome,
             trace: trace.as_ref(),
-            qemu_version: pair.hypervisor_version(),
+            qemu_versions: pair.hypervisor_versions(),
             clock: WallClock::from_pair(outcome.start_ns, outcome.start_unix_us),
             destination_tap: traced.as_ref().and_then(|t| t.destination_tap.as_deref()),
             probe_ident: prober.as_ref().map(|p| p.ident),
@@ -564,7 +564,8 @@ async fn finish_hosts(
 }
 
 /// One trace from the source's and the destination's (in that order), each converted
-/// with its host's clock; packet stamps name their tap as `host/tap`.
+/// with its host's clock; phases carry their host, packet stamps name their tap as
+/// `host/tap`, and each side says which host traced it and when it attached.
 fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced {
     let mut merged = Trace::default();
     let mut traced = Traced {
@@ -574,34 +575,27 @@ fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced
         uncertainty_ns: BTreeMap::new(),
         problems: Vec::new(),
     };
-    for (i, (host, part, clock, local)) in parts.into_iter().enumerate() {
-        let at = |t: u64| if t == 0 { 0 } else { clock.to_local(t) };
+    for (i, (host, mut part, clock, local)) in parts.into_iter().enumerate() {
+        part.map_stamps(|t| clock.to_local(t));
         let t = part.trace;
         merged.phases.extend(t.phases.into_iter().map(|mut p| {
-            p.ts_ns = at(p.ts_ns);
+            p.host = Some(host.clone());
             p
         }));
+        let traced_by = Some(TraceHost { name: host.clone(), attached_ns: part.attached_ns });
         merged.packets.extend(t.packets.into_iter().map(|mut p| {
-            p.ts_ns = at(p.ts_ns);
             p.tap = format!("{host}/{}", p.tap);
             p
         }));
-        let vcpus = |v: Vec<VcpuStamp>| -> Vec<VcpuStamp> {
-            v.into_iter()
-                .map(|mut v| {
-                    (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
-                        (at(v.first_enter_ns), at(v.last_enter_ns), at(v.last_exit_ns));
-                    v
-                })
-                .collect()
-        };
         if i == 0 {
             merged.source_pid = part.pid;
             merged.source_kvm = t.source_kvm;
-            merged.source_vcpus = vcpus(t.source_vcpus);
+            merged.source_vcpus = t.source_vcpus;
+            merged.source_host = traced_by;
         } else {
             merged.destination_pid = part.pid;
-            merged.destination_vcpus = vcpus(t.destination_vcpus);
+            merged.destination_vcpus = t.destination_vcpus;
+            merged.destination_host = traced_by;
             traced.destination_tap = part.tap.as_ref().map(|tap| format!("{host}/{tap}"));
         }
         let h = &mut merged.health;
@@ -663,4 +657,150 @@ fn cross_host_uncertainty(
         out.insert("timeline.destination load".into(), both);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hypervisor::Versions,
+        measure::{record, timeline::Input},
+    };
+
+    const MS: u64 = 1_000_000;
+    /// Host b's clock runs this far ahead of ours; its stamps come back converted.
+    const B_AHEAD_NS: i64 = 2_000_000_000;
+
+    /// A recorded lab migration (QEMU 7.2 under TCG): one tracer saw both QEMUs, pids
+    /// 31218 → 31222. The QMP events are left out: libvirt hosts have none.
+    fn recorded() -> MigrationRecord {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tcg-dirty-2000.jsonl");
+        let mut r = record::read(&path).expect("fixture").remove(0);
+        (r.outcome.source_events, r.outcome.destination_events) = (Vec::new(), Vec::new());
+        r
+    }
+
+    /// That migration as the tracers of two hosts `a` and `b` report it: each its own
+    /// QEMU's stamps (both QEMUs with pid `pid`) and tap, attached at `attached` ns after
+    /// the command (a tracer attached then saw nothing of its QEMU before, nor the return
+    /// of a call under way), on its own clock (b's ahead by [`B_AHEAD_NS`]).
+    fn as_two_hosts(r: &MigrationRecord, pid: u32, attached: [u64; 2]) -> Vec<(String, HostTrace, HostClock, bool)> {
+        let t = r.trace.as_ref().expect("recorded with --keep-trace");
+        let start = r.outcome.start_ns;
+        let side = |i: usize| {
+            let (qemu, tap) = [(t.source_pid, "tap-a"), (t.destination_pid, "tap-b")][i];
+            let at = start + attached[i];
+            let mut open = Vec::new();
+            let seen = |p: &&crate::probe::tracer::PhaseStamp| {
+                let call = (p.tid, p.point.clone());
+                if !p.ret {
+                    open.push(call);
+                    true
+                } else if let Some(i) = open.iter().rposition(|c| *c == call) {
+                    open.remove(i);
+                    true
+                } else {
+                    false
+                }
+            };
+            let mut trace = Trace {
+                phases: t.phases.iter().filter(|p| p.tgid == qemu && p.ts_ns >= at).filter(seen).cloned().collect(),
+                packets: t.packets.iter().filter(|p| p.tap == tap).cloned().collect(),
+                health: t.health.clone(),
+                ..Trace::default()
+            };
+            trace.phases.iter_mut().for_each(|p| p.tgid = pid);
+            if i == 0 {
+                (trace.source_pid, trace.source_kvm, trace.source_vcpus) =
+                    (pid, t.source_kvm.clone(), t.source_vcpus.clone());
+            } else {
+                trace.destination_pid = pid;
+                // A vCPU's first entry as a tracer attached at `at` sees it: the first
+                // after it.
+                trace.destination_vcpus = t.destination_vcpus.clone();
+                for v in &mut trace.destination_vcpus {
+                    v.first_enter_ns = v.first_enter_ns.max(at + 300_000);
+                }
+            }
+            let mut host = HostTrace { pid, tap: Some(tap.into()), attached_ns: at, trace, ..HostTrace::default() };
+            let clock = HostClock { offset_ns: [0, B_AHEAD_NS][i], ..HostClock::local() };
+            host.map_stamps(|ns| (ns as i64 + clock.offset_ns) as u64);
+            (["a", "b"][i].to_owned(), host, clock, false)
+        };
+        vec![side(0), side(1)]
+    }
+
+    fn timeline_of(o: &MigrationOutcome, trace: &Trace, destination_tap: &str) -> Timeline {
+        timeline::assemble(&Input {
+            outcome: o,
+            trace: Some(trace),
+            qemu_versions: Versions::both(Some((7, 2))),
+            clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+            destination_tap: Some(destination_tap),
+            probe_ident: Some(13492),
+        })
+    }
+
+    /// The migration measured from two hosts' traces, merged, whose QEMUs had `pid`.
+    fn merged(r: &MigrationRecord, pid: u32, attached: [u64; 2]) -> (Traced, Timeline) {
+        let traced = merge_host_traces(as_two_hosts(r, pid, attached));
+        let mut o = r.outcome.clone();
+        (o.source_pid, o.destination_pid) = (traced.trace.source_pid, traced.trace.destination_pid);
+        let timeline = timeline_of(&o, &traced.trace, traced.destination_tap.as_deref().expect("tap"));
+        (traced, timeline)
+    }
+
+    #[test]
+    fn two_hosts_qemus_with_the_same_pid_keep_their_own_stamps() {
+        let r = recorded();
+        let one_tracer = timeline_of(&r.outcome, r.trace.as_ref().expect("trace"), "tap-b");
+        assert!(one_tracer.missing.is_empty(), "{:?}", one_tracer.missing);
+        // The destination's QEMU went active (1.44 ms) before the source did (2.44 ms):
+        // mixed in with the source's, it would end the setup early.
+        let (traced, two_hosts) = merged(&r, 4242, [0, 0]);
+        assert_eq!(two_hosts.marks, one_tracer.marks);
+        assert_eq!(two_hosts.phases, one_tracer.phases);
+        assert_eq!(two_hosts.rounds, one_tracer.rounds);
+        assert!(two_hosts.missing.is_empty(), "{:?}", two_hosts.missing);
+        let t = &traced.trace;
+        assert!(t.phases.iter().all(|p| p.tgid == 4242 && p.host.is_some()));
+        assert_eq!(
+            t.destination_host.as_ref().map(|h| (h.name.as_str(), h.attached_ns)),
+            Some(("b", r.outcome.start_ns))
+        );
+    }
+
+    #[test]
+    fn a_destination_attached_after_the_resume_yields_no_resume() {
+        let r = recorded();
+        // Attached 830 ms after the command: the destination resumed at 822.5 ms.
+        let (traced, t) = merged(&r, 4242, [0, 830 * MS]);
+        assert_eq!(
+            traced.trace.destination_host.as_ref().map(|h| h.attached_ns),
+            Some(r.outcome.start_ns + 830 * MS),
+            "the attach time converted to our clock"
+        );
+        assert_eq!(t.marks.destination_resumed_ns, None, "its vCPU's first entry after 830 ms is not the resume");
+        assert!(t.vcpus.iter().all(|v| v.host == timeline::Host::Source), "{:?}", t.vcpus);
+        let why = t.missing.iter().find(|m| m.starts_with("destination-resumed:")).expect("said why");
+        assert!(
+            why.contains("attached to its QEMU at 830.000 ms") && why.contains("after the source stopped"),
+            "{why}"
+        );
+        let measures = super::downtime::compute(&r.outcome, &t, None, None);
+        assert_eq!(measures.downtime_ms.vcpu, None);
+        assert!(measures.missing.iter().any(|m| m.starts_with("downtime_ms.vcpu:")), "{:?}", measures.missing);
+        // Attached during the load (100 ms; it ran from 1.49 to 822 ms), before the source
+        // stopped: its resume stands; the load, under way, shows neither end, and that
+        // is said.
+        let one_tracer = timeline_of(&r.outcome, r.trace.as_ref().expect("trace"), "tap-b");
+        let (_, t) = merged(&r, 4242, [0, 100 * MS]);
+        assert_eq!(t.marks.destination_resumed_ns, one_tracer.marks.destination_resumed_ns);
+        assert_eq!(t.marks.destination_loaded_ns, None);
+        assert!(t.phase("destination receive").is_none() && t.phase("destination load + resume").is_some());
+        for what in ["destination receive", "destination-loaded"] {
+            let said = format!("{what}: the destination's tracer attached to its QEMU at 100.000 ms");
+            assert!(t.missing.iter().any(|m| m.starts_with(&said)), "{what}: {:?}", t.missing);
+        }
+    }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::downtime::span_ms;
 use crate::{
     clock::WallClock,
-    hypervisor::{HostEvent, MigrationOutcome},
+    hypervisor::{HostEvent, MigrationOutcome, Versions},
     probe::{
         qemu::migration_status_name,
         tracer::{PacketStamp, PhaseStamp, RoundKvm, Trace, Unread},
@@ -213,9 +213,10 @@ impl Timeline {
 pub struct Input<'a> {
     pub outcome: &'a MigrationOutcome,
     pub trace: Option<&'a Trace>,
-    /// QEMU (major, minor): `migrate_set_state` numbers depend on it. None: unknown,
-    /// decoded as [`ASSUMED_QEMU_VERSION`] (noted in `fallbacks`).
-    pub qemu_version: Option<(u32, u32)>,
+    /// Each host's QEMU (major, minor): `migrate_set_state` numbers depend on it, and
+    /// each host's stamps are decoded with its own. Unknown: decoded as
+    /// [`ASSUMED_QEMU_VERSION`] (noted in `fallbacks`).
+    pub qemu_versions: Versions,
     /// Converts QMP's Unix-µs stamps to monotonic ns.
     pub clock: WallClock,
     /// Tap of the destination, to find the first guest packet after the switchover.
@@ -228,13 +229,17 @@ pub struct Input<'a> {
 /// unknown: Debian 12's QEMU.
 pub const ASSUMED_QEMU_VERSION: (u32, u32) = (7, 2);
 
+/// One host's QEMU stamps, and the QEMU release they are decoded with.
 struct Stamps<'a> {
     list: Vec<&'a PhaseStamp>,
+    version: (u32, u32),
 }
 
 impl<'a> Stamps<'a> {
-    fn of(trace: Option<&'a Trace>, pid: u32) -> Self {
-        Self { list: trace.map(|t| t.phases.iter().filter(|p| p.tgid == pid).collect()).unwrap_or_default() }
+    /// The stamps of one side's QEMU: by pid and, when hosts had tracers of their own,
+    /// by host (two hosts' QEMUs may have the same pid).
+    fn of(trace: Option<&'a Trace>, side: fn(&Trace, &PhaseStamp) -> bool, version: (u32, u32)) -> Self {
+        Self { list: trace.map(|t| t.phases.iter().filter(|p| side(t, p)).collect()).unwrap_or_default(), version }
     }
     fn all(&self, point: &str, ret: bool) -> impl Iterator<Item = &&'a PhaseStamp> {
         self.list.iter().filter(move |p| p.point == point && p.ret == ret)
@@ -245,9 +250,11 @@ impl<'a> Stamps<'a> {
     fn last(&self, point: &str, ret: bool) -> Option<u64> {
         self.all(point, ret).last().map(|p| p.ts_ns)
     }
-    /// `migrate_set_state` into state `name`.
-    fn state(&self, name: &str, version: (u32, u32)) -> Option<u64> {
-        self.all("MigrateSetState", false).find(|p| migration_status_name(p.args[2], version) == name).map(|p| p.ts_ns)
+    /// `migrate_set_state` into state `name`, as this host's QEMU numbers its states.
+    fn state(&self, name: &str) -> Option<u64> {
+        self.all("MigrateSetState", false)
+            .find(|p| migration_status_name(p.args[2], self.version) == name)
+            .map(|p| p.ts_ns)
     }
 }
 
@@ -288,16 +295,20 @@ impl Qmp<'_> {
 pub fn assemble(input: &Input<'_>) -> Timeline {
     let o = input.outcome;
     let mut fallbacks = Vec::new();
-    let v = input.qemu_version.unwrap_or_else(|| {
+    let v = input.qemu_versions.source.unwrap_or_else(|| {
         let (major, minor) = ASSUMED_QEMU_VERSION;
-        fallbacks.push(format!("QEMU version unknown: migrate_set_state states decoded as QEMU {major}.{minor}'s"));
+        fallbacks.push(format!(
+            "QEMU version unknown on the source: migrate_set_state states decoded as QEMU {major}.{minor}'s"
+        ));
         ASSUMED_QEMU_VERSION
     });
+    // Only the source's states are decoded; the destination's stamps would be with its own.
+    let dst_version = input.qemu_versions.destination.unwrap_or(ASSUMED_QEMU_VERSION);
     if let Some(t) = input.trace {
         fallbacks.extend(t.health.fallbacks.iter().cloned());
     }
-    let src = Stamps::of(input.trace, o.source_pid);
-    let dst = Stamps::of(input.trace, o.destination_pid);
+    let src = Stamps::of(input.trace, Trace::from_source, v);
+    let dst = Stamps::of(input.trace, Trace::from_destination, dst_version);
     let sq = Qmp { events: &o.source_events, clock: input.clock };
     let dq = Qmp { events: &o.destination_events, clock: input.clock };
     let mut missing = Vec::new();
@@ -317,8 +328,8 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         }
     };
 
-    let setup = pick("setup", src.state("setup", v), sq.status("setup"));
-    let active = pick("active", src.state("active", v), sq.status("active"));
+    let setup = pick("setup", src.state("setup"), sq.status("setup"));
+    let active = pick("active", src.state("active"), sq.status("active"));
     let stop_call = src.first("VmStopForceState", false);
     let stop_event = sq.stop();
     let vm_stop = pick("vm-stop", stop_call, stop_event);
@@ -333,16 +344,53 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let pause_returned = src.first("PauseAllVcpus", true);
     let source_held = stop_entered.and_then(|lo| held(last_source_exit, lo));
     let source_paused = pick("source-paused", source_held.map(|h| h.0).or(pause_returned), stop_event);
-    let completed = pick("source-completed", src.state("completed", v), sq.status("completed"));
+    let completed = pick("source-completed", src.state("completed"), sq.status("completed"));
     // The source completes only once the destination confirmed the load when QEMU has a
     // return path (libvirt enables one): the stream's end is the source's last send.
     let sent = src.last("SavevmStateCompletePrecopy", true).or(completed);
-    let first_dest_enter =
-        input.trace.and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
-    let destination_held = dst.first("ResumeAllVcpus", false).and_then(|lo| held(first_dest_enter, lo));
+    // A destination traced by a tracer of its own saw nothing before that tracer attached
+    // to its QEMU: a vCPU's first entry after that is the resume only if the tracer
+    // attached before the destination could resume (the source stopped), or saw the
+    // resume begin. Otherwise it is a late stamp, not the resume.
+    let since_command = |t: u64| (t as i128 - o.start_ns as i128) as f64 / 1e6;
+    let dst_attached = input.trace.and_then(|t| t.destination_host.as_ref()).map(|h| h.attached_ns);
+    let resume_entered = dst.first("ResumeAllVcpus", false);
+    let late_vcpus = match (dst_attached, stop_call.or(source_paused)) {
+        (Some(at), stop) if at > 0 && resume_entered.is_none() && stop.is_none_or(|s| at > s) => {
+            let when = stop.map_or_else(
+                || "the source's stop is unknown".to_owned(),
+                |s| format!("after the source stopped ({:.3} ms)", since_command(s)),
+            );
+            missing.push(format!(
+                "destination-resumed: the destination's tracer attached to its QEMU at {:.3} ms, {when}, and did \
+                 not see resume_all_vcpus begin: its vCPUs' first entries may be later than the resume, not taken",
+                since_command(at)
+            ));
+            true
+        }
+        _ => false,
+    };
+    let first_dest_enter = input
+        .trace
+        .filter(|_| !late_vcpus)
+        .and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
+    let destination_held = resume_entered.and_then(|lo| held(first_dest_enter, lo));
     let resumed_probe = destination_held.map(|h| h.0).or(dst.first("ResumeAllVcpus", true));
     let resume_event = dq.when(|e| e.event == "RESUME");
     let resumed = pick("destination-resumed", resumed_probe, resume_event);
+    // Attached after the setup, the tracer may have come while the destination loaded:
+    // that call shows neither its entry nor (a uretprobe catches only calls that begin
+    // after it) its return.
+    let receive_start = dst.first("LoadvmState", false);
+    let load_missed = match (receive_start, dst_attached, setup) {
+        (None, Some(at), Some(setup)) if at > setup => Some(format!(
+            "the destination's tracer attached to its QEMU at {:.3} ms, after the migration's setup ({:.3} ms): \
+             the load may have begun before",
+            since_command(at),
+            since_command(setup)
+        )),
+        _ => None,
+    };
     // QEMU 7.2 on the destination: qemu_loadvm_state returns, RESUME, resume_all_vcpus,
     // then MIGRATION completed. Only RESUME lies between the load and the resume, and
     // only a probed resume is later than it.
@@ -361,11 +409,12 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             Some(e)
         }
         _ => {
-            missing.push(
-                "destination-loaded: qemu_loadvm_state not probed, and QEMU sends no event between the end of the \
-                 load and the resume (its MIGRATION completed comes after the resume)"
+            missing.push(match &load_missed {
+                Some(why) => format!("destination-loaded: {why}, and a call under way shows no return"),
+                None => "destination-loaded: qemu_loadvm_state not probed, and QEMU sends no event between the end \
+                         of the load and the resume (its MIGRATION completed comes after the resume)"
                     .into(),
-            );
+            });
             None
         }
     };
@@ -535,11 +584,14 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     push(
         "destination receive".into(),
         Host::Destination,
-        dst.first("LoadvmState", false),
+        receive_start,
         dst.last("LoadvmState", true),
         Evidence::Probe,
         true,
     );
+    if let Some(why) = load_missed {
+        missing.push(format!("destination receive: {why}"));
+    }
     missing.extend(unplaced);
 
     let mut vcpus = Vec::new();
@@ -556,7 +608,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         vcpus.extend(
             t.destination_vcpus
                 .iter()
-                .filter(|v| v.first_enter_ns > 0)
+                .filter(|v| v.first_enter_ns > 0 && !late_vcpus)
                 .map(|v| edge(Host::Destination, v, v.first_enter_ns)),
         );
     }
@@ -613,6 +665,7 @@ mod tests {
             round: (!ret).then_some(0),
             unread: None,
             link_bytes: 0,
+            host: None,
         }
     }
 
@@ -685,7 +738,7 @@ mod tests {
         assemble(&Input {
             outcome: o,
             trace,
-            qemu_version: version,
+            qemu_versions: Versions::both(version),
             clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
             destination_tap: Some("tap-b"),
             probe_ident: None,
@@ -793,6 +846,86 @@ mod tests {
         assert!(t.missing.iter().any(|m| m.starts_with("vm-stop: its start and end stamps are equal")));
     }
 
+    /// A recorded lab migration (`migtrace migrate --lab --keep-trace`): its outcome
+    /// without QMP events (libvirt hosts have none: the marks come from the probes) and
+    /// its raw trace.
+    fn recorded(fixture: &str) -> (MigrationOutcome, Trace) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+        let r = crate::measure::record::read(&path).expect("fixture").remove(0);
+        let mut o = r.outcome;
+        (o.source_events, o.destination_events) = (Vec::new(), Vec::new());
+        (o, r.trace.expect("recorded with --keep-trace"))
+    }
+
+    /// The source's last `migrate_set_state`, as QEMU called it.
+    fn last_state(t: &Trace) -> &PhaseStamp {
+        t.phases.iter().rfind(|p| p.tgid == t.source_pid && p.point == "MigrateSetState").expect("state change")
+    }
+
+    #[tokio::test]
+    async fn each_hosts_states_are_decoded_with_its_own_qemu_release() {
+        use crate::hypervisor::{
+            HostPair as _,
+            libvirt::{LibvirtHost, LibvirtPair},
+        };
+        // QEMU 7.2 completes with state 8 (4 → 8); QEMU 10.0 with 9 (13 → 9): 9.1
+        // inserted a state at 7. Both recorded.
+        let (o72, t72) = recorded("tcg-dirty-2000.jsonl");
+        let (o10, t10) = recorded("qemu-10.0-wset16M-rate1000.jsonl");
+        assert_eq!((last_state(&t72).args[2], last_state(&t10).args[2]), (8, 9));
+        // The 7.2 recording as if its migration had failed: 7.2's "failed" is 9.
+        let mut t72_failed = t72.clone();
+        t72_failed
+            .phases
+            .iter_mut()
+            .rfind(|p| p.tgid == t72.source_pid && p.point == "MigrateSetState")
+            .expect("state")
+            .args[2] = 9;
+        let v72 = (7, 2, 22);
+        let v10 = (10, 0, 2);
+        for (a, b) in [(v72, v10), (v10, v72)] {
+            let hosts = ["a", "b"].map(|h| LibvirtHost::from_uri(&format!("qemu+ssh://{h}/system"), h));
+            let mut pair = LibvirtPair::unconnected_for_test(hosts, [Some(a), Some(b)]);
+            // Ping-pong: a → b, then b → a; each time the source's QEMU decides.
+            for source in [a, b] {
+                let versions = pair.hypervisor_versions();
+                assert_eq!(versions.source, Some((source.0, source.1)));
+                let cases: Vec<(&MigrationOutcome, &Trace, bool)> = if source == v72 {
+                    vec![(&o72, &t72, true), (&o72, &t72_failed, false)]
+                } else {
+                    vec![(&o10, &t10, true)]
+                };
+                for (o, trace, completed) in cases {
+                    let t = assemble(&Input {
+                        outcome: o,
+                        trace: Some(trace),
+                        qemu_versions: versions,
+                        clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+                        destination_tap: None,
+                        probe_ident: None,
+                    });
+                    let what = format!("QEMU {source:?} source, {}", if completed { "completed" } else { "failed" });
+                    let want = completed.then(|| last_state(trace).ts_ns);
+                    assert_eq!(t.marks.source_completed_ns, want, "{what}");
+                    assert!(t.marks.setup_ns.is_some() && t.marks.active_ns.is_some(), "{what}");
+                    assert!(t.fallbacks.is_empty(), "{what}: {:?}", t.fallbacks);
+                    // Decoded with the other host's release, it is misread.
+                    let other = if source == v72 { (10, 0) } else { (7, 2) };
+                    let misread = assemble(&Input {
+                        outcome: o,
+                        trace: Some(trace),
+                        qemu_versions: Versions::both(Some(other)),
+                        clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+                        destination_tap: None,
+                        probe_ident: None,
+                    });
+                    assert_ne!(misread.marks.source_completed_ns, want, "{what}: the fixture tells the releases apart");
+                }
+                pair.prepare_next().await.expect("next");
+            }
+        }
+    }
+
     #[test]
     fn pending_bytes_the_probe_could_not_read_are_missing_not_zero() {
         let o = outcome();
@@ -850,7 +983,7 @@ mod tests {
         trace.health =
             TraceHealth { fallbacks: vec!["ioctl cmd assumed at offset 24".into()], ..TraceHealth::default() };
         let t = assemble_with(Some(&trace), &o, None);
-        assert!(t.fallbacks.iter().any(|f| f.starts_with("QEMU version unknown")), "{:?}", t.fallbacks);
+        assert!(t.fallbacks.iter().any(|f| f.starts_with("QEMU version unknown on the source")), "{:?}", t.fallbacks);
         assert!(t.fallbacks.iter().any(|f| f.contains("offset 24")));
         assert_eq!(t.marks.setup_ns, Some(MS), "decoded with 7.2's numbering");
     }

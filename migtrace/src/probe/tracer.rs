@@ -45,10 +45,26 @@ pub struct Trace {
     pub source_vcpus: Vec<VcpuStamp>,
     pub destination_vcpus: Vec<VcpuStamp>,
     pub health: TraceHealth,
+    /// When each host had a tracer of its own (agents), the host that traced each side:
+    /// its phases carry its name (two hosts' QEMUs may have the same pid). None: one
+    /// tracer saw both QEMUs (the lab), its phases carry no host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<TraceHost>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_host: Option<TraceHost>,
     /// The lab's link, when its classifier counted what crossed it (each phase stamp
     /// then carries the count in `link_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkTrace>,
+}
+
+/// A host that traced one side of a migration with its own tracer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHost {
+    pub name: String,
+    /// When its tracer attached to the domain's QEMU (this trace's clock; 0: never): it
+    /// saw nothing of that QEMU before.
+    pub attached_ns: u64,
 }
 
 /// The link's counter at the end of a migration's trace.
@@ -86,6 +102,9 @@ pub struct PhaseStamp {
     /// trace has a `link`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub link_bytes: u64,
+    /// The host whose tracer saw it, in a trace merged from several hosts' tracers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Why a return probe could not read the values behind pointer arguments.
@@ -122,6 +141,40 @@ impl Unread {
     }
 }
 
+impl Trace {
+    /// Applies `f` to every stamp of the host's clock (phases, packets, vCPU runs, the
+    /// link's last packet): the one list of what converts when the host's clock is not
+    /// ours. A 0 stamp means "never" and stays 0; the echoed send stamps in packets are
+    /// the sender's and stay.
+    pub fn map_stamps(&mut self, f: impl Fn(u64) -> u64) {
+        let f = |t: u64| if t == 0 { 0 } else { f(t) };
+        for p in &mut self.phases {
+            p.ts_ns = f(p.ts_ns);
+        }
+        for p in &mut self.packets {
+            p.ts_ns = f(p.ts_ns);
+        }
+        for v in self.source_vcpus.iter_mut().chain(&mut self.destination_vcpus) {
+            (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
+                (f(v.first_enter_ns), f(v.last_enter_ns), f(v.last_exit_ns));
+        }
+        if let Some(link) = &mut self.link {
+            link.last_data_ns = f(link.last_data_ns);
+        }
+    }
+
+    /// Whether `s` is a stamp of the source's QEMU: its pid and, in a trace merged from
+    /// several hosts, its host.
+    pub fn from_source(&self, s: &PhaseStamp) -> bool {
+        s.tgid == self.source_pid && s.host.as_deref() == self.source_host.as_ref().map(|h| h.name.as_str())
+    }
+
+    /// Whether `s` is a stamp of the destination's QEMU (see [`Trace::from_source`]).
+    pub fn from_destination(&self, s: &PhaseStamp) -> bool {
+        s.tgid == self.destination_pid && s.host.as_deref() == self.destination_host.as_ref().map(|h| h.name.as_str())
+    }
+}
+
 /// A phase stamp as records hold it. Records written before `returned` and `round`
 /// hold one `value`: the return value on returns, the round counter on entries.
 #[derive(Deserialize)]
@@ -142,6 +195,8 @@ struct PhaseStampRecord {
     link_bytes: u64,
     #[serde(default)]
     value: Option<u64>,
+    #[serde(default)]
+    host: Option<String>,
 }
 
 impl From<PhaseStampRecord> for PhaseStamp {
@@ -162,6 +217,7 @@ impl From<PhaseStampRecord> for PhaseStamp {
             round,
             unread: r.unread,
             link_bytes: r.link_bytes,
+            host: r.host,
         }
     }
 }
@@ -185,6 +241,8 @@ impl PhaseStamp {
             round: (!ret).then(|| u32::try_from(e.ret).ok()).flatten(),
             unread: if ret { Unread::of_flags(e.flags) } else { None },
             link_bytes: e.link_bytes,
+            // One tracer saw it; a merge of several hosts' traces names the host.
+            host: None,
         }
     }
 }
@@ -529,6 +587,9 @@ impl Tracer {
                 diagnostics: diagnostics.named(),
                 dropped_records: dropped,
             },
+            // One tracer, one host: its phases carry no host name.
+            source_host: None,
+            destination_host: None,
         })
     }
 
