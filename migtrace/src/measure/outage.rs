@@ -221,77 +221,6 @@ pub fn phases_of(timeline: &Timeline, start: f64, end: f64) -> String {
     names.join(" + ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: u64 = 1_000_000;
-
-    /// Requests every ms from `from` to `to` (exclusive), each answered 0.2 ms later.
-    fn answered(from: u64, to: u64) -> Vec<Reply> {
-        (from..to).map(|t| Reply { ts: t * MS + 200_000, sent: t * MS }).collect()
-    }
-
-    #[test]
-    fn a_stall_outside_the_switchover_is_an_outage_of_its_own() {
-        // Answers every ms; a stall of 60 ms at 100 (requests 100–159 answered in a
-        // burst at 160, when the guest runs again); the switchover at 500–520.
-        let mut r = answered(0, 100);
-        r.extend((100..160).map(|t| Reply { ts: 160 * MS + (t - 100) * 1000, sent: t * MS }));
-        r.extend(answered(161, 500));
-        r.extend(answered(520, 600));
-        let s = silences(&r, 3 * MS, Some((500 * MS, 520 * MS)));
-        assert_eq!(s.len(), 2, "{s:?}");
-        // 99.2 → the first of the burst (its request left during the stall): 60.8 ms.
-        assert_eq!((r[s[0].from].ts, s[0].to.map(|j| r[j].ts)), (99 * MS + 200_000, Some(160 * MS)));
-        // 499.2 → 520.2 (the requests of 500–519 were answered by nobody).
-        assert_eq!((r[s[1].from].ts, s[1].to.map(|j| r[j].ts)), (499 * MS + 200_000, Some(520 * MS + 200_000)));
-        assert_eq!(switchover_silence(&r, &s, 500 * MS), Some(s[1]));
-        // Short gaps are no outages; with a threshold of 0 every gap is one.
-        assert!(silences(&answered(0, 10), 3 * MS, None).is_empty());
-        assert_eq!(silences(&answered(0, 10), 0, None).len(), 9);
-    }
-
-    #[test]
-    fn replies_queued_before_the_stop_do_not_end_the_outage() {
-        // Requests 95–100 were queued in the stopped guest and answered in a burst at
-        // the resume (130 ms), but the guest answers no new request until 180: its
-        // peers saw it down from 94.2 to 180.2, one outage, not two.
-        let mut r = answered(0, 95);
-        r.extend((95..=100).map(|t| Reply { ts: 130 * MS, sent: t * MS }));
-        r.extend(answered(180, 250));
-        let s = silences(&r, 3 * MS, Some((100 * MS, 130 * MS)));
-        assert_eq!(s.len(), 1, "{s:?}");
-        assert_eq!((r[s[0].from].ts, s[0].to.map(|j| r[j].ts)), (94 * MS + 200_000, Some(180 * MS + 200_000)));
-    }
-
-    #[test]
-    fn a_silence_without_an_answer_after_it_is_open() {
-        let r = answered(0, 100);
-        let mut stale = r.clone();
-        // Only replies to requests sent before the stop come after it.
-        stale.push(Reply { ts: 300 * MS, sent: 90 * MS });
-        let s = silences(&stale, 3 * MS, Some((100 * MS, 120 * MS)));
-        assert_eq!(s, vec![Silence { from: 99, to: None }]);
-    }
-
-    #[test]
-    fn totals_leave_out_what_a_stalled_sender_made() {
-        let o = |ms: f64, late: Option<f64>| Outage {
-            start_ms: 0.0,
-            duration_ms: ms,
-            phase: "setup".into(),
-            switchover: false,
-            evidence: "probe replies at the taps".into(),
-            hosts: None,
-            open: false,
-            sender_late_ms: late,
-        };
-        assert_eq!(totals(&[o(10.0, None), o(40.0, None), o(90.0, Some(80.0))]), (Some(50.0), Some(40.0)));
-        assert_eq!(totals(&[]), (Some(0.0), None));
-    }
-}
-
 /// What one migration left to find outages in.
 pub struct Observed<'a> {
     /// The probe sender and the replies stamped at the taps (tracing on).
@@ -369,4 +298,75 @@ pub fn of_migration(
         (None, None) => "no probe sender, no heartbeats, no ping: nothing asked the guest".into(),
         _ => "no answer of the guest was recorded (tracing off and no ping)".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// Requests every ms from `from` to `to` (exclusive), each answered 0.2 ms later.
+    fn answered(from: u64, to: u64) -> Vec<Reply> {
+        (from..to).map(|t| Reply { ts: t * MS + 200_000, sent: t * MS }).collect()
+    }
+
+    #[test]
+    fn a_stall_outside_the_switchover_is_an_outage_of_its_own() {
+        // Answers every ms; a stall of 60 ms at 100 (requests 100–159 answered in a
+        // burst at 160, when the guest runs again); the switchover at 500–520.
+        let mut r = answered(0, 100);
+        r.extend((100..160).map(|t| Reply { ts: 160 * MS + (t - 100) * 1000, sent: t * MS }));
+        r.extend(answered(161, 500));
+        r.extend(answered(520, 600));
+        let s = silences(&r, 3 * MS, Some((500 * MS, 520 * MS)));
+        assert_eq!(s.len(), 2, "{s:?}");
+        // 99.2 → the first of the burst (its request left during the stall): 60.8 ms.
+        assert_eq!((r[s[0].from].ts, s[0].to.map(|j| r[j].ts)), (99 * MS + 200_000, Some(160 * MS)));
+        // 499.2 → 520.2 (the requests of 500–519 were answered by nobody).
+        assert_eq!((r[s[1].from].ts, s[1].to.map(|j| r[j].ts)), (499 * MS + 200_000, Some(520 * MS + 200_000)));
+        assert_eq!(switchover_silence(&r, &s, 500 * MS), Some(s[1]));
+        // Short gaps are no outages; with a threshold of 0 every gap is one.
+        assert!(silences(&answered(0, 10), 3 * MS, None).is_empty());
+        assert_eq!(silences(&answered(0, 10), 0, None).len(), 9);
+    }
+
+    #[test]
+    fn replies_queued_before_the_stop_do_not_end_the_outage() {
+        // Requests 95–100 were queued in the stopped guest and answered in a burst at
+        // the resume (130 ms), but the guest answers no new request until 180: its
+        // peers saw it down from 94.2 to 180.2, one outage, not two.
+        let mut r = answered(0, 95);
+        r.extend((95..=100).map(|t| Reply { ts: 130 * MS, sent: t * MS }));
+        r.extend(answered(180, 250));
+        let s = silences(&r, 3 * MS, Some((100 * MS, 130 * MS)));
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!((r[s[0].from].ts, s[0].to.map(|j| r[j].ts)), (94 * MS + 200_000, Some(180 * MS + 200_000)));
+    }
+
+    #[test]
+    fn a_silence_without_an_answer_after_it_is_open() {
+        let r = answered(0, 100);
+        let mut stale = r.clone();
+        // Only replies to requests sent before the stop come after it.
+        stale.push(Reply { ts: 300 * MS, sent: 90 * MS });
+        let s = silences(&stale, 3 * MS, Some((100 * MS, 120 * MS)));
+        assert_eq!(s, vec![Silence { from: 99, to: None }]);
+    }
+
+    #[test]
+    fn totals_leave_out_what_a_stalled_sender_made() {
+        let o = |ms: f64, late: Option<f64>| Outage {
+            start_ms: 0.0,
+            duration_ms: ms,
+            phase: "setup".into(),
+            switchover: false,
+            evidence: "probe replies at the taps".into(),
+            hosts: None,
+            open: false,
+            sender_late_ms: late,
+        };
+        assert_eq!(totals(&[o(10.0, None), o(40.0, None), o(90.0, Some(80.0))]), (Some(50.0), Some(40.0)));
+        assert_eq!(totals(&[]), (Some(0.0), None));
+    }
 }
