@@ -500,7 +500,7 @@ pub(crate) mod tests {
             host: Host::Source,
             start_ms,
             duration_ms,
-            evidence: Evidence::Probe,
+            evidence: Evidence::Ebpf,
             parallel: false,
         };
         let sent = paused + pred.stop_copy_ms;
