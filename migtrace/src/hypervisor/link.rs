@@ -185,6 +185,10 @@ pub struct LinkAchieved {
     /// packet; `qemu`: `ram.transferred` over setup → source completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_bps: Option<f64>,
+    /// When the stream's last data crossed the link, ms from the migration command
+    /// (`link` only; none: no data crossed during the migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_data_ms: Option<f64>,
     /// Bytes the source's end of the link sent during the migration, by the
     /// interface's own counter (TCP/IP and Ethernet headers, ACKs the other way not).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -45,7 +45,9 @@ fn from_wire(outcome: &MigrationOutcome, t: &Trace) -> (LinkAchieved, Vec<String
     let mut missing = Vec::new();
     let Some(link) = t.link.as_ref() else { return (LinkAchieved::default(), missing) };
     let src = outcome.source_pid;
-    let mut a = LinkAchieved { from: "link".into(), ..LinkAchieved::default() };
+    let last_data_ms =
+        (link.last_data_ns > outcome.start_ns).then(|| (link.last_data_ns - outcome.start_ns) as f64 / 1e6);
+    let mut a = LinkAchieved { from: "link".into(), last_data_ms, ..LinkAchieved::default() };
     // The stop: vm_stop_force_state entered on the source.
     match stamp(t, src, "VmStopForceState", false, false) {
         Some(stop) => match span_ms(stop.ts_ns, link.last_data_ns) {

@@ -76,7 +76,8 @@ pub enum Category {
     Usable,
     /// Pre-copy was still running when the migration timed out: the guest dirtied its
     /// memory faster than the link drained it, and QEMU never stopped it. A finding
-    /// about the treatment, counted as such: neither a failure nor a downtime.
+    /// about the treatment, counted as such: neither a failure nor a downtime. (A
+    /// stream that stalled before the timeout is `Failed`.)
     DidNotConverge,
     /// The migration failed, or timed out after its switchover began.
     Failed,
@@ -90,7 +91,7 @@ pub enum Category {
 }
 
 pub fn category(r: &MigrationRecord) -> Category {
-    if r.outcome.status == Status::TimedOut && !switchover_began(r) {
+    if r.outcome.status == Status::TimedOut && !switchover_began(r) && precopy_ran_to_the_end(r) {
         Category::DidNotConverge
     } else if r.outcome.status != Status::Completed {
         Category::Failed
@@ -115,6 +116,28 @@ fn switchover_began(r: &MigrationRecord) -> bool {
         })
 }
 
+/// How long the stream may have been quiet before the timeout for pre-copy to count as
+/// still running then: a round's dirty sync and bookkeeping pause it briefly.
+const QUIET_MS: f64 = 1000.0;
+
+/// Whether pre-copy was still moving when the migration timed out, rather than stalled
+/// (a cut link, a hung host): the stream's data crossed the link until its last second
+/// (a tenth of the timeout, if longer), or, where the link is not counted, QEMU still
+/// reported passes in the timeout's last third.
+fn precopy_ran_to_the_end(r: &MigrationRecord) -> bool {
+    let timeout_ms = r.params.timeout_s * 1e3;
+    let wire = r.params.link.as_ref().map(|l| &l.achieved).filter(|a| a.from == "link");
+    match wire {
+        Some(a) => a.last_data_ms.is_some_and(|last| timeout_ms - last <= QUIET_MS.max(timeout_ms * 0.1)),
+        None => {
+            let passes: Vec<i64> =
+                r.outcome.source_events.iter().filter(|e| e.event == "MIGRATION_PASS").map(|e| e.unix_us).collect();
+            let last_ms = passes.last().map(|&us| (us - r.outcome.start_unix_us) as f64 / 1e3);
+            passes.len() >= 2 && last_ms.is_some_and(|ms| ms >= timeout_ms * 2.0 / 3.0)
+        }
+    }
+}
+
 /// Whether a record's measures describe a healthy, fully traced migration.
 pub fn usable(r: &MigrationRecord) -> bool {
     category(r) == Category::Usable
@@ -123,9 +146,13 @@ pub fn usable(r: &MigrationRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{HostEvent, MigrationOutcome, MigrationParams};
+    use crate::hypervisor::{
+        HostEvent, MigrationOutcome, MigrationParams,
+        link::{LinkAchieved, LinkRecord},
+    };
 
-    /// A timed-out migration whose source reported MIGRATION events of these statuses.
+    /// A migration timed out after 3 s whose source reported MIGRATION events of these
+    /// statuses, its stream's data crossing the link until 2.9 s.
     fn timed_out(statuses: &[&str]) -> MigrationRecord {
         let mut outcome = MigrationOutcome::completed_for_test(None);
         outcome.status = Status::TimedOut;
@@ -133,7 +160,13 @@ mod tests {
             .iter()
             .map(|s| HostEvent { event: "MIGRATION".into(), unix_us: 0, data: serde_json::json!({ "status": s }) })
             .collect();
-        MigrationRecord::new(0, "t".into(), MigrationParams::default(), outcome)
+        let achieved = LinkAchieved { from: "link".into(), last_data_ms: Some(2900.0), ..LinkAchieved::default() };
+        let params = MigrationParams {
+            timeout_s: 3.0,
+            link: Some(LinkRecord { configured: None, achieved }),
+            ..Default::default()
+        };
+        MigrationRecord::new(0, "t".into(), params, outcome)
     }
 
     #[test]
@@ -151,5 +184,29 @@ mod tests {
         let mut failed = timed_out(&[]);
         failed.outcome.status = Status::Failed;
         assert_eq!(category(&failed), Category::Failed);
+    }
+
+    #[test]
+    fn a_stream_that_stalled_before_the_timeout_failed() {
+        // Cut 0.7 s in, cancelled at 3 s: pre-copy was not running, the link was gone.
+        let mut cut = timed_out(&["setup", "active", "cancelling"]);
+        if let Some(l) = cut.params.link.as_mut() {
+            l.achieved.last_data_ms = Some(700.0);
+        }
+        assert_eq!(category(&cut), Category::Failed);
+        // Not a byte crossed.
+        if let Some(l) = cut.params.link.as_mut() {
+            l.achieved.last_data_ms = None;
+        }
+        assert_eq!(category(&cut), Category::Failed);
+        // Without the link's count, QEMU's passes tell: still passing in the last third.
+        let mut untraced = timed_out(&[]);
+        untraced.params.link = None;
+        let pass =
+            |ms: i64| HostEvent { event: "MIGRATION_PASS".into(), unix_us: ms * 1000, data: serde_json::Value::Null };
+        untraced.outcome.source_events = vec![pass(100), pass(1200), pass(2500)];
+        assert_eq!(category(&untraced), Category::DidNotConverge);
+        untraced.outcome.source_events = vec![pass(100), pass(600)];
+        assert_eq!(category(&untraced), Category::Failed);
     }
 }
