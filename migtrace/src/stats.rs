@@ -26,8 +26,8 @@ pub struct Stats {
     /// Sample standard deviation (n − 1); `None` for a single value.
     pub sd: Option<f64>,
     pub min: f64,
-    /// Exact order statistics of the values (nearest rank: the ⌈p·n⌉-th smallest), so
-    /// p99 and p99.9 are the maximum below 100 and 1000 values.
+    /// Exact order statistics of the values ([`crate::percentile`]: nearest rank, the
+    /// ⌈p·n⌉-th smallest), so p99 and p99.9 are the maximum below 100 and 1000 values.
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
@@ -71,16 +71,15 @@ impl Stats {
             let half = t * sd / (n as f64).sqrt();
             (mean - half, mean + half)
         });
-        // Nearest rank, in per mille to stay in integers: rank ⌈k·n/1000⌉, 1-based.
-        let rank = |per_mille: usize| sorted[(per_mille * n).div_ceil(1000).clamp(1, n) - 1];
+        let rank = |q: f64| crate::percentile::of_sorted(&sorted, q).unwrap_or(f64::NAN);
         Some(Self {
             n,
             mean,
             sd,
             min: sorted[0],
-            p50: rank(500),
-            p99: rank(990),
-            p999: rank(999),
+            p50: rank(0.5),
+            p99: rank(0.99),
+            p999: rank(0.999),
             max: sorted[n - 1],
             ci95,
         })

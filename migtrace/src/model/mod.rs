@@ -245,19 +245,15 @@ impl Model {
     }
 }
 
-/// Median of `v` (None when empty); NaNs are dropped.
+/// Median of the fit's inputs `v` (None when none is finite).
 pub fn median(v: &[f64]) -> Option<f64> {
     quantile(v, 0.5)
 }
 
-/// The q-quantile of `v` by linear interpolation between order statistics.
+/// The q-quantile of the fit's inputs `v` by nearest rank ([`crate::percentile`]). A
+/// value that is not finite (a phase of 0 s divided by) informs no parameter and is left
+/// out here; validation scores every prediction, finite or not.
 pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return None;
-    }
-    s.sort_by(f64::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64))
+    let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    crate::percentile::of(&finite, q)
 }
