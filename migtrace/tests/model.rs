@@ -116,6 +116,30 @@ fn fit_validate_and_predict_from_the_command_line() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
+/// A cross-validation that fails for a reason of its own says that reason: the model is
+/// written (without intervals) and the command fails; it is not "one treatment only".
+#[test]
+fn a_failed_cross_validation_is_said_as_it_is() {
+    let dir = temp_dir("fold");
+    let records = std::fs::read_to_string(fixture()).expect("fixture");
+    let mut lines: Vec<serde_json::Value> = records.lines().map(|l| serde_json::from_str(l).expect("record")).collect();
+    // Only the first treatment keeps QEMU's byte counts: a fold without it has no
+    // pre-copy bandwidth to fit.
+    let first = lines[0]["treatment"].clone();
+    for r in lines.iter_mut().filter(|r| r["treatment"] != first) {
+        r["stats"]["ram"] = serde_json::Value::Null;
+    }
+    let text: String = lines.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(dir.join("migrations.jsonl"), text).expect("write");
+    let out = migtrace().args(["model", "fit"]).arg(&dir).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cross-validation failed") && err.contains("pre-copy"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("one treatment only"));
+    assert!(model::Model::load(&dir).expect("model.json").errors.is_empty());
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
 /// An experiment directory with a validation: `report --html` shows the model's
 /// section, its error table (the figures of validation.json) and the plot with every
 /// held-out point of its panels; without one the page has no such section.

@@ -41,7 +41,14 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Fit { dir, out } => {
             let obs = observations(&dir)?;
             let params = fit::fit(&obs)?;
-            let validation = validate::cross_validate(&obs).ok();
+            // One treatment cannot be left out: a model without intervals. Any other
+            // failure of the cross-validation is said as it is (the model is still
+            // written, without intervals, and the command fails).
+            let (validation, failure) = match validate::cross_validate(&obs) {
+                Ok(v) => (Some(v), None),
+                Err(model::ModelError::TooFewTreatments(_)) => (None, None),
+                Err(e) => (None, Some(e)),
+            };
             let (errors, preferred) = match &validation {
                 Some(v) => (v.errors.clone(), v.preferred),
                 None => (Default::default(), Variant::Simulation),
@@ -56,11 +63,15 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             let path = out.unwrap_or_else(|| dir.join(MODEL_FILE));
             m.save(&path)?;
             print_params(&m);
-            if validation.is_none() {
-                println!("(one treatment only: no held-out errors, so predictions carry no interval)");
-            }
             println!("model written to {} (variant used by predict: {})", path.display(), m.preferred.name());
-            Ok(())
+            match failure {
+                Some(e) => bail!("no held-out errors, so predictions carry no interval: cross-validation failed: {e}"),
+                None if validation.is_none() => {
+                    println!("(one treatment only: no held-out errors, so predictions carry no interval)");
+                    Ok(())
+                }
+                None => Ok(()),
+            }
         }
         ModelCommand::Validate { dir, json } => {
             let obs = observations(&dir)?;

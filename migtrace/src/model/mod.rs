@@ -59,6 +59,8 @@ pub enum ModelError {
     Records(#[from] crate::measure::record::RecordError),
     #[error("cannot fit: {0}")]
     Fit(String),
+    #[error("leaving a treatment out needs at least 2 treatments, the records have {0}")]
+    TooFewTreatments(usize),
     #[error("{0}")]
     Input(String),
 }
@@ -170,19 +172,46 @@ impl fmt::Display for Measure {
     }
 }
 
-/// How far held-out predictions of one measure were off.
+/// How far held-out predictions of one measure were off. Every held-out migration is
+/// scored: a prediction that is not a positive, finite number is an infinite error (and
+/// an infinite ratio), ranked with the others, never left out. An infinite figure is
+/// `null` in JSON.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBand {
     /// Held-out migrations scored.
     pub n: usize,
+    /// Of them, predictions that were not a positive finite number (scored as infinite).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unbounded: usize,
     /// Median absolute percentage error, %.
+    #[serde(with = "infinite_as_null")]
     pub median_ape: f64,
     /// 90th percentile absolute percentage error, %.
+    #[serde(with = "infinite_as_null")]
     pub p90_ape: f64,
     /// Measured ÷ predicted: 10th and 90th percentiles (an 80 % interval around a
     /// prediction).
+    #[serde(with = "infinite_as_null")]
     pub ratio_p10: f64,
+    #[serde(with = "infinite_as_null")]
     pub ratio_p90: f64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// An error or ratio that may be infinite: JSON has no infinity, so it is `null`.
+mod infinite_as_null {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() { s.serialize_f64(*v) } else { s.serialize_none() }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
 }
 
 /// Where a model was fitted.
@@ -238,7 +267,8 @@ impl Model {
     }
 
     /// The 80 % interval around a predicted `value` of `measure` from the held-out
-    /// errors, if validation had any.
+    /// errors, if validation had any (its upper end infinite when more than a tenth of
+    /// the held-out predictions were unbounded).
     pub fn interval(&self, variant: Variant, measure: Measure, value: f64) -> Option<(f64, f64)> {
         let band = self.errors.get(&variant)?.get(&measure)?;
         (band.n > 0).then_some((value * band.ratio_p10, value * band.ratio_p90))
