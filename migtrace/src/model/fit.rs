@@ -7,6 +7,10 @@
 //! downtime bytes against the traced phase, and the destination's load, resume and
 //! reconvergence from their traced phases. Medians and Theil–Sen lines keep a stalled
 //! migration on a busy host from pulling a parameter.
+//!
+//! Only traced figures are fitted and scored: a phase, vCPU blackout or traced time that
+//! a QMP event stood in for (no probe point) is left out, never pooled with the probes'
+//! (as the statistics keep `….qmp` apart; [`quality::evidence_of`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +19,7 @@ use super::{
     precopy::{Line, Params, WINDOW_S},
     quantile,
 };
-use crate::measure::{quality, record::MigrationRecord};
+use crate::measure::{quality, record::MigrationRecord, timeline::Evidence};
 
 /// One sync's pending bytes and what led to them.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,7 +93,13 @@ pub fn vm_of(r: &MigrationRecord) -> Result<Vm, String> {
     })
 }
 
-/// The measured values a prediction is scored against.
+/// Whether `r`'s `measure` (`downtime_ms.vcpu`, …) was traced, not a QMP stand-in.
+fn traced(r: &MigrationRecord, measure: &str) -> bool {
+    quality::evidence_of(r, measure) == Evidence::Probe
+}
+
+/// The measured values a prediction is scored against (the vCPU blackout only where
+/// probes took it).
 pub fn measured(r: &MigrationRecord) -> BTreeMap<Measure, f64> {
     let rounds = r
         .outcome
@@ -104,7 +114,7 @@ pub fn measured(r: &MigrationRecord) -> BTreeMap<Measure, f64> {
         (Measure::MigrationTime, r.migration_time_ms.command),
         (Measure::Rounds, rounds),
         (Measure::QemuDowntime, r.downtime_ms.reported),
-        (Measure::Blackout, r.downtime_ms.vcpu),
+        (Measure::Blackout, r.downtime_ms.vcpu.filter(|_| traced(r, "downtime_ms.vcpu"))),
         (Measure::GuestDowntime, guest),
     ]
     .into_iter()
@@ -134,7 +144,8 @@ pub fn observations(records: &[MigrationRecord]) -> (Vec<Observation>, Vec<Strin
 fn observe(r: &MigrationRecord) -> Result<Observation, String> {
     let vm = vm_of(r)?;
     let t = r.timeline.as_ref().ok_or("no timeline")?;
-    let phase = |name: &str| t.phase(name).map(|p| p.duration_ms);
+    // Phases a QMP event stood in for are not the probes' figures: left out.
+    let phase = |name: &str| t.phase(name).filter(|p| p.evidence != Evidence::Qmp).map(|p| p.duration_ms);
     let precopy_rounds: Vec<_> = t.rounds.iter().filter(|x| !x.final_round).collect();
     let ram = r.outcome.stats.ram.as_ref();
     let precopy_s = precopy_rounds.iter().map(|x| x.duration_ms).sum::<f64>() / 1e3;
@@ -187,7 +198,11 @@ fn observe(r: &MigrationRecord) -> Result<Observation, String> {
         load_ms: load,
         resume_ms: resume,
         first_packet_ms: phase("first guest packet").or(phase("first guest heartbeat")),
-        command_offset_ms: r.migration_time_ms.command.zip(r.migration_time_ms.traced_to_resume).map(|(c, t)| c - t),
+        command_offset_ms: r
+            .migration_time_ms
+            .command
+            .zip(r.migration_time_ms.traced_to_resume.filter(|_| traced(r, "migration_time_ms.traced_to_resume")))
+            .map(|(c, t)| c - t),
         measured: measured(r),
         machine,
         vm,
@@ -639,6 +654,25 @@ pub(crate) mod tests {
         // leftover: both are left out, never fitted as 0.
         assert_eq!(ends, whole.syncs.iter().map(|s| s.round).filter(|&n| n != 2 && n != 3).collect::<Vec<_>>());
         assert!(o.syncs.iter().all(|s| s.dirty_bytes > 0.0));
+    }
+
+    #[test]
+    fn figures_a_qmp_event_stood_in_for_are_not_fitted() {
+        let r = records(&truth()).remove(4);
+        let o = observe(&r).expect("observation");
+        assert!(o.setup_ms.is_some() && o.command_offset_ms.is_some() && o.measured.contains_key(&Measure::Blackout));
+        // No probe point for the VM stop, the resume and the setup: QMP's STOP/RESUME and
+        // status events stood in.
+        let mut q = r.clone();
+        q.evidence.insert("downtime_ms.vcpu".into(), Evidence::Qmp);
+        q.evidence.insert("migration_time_ms.traced_to_resume".into(), Evidence::Qmp);
+        for p in q.timeline.as_mut().expect("timeline").phases.iter_mut().filter(|p| p.name == "setup") {
+            p.evidence = Evidence::Qmp;
+        }
+        let o = observe(&q).expect("observation");
+        assert_eq!((o.setup_ms, o.command_offset_ms), (None, None));
+        assert!(!o.measured.contains_key(&Measure::Blackout), "{:?}", o.measured);
+        assert!(o.measured.contains_key(&Measure::QemuDowntime), "QEMU's own figure has one source");
     }
 
     #[test]
