@@ -22,10 +22,13 @@ use serde::{Deserialize, Serialize};
 
 pub use precopy::{Params, Prediction, Variant, predict};
 
+use crate::hypervisor::link::LinkRate;
+
 /// Bytes per guest page.
 pub const PAGE: f64 = 4096.0;
 /// QEMU's default `max-bandwidth`: 128 MiB/s.
-pub const QEMU_DEFAULT_BANDWIDTH: f64 = 128.0 * 1024.0 * 1024.0;
+pub const QEMU_DEFAULT_BANDWIDTH: f64 = 128.0 * MIB;
+const MIB: f64 = 1024.0 * 1024.0;
 /// QEMU's default `downtime-limit`, ms.
 pub const QEMU_DEFAULT_DOWNTIME_LIMIT_MS: f64 = 300.0;
 /// The file `model fit` writes into the experiment directory.
@@ -78,6 +81,17 @@ pub enum RateKind {
     Measured,
 }
 
+/// What sets the migration's parameters, whose defaults differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Manager {
+    /// QEMU over QMP (the QEMU lab): `max-bandwidth` 128 MiB/s unless set.
+    #[default]
+    Qemu,
+    /// libvirt: unlimited unless set, and then in whole MiB/s (it truncates).
+    Libvirt,
+}
+
 /// What a prediction needs: the VM, its memory workload, the migration's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Vm {
@@ -93,11 +107,28 @@ pub struct Vm {
     pub max_bandwidth: Option<f64>,
     /// ms; None: QEMU's default.
     pub downtime_limit_ms: Option<f64>,
+    /// Who sets `max_bandwidth` (and so its default).
+    #[serde(default)]
+    pub manager: Manager,
+    /// The link between the hosts: it bounds the pre-copy with `max_bandwidth` and
+    /// paces the stop-and-copy, which QEMU does not rate-limit.
+    #[serde(default = "unlimited")]
+    pub link: LinkRate,
+}
+
+fn unlimited() -> LinkRate {
+    LinkRate::Unlimited
 }
 
 impl Vm {
-    pub fn bandwidth_limit(&self) -> f64 {
-        self.max_bandwidth.unwrap_or(QEMU_DEFAULT_BANDWIDTH)
+    /// The `max-bandwidth` in force, bytes/s; None: unlimited (libvirt's default).
+    pub fn bandwidth_limit(&self) -> Option<f64> {
+        match (self.manager, self.max_bandwidth) {
+            (Manager::Qemu, b) => Some(b.unwrap_or(QEMU_DEFAULT_BANDWIDTH)),
+            (Manager::Libvirt, None) => None,
+            // libvirt passes whole MiB/s, at least 1 (hypervisor::libvirt).
+            (Manager::Libvirt, Some(b)) => Some((b / MIB).floor().max(1.0) * MIB),
+        }
     }
     pub fn downtime_limit_ms(&self) -> f64 {
         self.downtime_limit_ms.unwrap_or(QEMU_DEFAULT_DOWNTIME_LIMIT_MS)
@@ -222,6 +253,20 @@ pub struct Provenance {
     pub treatments: usize,
     /// The hypervisor builds and accelerators of the fitted migrations.
     pub machines: Vec<String>,
+    /// The links between the hosts the fitted migrations crossed (tc's syntax,
+    /// `unlimited` for an unshaped or unknown one).
+    #[serde(default)]
+    pub links: Vec<String>,
+}
+
+impl Provenance {
+    /// The link every fitted migration crossed, if they crossed one.
+    pub fn link(&self) -> Option<LinkRate> {
+        match self.links.as_slice() {
+            [one] => one.parse().ok(),
+            _ => None,
+        }
+    }
 }
 
 /// `model.json`: fitted parameters and how well they predicted held-out treatments.

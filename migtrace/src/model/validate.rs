@@ -146,7 +146,8 @@ fn held_out(obs: &[fit::Observation]) -> Result<Vec<HeldOut>, ModelError> {
         let params = fit::fit(&train).map_err(|e| ModelError::Fit(format!("without treatment {held}: {e}")))?;
         for o in obs.iter().filter(|o| o.treatment == held) {
             for variant in Variant::ALL {
-                let p = predict(&params, &o.vm, variant);
+                let p = predict(&params, &o.vm, variant)
+                    .map_err(|e| ModelError::Fit(format!("predicting treatment {held}: {e}")))?;
                 for (&measure, &measured) in &o.measured {
                     points.push(HeldOut {
                         treatment: held.to_owned(),
