@@ -120,6 +120,10 @@ pub fn key_figures(r: &MigrationRecord) -> String {
     let d = &r.downtime_ms;
     let health = match crate::measure::quality::category(r) {
         crate::measure::quality::Category::Usable => String::new(),
+        crate::measure::quality::Category::Censored => format!(
+            " [censored: the guest answered again only after observation ended; probe gap ≥ {} ms, counted as such]",
+            ms(r.probe.as_ref().and_then(|p| p.open_gap_ms))
+        ),
         other => format!(
             " [{}: excluded from statistics]",
             serde_json::to_value(other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
