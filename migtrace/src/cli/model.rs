@@ -26,7 +26,8 @@ pub enum ModelCommand {
         out: Option<PathBuf>,
     },
     /// Leave-one-treatment-out cross-validation: per measure the median and 90th
-    /// percentile absolute percentage error of both variants, beside the noise floor.
+    /// percentile absolute percentage error of both variants and of the variant chosen
+    /// within each fold, beside the noise floor.
     /// Writes DIR/validation.json and DIR/validation.svg (predicted against measured);
     /// `migtrace report DIR --html` then shows both in report.html.
     ///
@@ -196,7 +197,8 @@ pub struct PredictArgs {
     /// The workload's dirty rate, pages per second.
     #[arg(long, value_name = "PAGES_PER_S")]
     rate: Option<f64>,
-    /// Migration bandwidth limit, MiB/s (default: QEMU's 128).
+    /// Migration bandwidth limit, MiB/s (default: QEMU's 128; with --libvirt unlimited,
+    /// libvirt's default, and a limit in whole MiB/s as libvirt sets it).
     #[arg(long, value_name = "MIB_PER_S")]
     bandwidth: Option<f64>,
     /// Downtime limit, ms (default: QEMU's 300).
