@@ -214,7 +214,22 @@ pub struct PhaseEvent {
     pub args: [u64; 3],
     /// Return: the return value. Entry: the round counter of this process.
     pub ret: u64,
+    /// Bytes of data the lab's link had carried when the probe fired ([`LINK_BYTES`]
+    /// slot of the link's counter), so that what crossed the link between two phases
+    /// is a difference.
+    pub link_bytes: u64,
 }
+
+/// Slots of the link counter map: the data bytes that crossed the lab's link so far
+/// (counted as they arrive at either end), and when its last data packet arrived
+/// (monotonic ns).
+pub const LINK_BYTES: u32 = 0;
+pub const LINK_LAST_NS: u32 = 1;
+pub const LINK_MAP_LEN: u32 = 2;
+/// Packets on the link at least this long carry the migration stream's data; shorter
+/// ones are its ACKs (and a management connection's chatter), which the counter skips
+/// so that the reverse direction's ACKs do not add to the stream.
+pub const LINK_DATA_MIN_LEN: u32 = 256;
 
 /// What a packet seen at a tap is.
 #[repr(u32)]
@@ -392,7 +407,7 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<EventHeader>(), 24);
         assert_eq!(size_of::<SelftestEvent>(), 40);
-        assert_eq!(size_of::<PhaseEvent>(), 24 + 8 + 24 + 8);
+        assert_eq!(size_of::<PhaseEvent>(), 24 + 8 + 24 + 8 + 8);
         assert_eq!(size_of::<PacketEvent>(), 24 + 4 + 4 + 2 + 2 + 4 + 4 + 4 + 8);
         assert_eq!(size_of::<KvmStatKey>(), 16);
         assert_eq!(size_of::<KvmStat>(), 24);

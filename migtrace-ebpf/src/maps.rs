@@ -7,10 +7,12 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use aya_log_ebpf::warn;
-use migtrace_common::event::{Diag, EventHeader, EventKind, InflightIoctl, KvmStat, KvmStatKey, LOSS_MAP_LEN, VcpuRun};
+use migtrace_common::event::{
+    Diag, EventHeader, EventKind, InflightIoctl, KvmStat, KvmStatKey, LINK_BYTES, LINK_MAP_LEN, LOSS_MAP_LEN, VcpuRun,
+};
 
 /// Every streamed record, in order of reservation. The largest record is 64 bytes, a
 /// 72-byte slot with the ring buffer's header: 8 MiB hold about 116,000 of them, over
@@ -53,6 +55,19 @@ pub static VCPU_RUN: HashMap<u32, VcpuRun> = HashMap::with_max_entries(1024, 0);
 /// KVM ioctls in flight, by tid.
 #[map]
 pub static INFLIGHT: HashMap<u32, InflightIoctl> = HashMap::with_max_entries(1024, 0);
+
+/// The lab link's data counter: [`LINK_BYTES`] bytes of data packets that arrived at
+/// either end so far, [`LINK_LAST_NS`] when the last one arrived. Shared by every CPU (atomic
+/// adds): one stream crosses the link at a time.
+#[map]
+pub static LINK: Array<u64> = Array::with_max_entries(LINK_MAP_LEN, 0);
+
+/// Data bytes the lab's link has carried so far (0 where no link is traced).
+#[inline(always)]
+pub fn link_bytes() -> u64 {
+    // A concurrent add makes it at worst one packet stale.
+    LINK.get(LINK_BYTES).copied().unwrap_or(0)
+}
 
 /// Arguments saved at a probed function's entry for its return probe, by (tid, point).
 #[map]

@@ -8,9 +8,11 @@
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
-use migtrace_common::event::{Diag, EventKind, PacketEvent, PacketKind, UDP_PROBE_PORT};
+use migtrace_common::event::{
+    Diag, EventKind, LINK_BYTES, LINK_DATA_MIN_LEN, LINK_LAST_NS, PacketEvent, PacketKind, UDP_PROBE_PORT,
+};
 
-use crate::maps::{emit, header, raise};
+use crate::maps::{LINK, atomic_add, emit, header, now_ns, raise};
 
 const TC_ACT_OK: i32 = 0;
 const ETH_HLEN: usize = 14;
@@ -24,6 +26,25 @@ const IP_MF_OFFSET: u16 = 0x3fff;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHOREPLY: u8 = 0;
+
+/// The lab's link, on ingress of each host's end: counts the data that crossed it (see
+/// [`crate::maps::LINK`]), so that the bytes between two phase stamps and the stream's
+/// last packet are the wire's, not what QEMU says it wrote. Ingress, not egress: the
+/// shaper's queue sits on egress after any classifier there.
+#[classifier]
+pub fn link_ingress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    if len >= LINK_DATA_MIN_LEN {
+        if let Some(bytes) = LINK.get_ptr_mut(LINK_BYTES) {
+            atomic_add(bytes, len as u64);
+        }
+        if let Some(last) = LINK.get_ptr_mut(LINK_LAST_NS) {
+            // SAFETY: a u64 slot of a map that outlives the program; the last writer wins.
+            unsafe { *last = now_ns() };
+        }
+    }
+    TC_ACT_OK
+}
 
 #[classifier]
 pub fn tap_ingress(ctx: TcContext) -> i32 {

@@ -15,7 +15,9 @@ use migtrace_common::event::{
     Diag, EventKind, PHASE_ARG_FAULT_SHIFT, PHASE_ARGS_NOT_SAVED, PHASE_RETURN, PhaseEvent, PhasePoint, cookie,
 };
 
-use crate::maps::{ROUND, SAVED_ARGS, current, emit, header_at, now_ns, raise, round_of, vcpu_enter, vcpu_exit};
+use crate::maps::{
+    ROUND, SAVED_ARGS, current, emit, header_at, link_bytes, now_ns, raise, round_of, vcpu_enter, vcpu_exit,
+};
 
 #[inline(always)]
 fn saved_key(tid: u32, point: u64) -> u64 {
@@ -55,6 +57,7 @@ pub fn qemu_enter(ctx: ProbeContext) -> u32 {
             flags: 0,
             args: [arg(0), arg(1), arg(2)],
             ret: round_of(tgid) as u64,
+            link_bytes: link_bytes(),
         },
     );
     0
@@ -107,6 +110,7 @@ pub fn qemu_return(ctx: RetProbeContext) -> u32 {
             flags,
             args: values,
             ret: ctx.ret::<u64>(),
+            link_bytes: link_bytes(),
         },
     );
     0

@@ -54,16 +54,22 @@ async fn a_shaped_link_shapes_the_stop_and_copy_and_the_announce_moves_the_guest
         assert_eq!(r.outcome.status, Status::Completed, "{:?}", r.outcome.error);
         let link = r.params.link.as_ref().expect("params.link");
         assert_eq!(link.configured.as_ref().map(|c| c.rate), Some(rate));
+        // Counted on the wire by the link's classifier, not taken from QEMU.
+        assert_eq!(link.achieved.from, "link", "{:?}", link.achieved);
         let achieved = link.achieved.stop_and_copy_bps.expect("stop-and-copy rate");
+        let downtime_bytes = r.outcome.stats.ram.as_ref().and_then(|x| x.downtime_bytes).expect("downtime-bytes");
+        let wire = link.achieved.stop_and_copy_bytes.expect("wire bytes");
         eprintln!(
-            "migration {rep}: stop-and-copy {:.1} Mbit/s over {:.1} ms ({} bytes), migration {:.1} Mbit/s, link counted {:?} bytes",
+            "migration {rep}: stop-and-copy {:.1} Mbit/s over {:.1} ms ({wire} bytes on the wire, QEMU's \
+             downtime-bytes {downtime_bytes}), migration {:.1} Mbit/s, link counted {:?} bytes",
             achieved / 1e6,
             link.achieved.stop_and_copy_ms.unwrap_or_default(),
-            r.outcome.stats.ram.as_ref().and_then(|x| x.downtime_bytes).unwrap_or_default(),
             link.achieved.migration_bps.unwrap_or_default() / 1e6,
             link.achieved.link_tx_bytes
         );
         assert!((80e6..=120e6).contains(&achieved), "stop-and-copy at {:.1} Mbit/s, not 100 ± 20 %", achieved / 1e6);
+        // After the stop the wire carries what QEMU sent then, and what was in flight.
+        assert!(wire >= downtime_bytes, "{wire} bytes on the wire, QEMU sent {downtime_bytes}");
         let sent = r.outcome.stats.ram.as_ref().and_then(|x| x.transferred).expect("transferred");
         let counted = link.achieved.link_tx_bytes.expect("the link's counter");
         assert!(counted >= sent, "the link carried {counted} bytes, QEMU sent {sent}");

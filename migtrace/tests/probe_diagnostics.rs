@@ -69,7 +69,7 @@ fn returns(phases: &[PhaseStamp]) -> Vec<&PhaseStamp> {
 async fn unread_out_parameters_and_a_full_saved_args_map_are_flagged() {
     let pid = std::process::id();
     let probes = Probes::load_with_map_sizes(&[("SAVED_ARGS", 1)]).expect("load eBPF object with SAVED_ARGS of 1");
-    let mut tracer = Tracer::with_probes(probes, &[]).expect("tracer");
+    let mut tracer = Tracer::with_probes(probes, &[], &[]).expect("tracer");
     let missing = tracer.watch(pid).expect("attach the phase probes to this process");
     assert!(!missing.contains(&"qemu_savevm_state_pending"), "this test binary exports it");
     tracer.begin(pid, 0).await.expect("begin");
@@ -134,7 +134,7 @@ fn kvm_ioctl_number(fd: i32, req: libc::c_ulong) {
 async fn full_kvm_maps_reach_the_trace_health() {
     let pid = std::process::id();
     let probes = Probes::load_with_map_sizes(&[("VCPU_RUN", 1), ("KVM_STATS", 1)]).expect("load with tiny maps");
-    let mut tracer = Tracer::with_probes(probes, &[]).expect("tracer");
+    let mut tracer = Tracer::with_probes(probes, &[], &[]).expect("tracer");
     tracer.watch(pid).expect("trace this process as a hypervisor");
     tracer.begin(pid, 0).await.expect("begin");
     let null = File::open("/dev/null").expect("/dev/null");

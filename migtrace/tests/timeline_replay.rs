@@ -28,7 +28,7 @@ fn reassemble(r: &MigrationRecord, trace: Option<&Trace>) -> timeline::Timeline 
     timeline::assemble(&Input {
         outcome: &r.outcome,
         trace,
-        qemu_version: Some((7, 2)),
+        qemu_versions: migtrace::hypervisor::Versions::both(Some((7, 2))),
         clock: WallClock::from_pair(r.outcome.start_ns, r.outcome.start_unix_us),
         destination_tap: Some("tap-b"),
         probe_ident: Some(IDENT),
@@ -58,13 +58,16 @@ fn marks_are_the_raw_stamps_read_by_hand() {
     assert!(close(ms(&r, m.active_ns), 2.438720));
     assert!(close(ms(&r, m.vm_stop_ns), 804.315392), "vm_stop_force_state entry");
     // The source vCPU last left guest code at 804.232158, before the stop: idle in the
-    // guest, so stopped when pause_all_vcpus began.
-    assert!(close(ms(&r, m.source_paused_ns), 804.318497), "pause_all_vcpus entry");
+    // guest, so stopped when vm_stop_force_state began, 0.083 ms later.
+    assert!(close(ms(&r, m.source_paused_ns), 804.315392), "vm_stop_force_state entry");
+    assert!(close(ms(&r, m.source_last_exit_ns), 804.232158), "the raw last exit");
+    assert!(close(m.source_paused_clamped_ms.expect("moved"), 0.083234), "moved by the stop");
     assert!(close(ms(&r, m.source_completed_ns), 820.325461), "migrate_set_state(4 → 8)");
     assert!(close(ms(&r, m.destination_loaded_ns), 822.045407), "qemu_loadvm_state returned");
-    // The destination vCPU first entered guest code at 822.782754, after
-    // resume_all_vcpus returned: it idled until an interrupt, running from the return.
-    assert!(close(ms(&r, m.destination_resumed_ns), 822.512312), "resume_all_vcpus returned");
+    // The destination vCPU first entered guest code at 822.782754, 0.27 ms after
+    // resume_all_vcpus returned (822.512312): the guest ran only then.
+    assert!(close(ms(&r, m.destination_resumed_ns), 822.782754), "first guest entry");
+    assert_eq!(m.destination_resumed_clamped_ms, Some(0.0));
     // The first probe reply through tap-b after the resume.
     assert!(close(ms(&r, m.first_packet_ns), 841.471936));
     assert!(t.fallbacks.is_empty() && t.missing.is_empty(), "{:?} {:?}", t.fallbacks, t.missing);
@@ -91,8 +94,14 @@ fn probed_marks_agree_with_qemus_own_events() {
     // the vCPUs, and its MIGRATION completed only after that.
     let resume = qmp_ms(&r, false, |e| e.event == "RESUME");
     let dest_completed = qmp_ms(&r, false, status("completed"));
-    assert!(ms(&r, m.destination_loaded_ns) < resume && resume < ms(&r, m.destination_resumed_ns));
-    assert!(dest_completed > ms(&r, m.destination_resumed_ns));
+    let trace = r.trace.as_ref().expect("trace");
+    let resumed_call = trace
+        .phases
+        .iter()
+        .find(|p| p.tgid == r.outcome.destination_pid && p.point == "ResumeAllVcpus" && p.ret)
+        .map(|p| p.ts_ns);
+    assert!(ms(&r, m.destination_loaded_ns) < resume && resume < ms(&r, resumed_call));
+    assert!(dest_completed > ms(&r, resumed_call));
     // Traced setup → completed agrees with QEMU's total-time (ms resolution).
     let traced = ms(&r, m.source_completed_ns) - ms(&r, m.setup_ns);
     let total = r.outcome.stats.total_time.expect("total-time") as f64;
@@ -110,7 +119,6 @@ fn main_chain_is_complete_contiguous_and_ordered() {
             "setup",
             "pre-copy round 1",
             "pre-copy round 2",
-            "vm-stop",
             "stop-and-copy",
             "destination load",
             "resume",
@@ -244,7 +252,8 @@ fn the_probe_gap_holds_the_vcpu_blackout() {
     assert!((start + gap - ms(&r, m.first_packet_ns)).abs() < 1e-6);
     assert_eq!((s.last_host_before.as_deref(), s.first_host_after.as_deref()), (Some("tap-a"), Some("tap-b")));
     let vcpu = downtime::compute(&r.outcome, &t, None, Some(&s)).downtime_ms.vcpu.expect("vcpu");
-    // resume_all_vcpus return − pause_all_vcpus entry: 7556359050823 − 7556340857008 ns.
-    assert!((vcpu - 18.193815).abs() < 1e-9, "{vcpu}");
+    // The destination vCPU's first guest entry − vm_stop_force_state's entry (the source
+    // vCPU idled before it): 822.782754 − 804.315392 ms.
+    assert!((vcpu - 18.467362).abs() < 1e-6, "{vcpu}");
     assert!(gap > vcpu);
 }

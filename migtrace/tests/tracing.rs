@@ -264,7 +264,7 @@ pub extern "C" fn qemu_savevm_state_pending(f: usize, threshold: u64, pre: &mut 
 #[ignore = "needs root: loads eBPF programs (run `cargo xtask test`)"]
 async fn binary_without_some_symbols_degrades_instead_of_failing() {
     let pid = std::process::id();
-    let mut tracer = Tracer::start(&[]).expect("tracer");
+    let mut tracer = Tracer::start(&[], &[]).expect("tracer");
     let missing = tracer.watch(pid).expect("attach to a binary lacking most symbols");
     assert!(missing.contains(&"qemu_loadvm_state") && missing.contains(&"memory_global_dirty_log_sync"));
     assert!(!missing.contains(&"migrate_set_state") && !missing.contains(&"vm_start"));

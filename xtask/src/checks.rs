@@ -17,6 +17,7 @@ pub const BASE_PACKAGES: &[(&str, &str)] = &[
     ("libvirt-daemon", "the libvirt lab's two daemons"),
     ("libvirt-daemon-driver-qemu", "the libvirt lab's QEMU driver"),
     ("libvirt-clients", "virsh, for looking at the libvirt lab by hand"),
+    ("openssh-server", "sshd on the libvirt lab's hosts, for the test of libvirt and agents over ssh"),
     ("pkg-config", "finding libvirt at build time"),
     ("libc6-dev", "linking the static guest agent"),
     ("binutils", "assembling the minimal guest (as, ld)"),

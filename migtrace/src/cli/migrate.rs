@@ -191,6 +191,10 @@ pub struct MeasureArgs {
     /// Do not ask the guest agent to check its working set after each migration.
     #[arg(long)]
     pub no_memory_check: bool,
+    /// A silence of the guest longer than this many send intervals (probe, heartbeat or
+    /// ping) is an outage: the record's `outages` lists every one, wherever it fell.
+    #[arg(long, default_value_t = migtrace::measure::outage::DEFAULT_THRESHOLD_INTERVALS, value_name = "INTERVALS")]
+    pub outage_threshold: f64,
 }
 
 impl MeasureArgs {
@@ -213,6 +217,9 @@ impl MeasureArgs {
         {
             bail!("--settle must not be negative, and --settle-max not below --settle nor above a week");
         }
+        if !(self.outage_threshold.is_finite() && self.outage_threshold >= 1.0 && self.outage_threshold <= 10_000.0) {
+            bail!("--outage-threshold must be from 1 to 10000 send intervals");
+        }
         Ok(MeasureOptions {
             trace: !self.no_probes,
             ping_interval: (self.ping_interval > 0.0).then(|| Duration::from_secs_f64(self.ping_interval / 1e3)),
@@ -221,6 +228,7 @@ impl MeasureArgs {
             settle_max: Duration::from_secs_f64(self.settle_max),
             keep_trace: self.keep_trace,
             memory_check: (!self.no_memory_check).then(|| Duration::from_secs(5)),
+            outage_threshold: self.outage_threshold,
             ..MeasureOptions::default()
         })
     }
@@ -262,7 +270,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
                 pair.hosts
                     .iter()
                     .zip([&args.agents.agent_source, &args.agents.agent_destination])
-                    .map(|(h, cmd)| Ok((h.name.clone(), agent_argv(cmd.as_deref(), &h.name)?)))
+                    .map(|(h, cmd)| Ok((h.name.clone(), agent_argv(cmd.as_deref(), h)?)))
                     .collect::<Result<_>>()?,
             ),
         };
@@ -270,7 +278,12 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         if !pair.info().cmdline.as_deref().is_some_and(|c| c.contains("migtrace.workload=")) {
             options.memory_check = None;
         }
-        let network = args.guest_ip.map(|ip| Network { ns: args.probe_netns.clone(), guest: ip, taps: Vec::new() });
+        let network = args.guest_ip.map(|ip| Network {
+            ns: args.probe_netns.clone(),
+            guest: ip,
+            taps: Vec::new(),
+            link: Vec::new(),
+        });
         if network.is_none() {
             options.ping_interval = None;
             options.probe_interval = None;
@@ -280,7 +293,12 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         let agent_opts =
             AgentOptions { domain: domain.clone(), guest_mac: pair.info().mac.clone(), clock_offset_ns: 0 };
         let hosts = start_hosts(&tracing, &agent_opts).await.context("starting the hosts' tracing agents")?;
-        let network = network.unwrap_or(Network { ns: None, guest: std::net::Ipv4Addr::UNSPECIFIED, taps: Vec::new() });
+        let network = network.unwrap_or(Network {
+            ns: None,
+            guest: std::net::Ipv4Addr::UNSPECIFIED,
+            taps: Vec::new(),
+            link: Vec::new(),
+        });
         let mut session = Session::with_hosts(network, options, hosts);
         tokio::time::sleep(warmup).await;
         let treatment = format!("libvirt:{domain}");
@@ -362,8 +380,8 @@ pub fn libvirt_lab_tracing(lab: &LibvirtLab, mode: AgentMode) -> Result<HostTrac
 }
 
 /// An agent command line: the one given (split like a shell would, run without one), or
-/// `ssh HOST migtrace agent`.
-fn agent_argv(given: Option<&str>, host: &str) -> Result<Vec<String>> {
+/// `ssh HOST migtrace agent` as the host's URI says libvirt logs in there.
+fn agent_argv(given: Option<&str>, host: &LibvirtHost) -> Result<Vec<String>> {
     match given {
         Some(cmd) => {
             let argv = shell_words::split(cmd).with_context(|| format!("agent command {cmd:?}"))?;
@@ -372,7 +390,7 @@ fn agent_argv(given: Option<&str>, host: &str) -> Result<Vec<String>> {
             }
             Ok(argv)
         }
-        None => Ok(migtrace::probe::agent::ssh_argv(host)?),
+        None => Ok(migtrace::probe::agent::ssh_argv(&host.ssh()?)?),
     }
 }
 

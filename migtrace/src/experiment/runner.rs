@@ -229,6 +229,7 @@ fn measure_options(spec: &ExperimentSpec) -> MeasureOptions {
         settle: Duration::from_secs_f64(m.settle_s),
         settle_max: Duration::from_secs_f64(m.settle_max_s),
         memory_check: m.memory_check.then(|| Duration::from_secs(5)),
+        outage_threshold: m.outage_threshold,
         ..MeasureOptions::default()
     }
 }

@@ -170,6 +170,14 @@ pub struct MeasureSection {
     pub settle_max_s: f64,
     /// Ask the guest to check its working set after each migration.
     pub memory_check: bool,
+    /// A silence of more than this many send intervals is an outage (`outages`).
+    /// Left out of the spec's digest at its default (older specs keep theirs).
+    #[serde(skip_serializing_if = "is_default_outage_threshold")]
+    pub outage_threshold: f64,
+}
+
+fn is_default_outage_threshold(v: &f64) -> bool {
+    *v == crate::measure::outage::DEFAULT_THRESHOLD_INTERVALS
 }
 
 impl Default for MeasureSection {
@@ -181,6 +189,7 @@ impl Default for MeasureSection {
             settle_s: 1.0,
             settle_max_s: 10.0,
             memory_check: true,
+            outage_threshold: crate::measure::outage::DEFAULT_THRESHOLD_INTERVALS,
         }
     }
 }
@@ -552,6 +561,9 @@ impl ExperimentSpec {
         let g = &raw.migration;
         for (key, v) in [("timeout_s", g.timeout_s), ("boot_timeout_s", g.boot_timeout_s)] {
             seconds(key, v, 0.001).map_err(|e| SpecError::Treatment(format!("[migration] {e}")))?;
+        }
+        if !(m.outage_threshold.is_finite() && m.outage_threshold >= 1.0 && m.outage_threshold <= 10_000.0) {
+            return Err(SpecError::Measure("outage_threshold must be from 1 to 10000 send intervals".into()));
         }
         if !(0.0..=100_000.0).contains(&m.probe_rate_hz) {
             return Err(SpecError::Measure("probe_rate_hz must be between 0 (off) and 100000".into()));

@@ -114,7 +114,7 @@ impl Testbed {
                             .map(|(h, argv)| {
                                 let argv = match argv {
                                     Some(argv) => argv.clone(),
-                                    None => crate::probe::agent::ssh_argv(&h.name)
+                                    None => crate::probe::agent::ssh_argv(&h.ssh()?)
                                         .map_err(|e| TestbedError::Config(e.to_string()))?,
                                 };
                                 Ok((h.name.clone(), argv))
@@ -127,10 +127,10 @@ impl Testbed {
                     options.memory_check = None;
                 }
                 let network = match l.guest_ip {
-                    Some(ip) => Network { ns: l.probe_netns.clone(), guest: ip, taps: Vec::new() },
+                    Some(ip) => Network { ns: l.probe_netns.clone(), guest: ip, taps: Vec::new(), link: Vec::new() },
                     None => {
                         (options.ping_interval, options.probe_interval, options.memory_check) = (None, None, None);
-                        Network { ns: None, guest: std::net::Ipv4Addr::UNSPECIFIED, taps: Vec::new() }
+                        Network { ns: None, guest: std::net::Ipv4Addr::UNSPECIFIED, taps: Vec::new(), link: Vec::new() }
                     }
                 };
                 let opts =
@@ -185,11 +185,11 @@ impl HostPair for Testbed {
         }
     }
 
-    fn hypervisor_version(&self) -> Option<(u32, u32)> {
+    fn hypervisor_versions(&self) -> crate::hypervisor::Versions {
         match self {
-            Self::Qemu(l) => l.hypervisor_version(),
-            Self::LibvirtLab(l) => l.hypervisor_version(),
-            Self::Libvirt(p) => p.hypervisor_version(),
+            Self::Qemu(l) => l.hypervisor_versions(),
+            Self::LibvirtLab(l) => l.hypervisor_versions(),
+            Self::Libvirt(p) => p.hypervisor_versions(),
         }
     }
 

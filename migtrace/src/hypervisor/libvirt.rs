@@ -22,8 +22,13 @@ use virt::{
     sys,
 };
 
-use super::{GuestCheck, HostPair, Machine, MigrationOutcome, MigrationParams, RamStats, ReportedStats, Status};
-use crate::clock::{WallClock, monotonic_ns};
+use super::{
+    GuestCheck, HostPair, Machine, MigrationOutcome, MigrationParams, RamStats, ReportedStats, Status, Versions,
+};
+use crate::{
+    clock::{WallClock, monotonic_ns},
+    sys::ssh::SshTarget,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LibvirtError {
@@ -39,6 +44,10 @@ pub enum LibvirtError {
     NotPersistent { domain: String, host: String },
     #[error("domain {domain}: {message}")]
     Xml { domain: String, message: String },
+    #[error(
+        "{uri} names no host to start a tracing agent on over ssh: give the agent command (--agent-source/--agent-destination, agent_source/agent_destination) or trace here (--agents local)"
+    )]
+    NoHost { uri: String },
 }
 
 /// How libvirt migrates.
@@ -86,17 +95,47 @@ pub struct LibvirtHost {
 }
 
 impl LibvirtHost {
-    /// A host known only by URI: named after the URI's host part (`qemu+ssh://h1/system`
-    /// → `h1`), or `fallback` for a local URI.
+    /// A host known only by URI: named after the URI's host (`qemu+ssh://root@h1:2222/system`
+    /// → `h1`, `qemu+ssh://[fd00::2]/system` → `fd00::2`), or `fallback` for a local URI.
     pub fn from_uri(uri: &str, fallback: &str) -> Self {
-        let host = uri
-            .split_once("://")
-            .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or_default())
-            .map(|h| h.rsplit('@').next().unwrap_or(h).split(':').next().unwrap_or(h).to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| fallback.to_owned());
-        Self { name: host, uri: uri.to_owned(), peer_uri: None, console: None }
+        let name = uri_host(uri).unwrap_or_else(|| fallback.to_owned());
+        Self { name, uri: uri.to_owned(), peer_uri: None, console: None }
     }
+
+    /// How ssh reaches this host as its URI says libvirt does: over an ssh transport
+    /// (`+ssh`, `+libssh`, `+libssh2`) as the URI's user, at its port, with its `keyfile`
+    /// (and `no_verify`); over another transport (tcp, tls) the host alone, as ssh's
+    /// defaults have it (the URI's port and user are libvirt's there, not ssh's).
+    pub fn ssh(&self) -> Result<SshTarget, LibvirtError> {
+        let no_host = || LibvirtError::NoHost { uri: self.uri.clone() };
+        let url = url::Url::parse(&self.uri).map_err(|_| no_host())?;
+        let host = uri_host(&self.uri).ok_or_else(no_host)?;
+        let transport = url.scheme().split_once('+').map(|(_, t)| t);
+        if !matches!(transport, Some("ssh" | "libssh" | "libssh2")) {
+            return Ok(SshTarget { host, ..SshTarget::default() });
+        }
+        let user = percent_encoding::percent_decode_str(url.username()).decode_utf8_lossy().into_owned();
+        let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+        Ok(SshTarget {
+            host,
+            user: Some(user).filter(|u| !u.is_empty()),
+            port: url.port(),
+            keyfile: param("keyfile"),
+            no_verify: param("no_verify").is_some_and(|v| v != "0"),
+        })
+    }
+}
+
+/// The host a libvirt URI names, an IPv6 address without its brackets; None for a local
+/// URI (`qemu:///system`) or one that does not parse.
+fn uri_host(uri: &str) -> Option<String> {
+    let url = url::Url::parse(uri).ok()?;
+    let host = match url.host()? {
+        url::Host::Domain(d) => percent_encoding::percent_decode_str(d).decode_utf8_lossy().into_owned(),
+        url::Host::Ipv4(a) => a.to_string(),
+        url::Host::Ipv6(a) => a.to_string(),
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// What the domain definition says about the machine and its network.
@@ -172,6 +211,11 @@ pub fn reported_stats(s: &JobStats) -> ReportedStats {
     }
 }
 
+/// libvirt's version number (major × 1,000,000 + minor × 1,000 + micro) as a release.
+fn release(v: u32) -> (u32, u32, u32) {
+    (v / 1_000_000, v / 1000 % 1000, v % 1000)
+}
+
 fn message(e: &virt::error::Error) -> String {
     e.message().to_owned()
 }
@@ -192,7 +236,8 @@ pub struct LibvirtPair {
     /// Length of each host's console file when the last migration started.
     console_mark: [u64; 2],
     info: DomainInfo,
-    hyp_version: Option<(u32, u32, u32)>,
+    /// Each host's QEMU release (libvirt's hypervisor version), read from its own daemon.
+    hyp_versions: [Option<(u32, u32, u32)>; 2],
 }
 
 impl LibvirtPair {
@@ -233,7 +278,7 @@ impl LibvirtPair {
             message: message(&e),
         })?;
         let info = parse_domain_xml(&xml).map_err(|message| LibvirtError::Xml { domain: domain.into(), message })?;
-        let hyp_version = conns[current].hyp_version().ok().map(|v| (v / 1_000_000, v / 1000 % 1000, v % 1000));
+        let hyp_versions = conns.each_ref().map(|c| c.hyp_version().ok().map(release));
         let [a, b] = conns;
         Ok(Self {
             domain: domain.into(),
@@ -243,8 +288,24 @@ impl LibvirtPair {
             current,
             console_mark: [0; 2],
             info,
-            hyp_version,
+            hyp_versions,
         })
+    }
+
+    /// A pair that has not connected to its hosts, for tests of what it derives from
+    /// them (the domain runs on the first).
+    #[cfg(test)]
+    pub(crate) fn unconnected_for_test(hosts: [LibvirtHost; 2], hyp_versions: [Option<(u32, u32, u32)>; 2]) -> Self {
+        Self {
+            domain: "test".into(),
+            hosts,
+            flags: LibvirtFlags::default(),
+            conns: [Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None))],
+            current: 0,
+            console_mark: [0; 2],
+            info: DomainInfo::default(),
+            hyp_versions,
+        }
     }
 
     /// The domain definition as read when the pair was opened.
@@ -351,8 +412,9 @@ impl HostPair for LibvirtPair {
         (self.hosts[self.current].name.clone(), self.hosts[1 - self.current].name.clone())
     }
 
-    fn hypervisor_version(&self) -> Option<(u32, u32)> {
-        self.hyp_version.map(|(a, b, _)| (a, b))
+    fn hypervisor_versions(&self) -> Versions {
+        let of = |i: usize| self.hyp_versions[i].map(|(a, b, _)| (a, b));
+        Versions { source: of(self.current), destination: of(1 - self.current) }
     }
 
     fn machine(&self) -> Machine {
@@ -363,13 +425,18 @@ impl HostPair for LibvirtPair {
         };
         Machine {
             hypervisor: "qemu (libvirt)".into(),
-            version: self.hyp_version.map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_default(),
+            version: {
+                let of = |i: usize| self.hyp_versions[i].map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_default();
+                let (src, dst) = (of(self.current), of(1 - self.current));
+                if src == dst { src } else { format!("{src} → {dst}") }
+            },
             description: format!(
                 "libvirt {} hosts {} and {}",
                 self.conn(self.current)
                     .ok()
                     .and_then(|c| c.lib_version().ok())
-                    .map_or_else(|| "?".into(), |v| format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000)),
+                    .map(release)
+                    .map_or_else(|| "?".into(), |(a, b, c)| format!("{a}.{b}.{c}")),
                 self.hosts[0].name,
                 self.hosts[1].name
             ),
@@ -536,8 +603,40 @@ mod tests {
     fn hosts_are_named_after_their_uri() {
         assert_eq!(LibvirtHost::from_uri("qemu+ssh://root@h1.example:22/system", "x").name, "h1.example");
         assert_eq!(LibvirtHost::from_uri("qemu+tcp://10.78.0.2/system", "x").name, "10.78.0.2");
+        assert_eq!(LibvirtHost::from_uri("qemu+ssh://root@[fd00::2]:2222/system", "x").name, "fd00::2");
         assert_eq!(LibvirtHost::from_uri("qemu:///system", "source").name, "source");
         assert_eq!(LibvirtHost::from_uri("qemu+unix:///system?socket=/run/a/sock", "a").name, "a");
+    }
+
+    #[test]
+    fn ssh_logs_in_where_and_as_libvirt_does() {
+        let ssh = |uri: &str| LibvirtHost::from_uri(uri, "x").ssh();
+        let t = ssh("qemu+ssh://ops@h1.example:2222/system?keyfile=/root/.ssh/lab%20key&no_verify=1").expect("ssh");
+        assert_eq!(
+            t,
+            SshTarget {
+                host: "h1.example".into(),
+                user: Some("ops".into()),
+                port: Some(2222),
+                keyfile: Some("/root/.ssh/lab key".into()),
+                no_verify: true,
+            }
+        );
+        // IPv6: the address without brackets (ssh takes it so), the port apart.
+        let t = ssh("qemu+ssh://root@[fd00::2]:2222/system").expect("ssh");
+        assert_eq!((t.host.as_str(), t.user.as_deref(), t.port), ("fd00::2", Some("root"), Some(2222)));
+        assert_eq!(ssh("qemu+libssh2://u@h/system").expect("ssh").user.as_deref(), Some("u"));
+        // No user or port: ssh's own defaults (and the user's ssh configuration).
+        let t = ssh("qemu+ssh://h1/system").expect("ssh");
+        assert_eq!((t.user, t.port), (None, None));
+        // tcp and tls: the user and port are libvirt's, not ssh's.
+        let t = ssh("qemu+tcp://sasl-user@10.78.0.2:16509/system").expect("ssh");
+        assert_eq!(t, SshTarget { host: "10.78.0.2".into(), ..SshTarget::default() });
+        // A local URI names no host: the error says what to do instead.
+        for local in ["qemu:///system", "qemu+unix:///system?socket=/run/a/sock", "not a uri"] {
+            let e = ssh(local).expect_err("no host").to_string();
+            assert!(e.contains("names no host") && e.contains("--agent-source"), "{e}");
+        }
     }
 
     #[test]

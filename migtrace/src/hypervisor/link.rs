@@ -150,29 +150,43 @@ pub struct LinkRecord {
     pub achieved: LinkAchieved,
 }
 
-/// Rates a migration achieved, bits per second, from the hypervisor's byte counts and
-/// the traced phases.
+/// Rates a migration achieved, bits per second. From the link's own counter where
+/// the hosts count what crosses it (the labs: `from` = `link`), else from the
+/// hypervisor's byte counts over the source's traced phases (`from` = `qemu`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinkAchieved {
-    /// The bytes QEMU sent while the guest was stopped (`downtime-bytes`) over the
-    /// source's stop-and-copy: its vCPUs stopped → its last write of the VM's state
-    /// returned. Pre-copy left the socket's buffer full, so these writes go at the
-    /// link's pace.
+    /// `link`: bytes and times are the wire's (data packets arriving across the link).
+    /// `qemu` (or `libvirt`): the hypervisor's `downtime-bytes` and `transferred` over
+    /// the source's phases (libvirt's job statistics have no downtime bytes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from: String,
+    /// The stop-and-copy's rate. `link`: the data that crossed the link from the
+    /// source's VM stop to the stream's last packet, over that span (what was still in
+    /// flight at the stop crosses in it too: the guest waits for it as well). `qemu`:
+    /// `downtime-bytes` over the source's stop → its last write of the VM's state
+    /// returned (pre-copy left the socket buffer full, so these writes go at the link's
+    /// pace, unless the buffer had drained: then this is too high).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_and_copy_bps: Option<f64>,
-    /// The stop-and-copy's duration behind `stop_and_copy_bps`, ms.
+    /// The span behind `stop_and_copy_bps`, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_and_copy_ms: Option<f64>,
-    /// The link still draining after the source's last write (its socket buffer and
-    /// the link's queue): the last write → the destination's load complete, ms.
+    /// The bytes behind `stop_and_copy_bps` (`link`: data bytes on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_and_copy_bytes: Option<u64>,
+    /// What still crossed the link after the source's last write returned (its socket
+    /// buffer and the link's queue): bytes (`link` only) and ms (`link`: to the last
+    /// packet; `qemu`: to the destination's load complete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_ms: Option<f64>,
-    /// All bytes QEMU sent (`ram.transferred`) over the traced migration (setup → the
-    /// source completed).
+    /// The whole migration's rate: `link`: data on the wire from setup to the last
+    /// packet; `qemu`: `ram.transferred` over setup → source completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_bps: Option<f64>,
-    /// Bytes that left the source's end of the link during the migration (the
-    /// interface's own counter: TCP/IP headers included), when the hosts can read it.
+    /// Bytes the source's end of the link sent during the migration, by the
+    /// interface's own counter (TCP/IP and Ethernet headers, ACKs the other way not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_tx_bytes: Option<u64>,
 }

@@ -68,6 +68,22 @@ pub struct Machine {
     pub host_kernel: String,
 }
 
+/// The hypervisor's (major, minor) release on each host of the next migration, when
+/// known. Hosts may differ: QEMU numbers its migration states differently from 9.1 on,
+/// so each host's trace is decoded with its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub source: Option<(u32, u32)>,
+    pub destination: Option<(u32, u32)>,
+}
+
+impl Versions {
+    /// Both hosts run the same release.
+    pub fn both(version: Option<(u32, u32)>) -> Self {
+        Self { source: version, destination: version }
+    }
+}
+
 /// An event a hypervisor host reported, stamped by that host (QEMU's QMP events carry
 /// microsecond wall-clock stamps).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -276,8 +292,9 @@ pub trait HostPair {
     /// Names of the source and destination hosts (for the lab: their tap devices).
     fn endpoints(&self) -> (String, String);
 
-    /// The hypervisor's (major, minor) version, when known.
-    fn hypervisor_version(&self) -> Option<(u32, u32)>;
+    /// The hypervisor's (major, minor) release on the source and the destination of the
+    /// next migration, when known.
+    fn hypervisor_versions(&self) -> Versions;
 
     /// What both hosts run (hypervisor build, accelerator, guest RAM, workarounds).
     fn machine(&self) -> Machine;

@@ -153,7 +153,7 @@ impl LibvirtLab {
 
     /// Where probes are sent from and the guest is reached.
     pub fn network(&self) -> Network {
-        Network { ns: Some(Self::ns(&self.id, "c")), guest: GUEST_IP, taps: Vec::new() }
+        Network { ns: Some(Self::ns(&self.id, "c")), guest: GUEST_IP, taps: Vec::new(), link: Vec::new() }
     }
 
     /// The command that starts a tracing agent in host `i`'s namespace.
@@ -493,8 +493,8 @@ impl HostPair for LibvirtLab {
         self.pair.as_ref().map(HostPair::endpoints).unwrap_or_default()
     }
 
-    fn hypervisor_version(&self) -> Option<(u32, u32)> {
-        self.pair.as_ref().and_then(HostPair::hypervisor_version)
+    fn hypervisor_versions(&self) -> crate::hypervisor::Versions {
+        self.pair.as_ref().map(HostPair::hypervisor_versions).unwrap_or_default()
     }
 
     fn machine(&self) -> Machine {

@@ -26,8 +26,8 @@ impl HostPair for Lab {
         (tap(&self.source), tap(&self.destination))
     }
 
-    fn hypervisor_version(&self) -> Option<(u32, u32)> {
-        self.qemu_version
+    fn hypervisor_versions(&self) -> crate::hypervisor::Versions {
+        crate::hypervisor::Versions::both(self.qemu_version)
     }
 
     fn machine(&self) -> crate::hypervisor::Machine {

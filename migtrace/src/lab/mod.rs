@@ -372,6 +372,7 @@ impl Lab {
             ns: Some(self.client_ns()),
             guest: GUEST_IP,
             taps: TAPS.iter().map(|t| (self.host_ns(t), *t)).collect(),
+            link: (0..2).map(|i| (self.net.host_ns(i), netns::LINK_IF)).collect(),
         }
     }
 

@@ -189,7 +189,9 @@ impl Qemu {
         if let Some(dir) = &spec.qemu.module_dir {
             cmd.env("QEMU_MODULE_DIR", dir);
         }
-        cmd.args(["-name", name])
+        // debug-threads: QEMU names its threads ("CPU 0/TCG"), so tools and tests tell the
+        // vCPU threads apart.
+        cmd.args(["-name", &format!("{name},debug-threads=on")])
             .args(spec.args(tap))
             .args(&serial_args)
             .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp_socket.display())])

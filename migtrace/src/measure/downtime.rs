@@ -5,6 +5,7 @@ use std::{cmp::Ordering, collections::BTreeMap};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    outage,
     ping::PingReport,
     prober::{OBSERVE_AFTER_LAST, ProberReport},
     timeline::{Evidence, Timeline},
@@ -30,6 +31,14 @@ pub struct Downtimes {
     /// destination (a guest without network; see [`super::heartbeat`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_gap: Option<f64>,
+    /// All the time the guest did not answer during the observation, wherever it fell
+    /// (the record's `outages`, those the guest's own): the paper's lost × interval at
+    /// the probe's resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outages_total: Option<f64>,
+    /// The longest of those outages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_outage: Option<f64>,
 }
 
 /// Migration time by method, milliseconds.
@@ -60,7 +69,7 @@ pub struct ProbeSummary {
     /// The gap around the switchover, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap_ms: Option<f64>,
-    /// The guest never answered a request sent after it resumed before observation
+    /// The guest never answered a request sent after the stop before observation
     /// ended: the downtime is at least this long (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_gap_ms: Option<f64>,
@@ -114,41 +123,40 @@ pub fn late_beyond_resolution(late_ms: f64, interval_ms: f64, gap_ms: f64) -> bo
 /// What [`switchover_gap`] found.
 #[derive(Debug, PartialEq)]
 enum Choice {
-    /// The gap from reply `i` to reply `i + 1`.
-    Gap(usize),
-    /// No reply to a request sent after the resume.
+    /// The gap from reply `i` to reply `j`.
+    Gap(usize, usize),
+    /// No reply to a request sent after the source stopped the guest.
     NoRecovery,
+    /// No switchover marks: a gap cannot be placed at it.
+    Unwindowed,
     /// No gap qualifies (fewer than two replies, none before the switchover).
     NoGap,
 }
 
-/// The downtime gap among `replies` (sorted by `ts`).
-///
-/// With the switchover known (`paused`, `resumed`), recovery is the first reply to a
-/// request sent after the resume (replies the guest had queued before the stop do not
-/// count), and the candidates are the gaps that end after the source paused and begin
-/// strictly before recovery: a stall that begins at recovery is not the downtime. The
-/// longest candidate wins. Without a switchover, the longest gap of all.
+/// The downtime gap among `replies` (sorted by `ts`): the silence the source's stop fell
+/// in ([`outage::switchover_silence`]), from the last reply before it to the first
+/// reply to a request sent after the source stopped (only the guest running on the
+/// destination answers those). Replies the guest had queued before the stop, sent in
+/// a burst at the resume, do not end it; a stall that begins once the
+/// guest answered again is an outage of its own, not the downtime. Without the
+/// switchover's marks the gap cannot be placed: no gap (`outages` has every silence).
 fn switchover_gap(replies: &[Reply], switchover: Option<(u64, u64)>) -> Choice {
-    let gaps = (0..replies.len().saturating_sub(1)).filter(|&i| replies[i + 1].ts > replies[i].ts);
-    let longest = |i: &usize| replies[*i + 1].ts - replies[*i].ts;
-    let chosen = match switchover {
-        Some((paused, resumed)) => {
-            let Some(recovery) = replies.iter().find(|r| r.ts >= resumed && r.sent >= resumed).map(|r| r.ts) else {
-                return Choice::NoRecovery;
-            };
-            gaps.filter(|&i| replies[i + 1].ts >= paused && replies[i].ts < recovery).max_by_key(longest)
-        }
-        None => gaps.max_by_key(longest),
-    };
-    chosen.map_or(Choice::NoGap, Choice::Gap)
+    let Some((paused, _)) = switchover else { return Choice::Unwindowed };
+    let plain: Vec<outage::Reply> = replies.iter().map(|r| outage::Reply { ts: r.ts, sent: r.sent }).collect();
+    let found = outage::silences(&plain, 0, switchover);
+    match outage::switchover_silence(&plain, &found, paused) {
+        Some(outage::Silence { from, to: Some(to) }) => Choice::Gap(from, to),
+        Some(outage::Silence { to: None, .. }) => Choice::NoRecovery,
+        None if replies.iter().any(|r| r.ts >= paused) || replies.len() < 2 => Choice::NoGap,
+        None => Choice::NoRecovery,
+    }
 }
 
 /// How late the sender was around the gap between replies to requests sent at `sa` and
 /// `sb` (ns): requests inside the gap that went unanswered prove the guest silent, so
 /// only a stall right after `sa` (the guest may still have answered) or right before
 /// `sb` (it may already have answered) can have lengthened the gap.
-fn sender_lateness(prober: &ProberReport, sa: u64, sb: u64) -> Option<f64> {
+pub(crate) fn sender_lateness(prober: &ProberReport, sa: u64, sb: u64) -> Option<f64> {
     if sa == 0 || sb == 0 {
         return None; // no echoed stamps (replies of another build)
     }
@@ -166,7 +174,7 @@ fn sender_lateness(prober: &ProberReport, sa: u64, sb: u64) -> Option<f64> {
 /// The gap between probe replies around the switchover, from the tc stamps of replies
 /// to `prober`'s requests (see [`switchover_gap`]).
 ///
-/// If the guest answered no request sent after it resumed within the observation, the
+/// If the guest answered no request sent after the stop within the observation, the
 /// gap is open: `gap_ms` stays empty and `open_gap_ms` holds the lower bound, unless
 /// the sender's own socket saw such an answer (then the taps missed replies).
 pub fn probe_gap(
@@ -191,8 +199,8 @@ pub fn probe_gap(
     };
     let stamps: Vec<Reply> = replies.iter().map(|p| Reply { ts: p.ts_ns, sent: p.sent_ns, seq: p.seq }).collect();
     match switchover_gap(&stamps, switchover) {
-        Choice::Gap(i) => {
-            let (a, b) = (replies[i], replies[i + 1]);
+        Choice::Gap(i, j) => {
+            let (a, b) = (replies[i], replies[j]);
             summary.gap_ms = span_ms(a.ts_ns, b.ts_ns).ok();
             summary.gap_start_ms = Some((a.ts_ns as i128 - origin_ns as i128) as f64 / 1e6);
             summary.last_host_before = Some(a.tap.clone());
@@ -214,6 +222,13 @@ pub fn probe_gap(
                 // Not a single reply: silent from the first request on.
                 None => summary.open_gap_ms = span_ms(prober.first_sent_ns, end).ok(),
             }
+        }
+        Choice::Unwindowed => {
+            summary.error = Some(
+                "no switchover marks (the hosts were not traced): a gap cannot be placed at the switchover; \
+                 `outages` has every silence"
+                    .into(),
+            );
         }
         Choice::NoGap => {}
     }
@@ -250,13 +265,18 @@ pub fn ping_gap(ping: &PingReport, switchover: Option<(u64, u64)>, clock: WallCl
         .collect();
     replies.sort_by_key(|r| r.ts);
     match switchover_gap(&replies, switchover) {
-        Choice::Gap(i) => {
-            let (a, b) = (replies[i], replies[i + 1]);
+        Choice::Gap(i, j) => {
+            let (a, b) = (replies[i], replies[j]);
             let expected = u64::from(b.seq.wrapping_sub(a.seq)) * (ping.interval_ms * 1e6) as u64;
             let late = b.sent.saturating_sub(a.sent).saturating_sub(expected);
             Ok(PingGap { ms: span_ms(a.ts, b.ts)?, start_ns: a.ts, late_ms: (late > 0).then(|| late as f64 / 1e6) })
         }
-        Choice::NoRecovery => Err("ping got no reply to a request sent after the guest resumed".into()),
+        Choice::NoRecovery => Err("ping got no reply to a request sent after the source stopped the guest".into()),
+        Choice::Unwindowed => Err(
+            "no switchover marks (the hosts were not traced): the gap cannot be placed at the switchover; `outages` has \
+             every silence"
+                .into(),
+        ),
         Choice::NoGap if replies.len() < 2 => Err(format!("ping got {} replies, a gap needs two", replies.len())),
         Choice::NoGap => Err("ping got no reply before the switchover".into()),
     }
@@ -338,7 +358,7 @@ pub fn compute(
                     "the probe sender stalled at the gap's edges ({late:.3} ms late): the {gap:.3} ms gap is not the guest's alone"
                 ),
                 (None, _, Some(lb), _) => format!(
-                    "the guest answered no probe sent after it resumed before observation ended; downtime > {lb:.0} ms (raise --settle)"
+                    "the guest answered no probe sent after the stop before observation ended; downtime > {lb:.0} ms (raise --settle)"
                 ),
                 _ if s.taps_missed_replies => {
                     "the sender's socket got answers to probes sent after the resume that no tap saw (classifier missed replies)"
@@ -410,7 +430,16 @@ pub fn compute(
     }
     missing.extend(timeline.missing.iter().map(|m| format!("timeline: {m}")));
     Measures {
-        downtime_ms: Downtimes { ping: ping_dt, ping_max_gap, probe_gap, vcpu, reported, heartbeat_gap: None },
+        downtime_ms: Downtimes {
+            ping: ping_dt,
+            ping_max_gap,
+            probe_gap,
+            vcpu,
+            reported,
+            heartbeat_gap: None,
+            outages_total: None,
+            longest_outage: None,
+        },
         migration_time_ms: MigrationTimes { command, reported: reported_total, traced, traced_to_resume },
         evidence,
         ping_gap: raw_ping_gap.and_then(Result::ok),
@@ -487,9 +516,9 @@ mod tests {
         p.extend(replies(&[(95, 130), (96, 130), (97, 130), (98, 130), (99, 130), (100, 130)], "tap-b"));
         p.extend(answered(180, 250, "tap-b"));
         let s = probe_gap(&prober(250, 0, 249), &p, Some((100 * MS, 130 * MS)), 0);
-        // Candidates: 94.2 → 130 (35.8 ms) and 130 → 180.2 (50.2 ms).
-        assert_eq!(s.gap_ms.map(|g| (g * 1e3).round() / 1e3), Some(50.2));
-        assert_eq!(s.gap_start_ms, Some(130.0));
+        // One gap, 94.2 → 180.2, not its longer half (130 → 180.2, 50.2 ms).
+        assert_eq!(s.gap_ms.map(|g| (g * 1e3).round() / 1e3), Some(86.0));
+        assert_eq!(s.gap_start_ms, Some(94.2));
     }
 
     #[test]
@@ -581,11 +610,12 @@ mod tests {
             ping_gap(&ping, Some((200 * MS, 240 * MS)), clock),
             Ok(PingGap { ms: 100.0, start_ns: 150 * MS, late_ms: None })
         );
-        // Unwindowed, the stall would win.
-        assert_eq!(ping_gap(&ping, None, clock).map(|g| g.ms), Ok(150.0));
-        // No reply to a request sent after a resume at 1400: no figure, a reason.
+        // Without the switchover's marks the stall would win: no gap, with the reason.
+        assert!(ping_gap(&ping, None, clock).is_err_and(|e| e.contains("no switchover marks")));
+        // No reply to a request sent after a stop at 1310: no figure, a reason.
         assert!(
-            ping_gap(&ping, Some((200 * MS, 1400 * MS)), clock).is_err_and(|e| e.contains("after the guest resumed"))
+            ping_gap(&ping, Some((1310 * MS, 1400 * MS)), clock)
+                .is_err_and(|e| e.contains("after the source stopped the guest"))
         );
     }
 

@@ -5,6 +5,7 @@ pub mod downtime;
 pub mod heartbeat;
 pub mod link;
 pub mod memcheck;
+pub mod outage;
 pub mod ping;
 pub mod prober;
 pub mod quality;

@@ -55,6 +55,19 @@ fn closed(_: &MigrationRecord) -> Option<f64> {
     None
 }
 
+/// Whether the record has a counted outage that was still open when observation ended.
+fn outage_open(r: &MigrationRecord) -> bool {
+    r.outages.as_ref().is_some_and(|o| o.iter().any(|o| o.open && o.counted()))
+}
+
+fn open_outage_total(r: &MigrationRecord) -> Option<f64> {
+    r.downtime_ms.outages_total.filter(|_| outage_open(r))
+}
+
+fn open_outage_longest(r: &MigrationRecord) -> Option<f64> {
+    r.downtime_ms.longest_outage.filter(|_| outage_open(r))
+}
+
 /// What a measure whose source can vary was taken from in `r` (see
 /// [`MigrationRecord::evidence`]); records without that map say it in their timeline.
 pub fn evidence_of(r: &MigrationRecord, measure: &str) -> Evidence {
@@ -105,6 +118,10 @@ pub const MEASURES: &[Measure] = &[
     },
     Measure { name: "downtime.reported", get: |r| r.downtime_ms.reported, open: closed },
     Measure { name: "downtime.heartbeat_gap", get: |r| r.downtime_ms.heartbeat_gap, open: closed },
+    // An outage still open when observation ended counts to its end: both are then
+    // lower bounds.
+    Measure { name: "downtime.outages_total", get: |r| r.downtime_ms.outages_total, open: open_outage_total },
+    Measure { name: "downtime.longest_outage", get: |r| r.downtime_ms.longest_outage, open: open_outage_longest },
     Measure { name: "migration_time.command", get: |r| r.migration_time_ms.command, open: closed },
     Measure { name: "migration_time.reported", get: |r| r.migration_time_ms.reported, open: closed },
     Measure {

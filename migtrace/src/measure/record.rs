@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     downtime::{Downtimes, MigrationTimes, ProbeSummary},
     heartbeat::HeartbeatSummary,
+    outage::Outage,
     ping::PingReport,
     timeline::{Evidence, Timeline},
 };
@@ -63,6 +64,10 @@ pub struct MigrationRecord {
     /// The guest's heartbeats (a guest without network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<HeartbeatSummary>,
+    /// Every time the guest did not answer during the observation, in time order
+    /// (`None`: not measured, `missing` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outages: Option<Vec<Outage>>,
     /// Phases and rounds on both hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Timeline>,
@@ -108,6 +113,7 @@ impl MigrationRecord {
             ping: None,
             probe: None,
             heartbeat: None,
+            outages: None,
             timeline: None,
             trace_health: None,
             guest: None,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     downtime::{self, ProbeSummary},
-    heartbeat, memcheck,
+    heartbeat, memcheck, outage,
     ping::Ping,
     prober::Prober,
     record::MigrationRecord,
@@ -19,7 +19,7 @@ use crate::{
     probe::{
         agent::{AgentError, ClockRecord, HostSide},
         host::{HostTrace, Role},
-        tracer::{Trace, TraceError, Tracer, VcpuStamp},
+        tracer::{Trace, TraceError, TraceHost, Tracer},
     },
 };
 
@@ -50,6 +50,14 @@ pub struct MeasureOptions {
     /// Ask the guest agent to check its working set after each completed migration,
     /// waiting this long for the answer; None: no check.
     pub memory_check: Option<Duration>,
+    /// A silence of more than this many send intervals (probe, heartbeat or ping) is
+    /// an outage.
+    #[serde(default = "default_outage_threshold")]
+    pub outage_threshold: f64,
+}
+
+fn default_outage_threshold() -> f64 {
+    outage::DEFAULT_THRESHOLD_INTERVALS
 }
 
 impl Default for MeasureOptions {
@@ -63,6 +71,7 @@ impl Default for MeasureOptions {
             settle_max: Duration::from_secs(10),
             keep_trace: false,
             memory_check: Some(Duration::from_secs(5)),
+            outage_threshold: outage::DEFAULT_THRESHOLD_INTERVALS,
         }
     }
 }
@@ -75,6 +84,9 @@ pub struct Network {
     pub guest: Ipv4Addr,
     /// The taps to stamp the guest's packets at, each in its host's namespace.
     pub taps: Vec<(String, &'static str)>,
+    /// The ends of the link between the hosts, each in its host's namespace, to count
+    /// what crosses it (the labs).
+    pub link: Vec<(String, &'static str)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +154,11 @@ impl Session {
     /// Starts tracing (if enabled) for the embedded lab. Must be called within a tokio
     /// runtime, as root.
     pub fn start(network: Network, options: MeasureOptions) -> Result<Self, TraceError> {
-        let tracing = if options.trace { Tracing::Lab(Box::new(Tracer::start(&network.taps)?)) } else { Tracing::Off };
+        let tracing = if options.trace {
+            Tracing::Lab(Box::new(Tracer::start(&network.taps, &network.link)?))
+        } else {
+            Tracing::Off
+        };
         Ok(Self { tracing, options, network })
     }
 
@@ -327,6 +343,7 @@ impl Session {
         // Heartbeats up to now: the check below pauses the guest's pattern (not its
         // heartbeats), but the observation ends here.
         let heartbeats = pair.heartbeats(observed_from);
+        let observed_until = crate::clock::monotonic_ns();
         // The guest checks its own memory once it has settled on the destination: over
         // the hosts' own channel if they have one, else over the network.
         let memory_check = match (&result, self.options.memory_check) {
@@ -367,7 +384,7 @@ impl Session {
         let mut timeline: Timeline = timeline::assemble(&timeline::Input {
             outcome: &outcome,
             trace: trace.as_ref(),
-            qemu_version: pair.hypervisor_version(),
+            qemu_versions: pair.hypervisor_versions(),
             clock: WallClock::from_pair(outcome.start_ns, outcome.start_unix_us),
             destination_tap: traced.as_ref().and_then(|t| t.destination_tap.as_deref()),
             probe_ident: prober.as_ref().map(|p| p.ident),
@@ -386,8 +403,9 @@ impl Session {
             },
         });
         let heartbeat = heartbeats
+            .as_ref()
             .filter(|_| outcome.status == crate::hypervisor::Status::Completed)
-            .map(|beats| heartbeat::summarise(&beats, &src_host, &dst_host, outcome.start_ns));
+            .map(|beats| heartbeat::summarise(beats, &src_host, &dst_host, outcome.start_ns));
         if let Some(first) = heartbeat.as_ref().and_then(|h| h.first_destination_ns) {
             heartbeat::add_phase(&mut timeline, first);
         }
@@ -410,8 +428,38 @@ impl Session {
                 measures.missing.push(format!("downtime_ms.heartbeat_gap: {e}"));
             }
         }
+        let observed = outage::Observed {
+            probe: prober.as_ref().zip(trace.as_ref().map(|t| t.packets.as_slice())),
+            heartbeats: heartbeats
+                .as_deref()
+                .map(|b| (b, heartbeat.as_ref().and_then(|h| h.interval_p50_ms).unwrap_or(1.0))),
+            ping: ping.as_ref(),
+            clock: WallClock::from_pair(outcome.start_ns, outcome.start_unix_us),
+            observed_until,
+        };
+        let m = &timeline.marks;
+        let switchover = m.source_paused_ns.zip(m.destination_resumed_ns);
+        let outages = match outage::of_migration(
+            &observed,
+            self.options.outage_threshold,
+            switchover,
+            &timeline,
+            outcome.start_ns,
+        ) {
+            Ok(found) => {
+                (measures.downtime_ms.outages_total, measures.downtime_ms.longest_outage) = outage::totals(&found);
+                Some(found)
+            }
+            Err(why) => {
+                let why = offline.clone().unwrap_or(why);
+                for m in ["outages", "downtime_ms.outages_total", "downtime_ms.longest_outage"] {
+                    measures.missing.push(format!("{m}: {why}"));
+                }
+                None
+            }
+        };
         let configured_link = pair.link();
-        let (achieved, link_missing) = super::link::achieved(&outcome, &timeline.marks, link_tx);
+        let (achieved, link_missing) = super::link::achieved(&outcome, &timeline.marks, trace.as_ref(), link_tx);
         let completed = outcome.status == crate::hypervisor::Status::Completed;
         let mut params = params.clone();
         if configured_link.is_some() || completed {
@@ -436,6 +484,7 @@ impl Session {
         record.evidence = measures.evidence;
         record.probe = probe;
         record.heartbeat = heartbeat;
+        record.outages = outages;
         record.trace_health = trace.as_ref().map(|t| t.health.clone());
         if let Some(t) = &traced {
             record.clocks = t.clocks.clone();
@@ -515,7 +564,8 @@ async fn finish_hosts(
 }
 
 /// One trace from the source's and the destination's (in that order), each converted
-/// with its host's clock; packet stamps name their tap as `host/tap`.
+/// with its host's clock; phases carry their host, packet stamps name their tap as
+/// `host/tap`, and each side says which host traced it and when it attached.
 fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced {
     let mut merged = Trace::default();
     let mut traced = Traced {
@@ -525,34 +575,27 @@ fn merge_host_traces(parts: Vec<(String, HostTrace, HostClock, bool)>) -> Traced
         uncertainty_ns: BTreeMap::new(),
         problems: Vec::new(),
     };
-    for (i, (host, part, clock, local)) in parts.into_iter().enumerate() {
-        let at = |t: u64| if t == 0 { 0 } else { clock.to_local(t) };
+    for (i, (host, mut part, clock, local)) in parts.into_iter().enumerate() {
+        part.map_stamps(|t| clock.to_local(t));
         let t = part.trace;
         merged.phases.extend(t.phases.into_iter().map(|mut p| {
-            p.ts_ns = at(p.ts_ns);
+            p.host = Some(host.clone());
             p
         }));
+        let traced_by = Some(TraceHost { name: host.clone(), attached_ns: part.attached_ns });
         merged.packets.extend(t.packets.into_iter().map(|mut p| {
-            p.ts_ns = at(p.ts_ns);
             p.tap = format!("{host}/{}", p.tap);
             p
         }));
-        let vcpus = |v: Vec<VcpuStamp>| -> Vec<VcpuStamp> {
-            v.into_iter()
-                .map(|mut v| {
-                    (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
-                        (at(v.first_enter_ns), at(v.last_enter_ns), at(v.last_exit_ns));
-                    v
-                })
-                .collect()
-        };
         if i == 0 {
             merged.source_pid = part.pid;
             merged.source_kvm = t.source_kvm;
-            merged.source_vcpus = vcpus(t.source_vcpus);
+            merged.source_vcpus = t.source_vcpus;
+            merged.source_host = traced_by;
         } else {
             merged.destination_pid = part.pid;
-            merged.destination_vcpus = vcpus(t.destination_vcpus);
+            merged.destination_vcpus = t.destination_vcpus;
+            merged.destination_host = traced_by;
             traced.destination_tap = part.tap.as_ref().map(|tap| format!("{host}/{tap}"));
         }
         let h = &mut merged.health;
@@ -614,4 +657,150 @@ fn cross_host_uncertainty(
         out.insert("timeline.destination load".into(), both);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hypervisor::Versions,
+        measure::{record, timeline::Input},
+    };
+
+    const MS: u64 = 1_000_000;
+    /// Host b's clock runs this far ahead of ours; its stamps come back converted.
+    const B_AHEAD_NS: i64 = 2_000_000_000;
+
+    /// A recorded lab migration (QEMU 7.2 under TCG): one tracer saw both QEMUs, pids
+    /// 31218 → 31222. The QMP events are left out: libvirt hosts have none.
+    fn recorded() -> MigrationRecord {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tcg-dirty-2000.jsonl");
+        let mut r = record::read(&path).expect("fixture").remove(0);
+        (r.outcome.source_events, r.outcome.destination_events) = (Vec::new(), Vec::new());
+        r
+    }
+
+    /// That migration as the tracers of two hosts `a` and `b` report it: each its own
+    /// QEMU's stamps (both QEMUs with pid `pid`) and tap, attached at `attached` ns after
+    /// the command (a tracer attached then saw nothing of its QEMU before, nor the return
+    /// of a call under way), on its own clock (b's ahead by [`B_AHEAD_NS`]).
+    fn as_two_hosts(r: &MigrationRecord, pid: u32, attached: [u64; 2]) -> Vec<(String, HostTrace, HostClock, bool)> {
+        let t = r.trace.as_ref().expect("recorded with --keep-trace");
+        let start = r.outcome.start_ns;
+        let side = |i: usize| {
+            let (qemu, tap) = [(t.source_pid, "tap-a"), (t.destination_pid, "tap-b")][i];
+            let at = start + attached[i];
+            let mut open = Vec::new();
+            let seen = |p: &&crate::probe::tracer::PhaseStamp| {
+                let call = (p.tid, p.point.clone());
+                if !p.ret {
+                    open.push(call);
+                    true
+                } else if let Some(i) = open.iter().rposition(|c| *c == call) {
+                    open.remove(i);
+                    true
+                } else {
+                    false
+                }
+            };
+            let mut trace = Trace {
+                phases: t.phases.iter().filter(|p| p.tgid == qemu && p.ts_ns >= at).filter(seen).cloned().collect(),
+                packets: t.packets.iter().filter(|p| p.tap == tap).cloned().collect(),
+                health: t.health.clone(),
+                ..Trace::default()
+            };
+            trace.phases.iter_mut().for_each(|p| p.tgid = pid);
+            if i == 0 {
+                (trace.source_pid, trace.source_kvm, trace.source_vcpus) =
+                    (pid, t.source_kvm.clone(), t.source_vcpus.clone());
+            } else {
+                trace.destination_pid = pid;
+                // A vCPU's first entry as a tracer attached at `at` sees it: the first
+                // after it.
+                trace.destination_vcpus = t.destination_vcpus.clone();
+                for v in &mut trace.destination_vcpus {
+                    v.first_enter_ns = v.first_enter_ns.max(at + 300_000);
+                }
+            }
+            let mut host = HostTrace { pid, tap: Some(tap.into()), attached_ns: at, trace, ..HostTrace::default() };
+            let clock = HostClock { offset_ns: [0, B_AHEAD_NS][i], ..HostClock::local() };
+            host.map_stamps(|ns| (ns as i64 + clock.offset_ns) as u64);
+            (["a", "b"][i].to_owned(), host, clock, false)
+        };
+        vec![side(0), side(1)]
+    }
+
+    fn timeline_of(o: &MigrationOutcome, trace: &Trace, destination_tap: &str) -> Timeline {
+        timeline::assemble(&Input {
+            outcome: o,
+            trace: Some(trace),
+            qemu_versions: Versions::both(Some((7, 2))),
+            clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+            destination_tap: Some(destination_tap),
+            probe_ident: Some(13492),
+        })
+    }
+
+    /// The migration measured from two hosts' traces, merged, whose QEMUs had `pid`.
+    fn merged(r: &MigrationRecord, pid: u32, attached: [u64; 2]) -> (Traced, Timeline) {
+        let traced = merge_host_traces(as_two_hosts(r, pid, attached));
+        let mut o = r.outcome.clone();
+        (o.source_pid, o.destination_pid) = (traced.trace.source_pid, traced.trace.destination_pid);
+        let timeline = timeline_of(&o, &traced.trace, traced.destination_tap.as_deref().expect("tap"));
+        (traced, timeline)
+    }
+
+    #[test]
+    fn two_hosts_qemus_with_the_same_pid_keep_their_own_stamps() {
+        let r = recorded();
+        let one_tracer = timeline_of(&r.outcome, r.trace.as_ref().expect("trace"), "tap-b");
+        assert!(one_tracer.missing.is_empty(), "{:?}", one_tracer.missing);
+        // The destination's QEMU went active (1.44 ms) before the source did (2.44 ms):
+        // mixed in with the source's, it would end the setup early.
+        let (traced, two_hosts) = merged(&r, 4242, [0, 0]);
+        assert_eq!(two_hosts.marks, one_tracer.marks);
+        assert_eq!(two_hosts.phases, one_tracer.phases);
+        assert_eq!(two_hosts.rounds, one_tracer.rounds);
+        assert!(two_hosts.missing.is_empty(), "{:?}", two_hosts.missing);
+        let t = &traced.trace;
+        assert!(t.phases.iter().all(|p| p.tgid == 4242 && p.host.is_some()));
+        assert_eq!(
+            t.destination_host.as_ref().map(|h| (h.name.as_str(), h.attached_ns)),
+            Some(("b", r.outcome.start_ns))
+        );
+    }
+
+    #[test]
+    fn a_destination_attached_after_the_resume_yields_no_resume() {
+        let r = recorded();
+        // Attached 830 ms after the command: the destination resumed at 822.5 ms.
+        let (traced, t) = merged(&r, 4242, [0, 830 * MS]);
+        assert_eq!(
+            traced.trace.destination_host.as_ref().map(|h| h.attached_ns),
+            Some(r.outcome.start_ns + 830 * MS),
+            "the attach time converted to our clock"
+        );
+        assert_eq!(t.marks.destination_resumed_ns, None, "its vCPU's first entry after 830 ms is not the resume");
+        assert!(t.vcpus.iter().all(|v| v.host == timeline::Host::Source), "{:?}", t.vcpus);
+        let why = t.missing.iter().find(|m| m.starts_with("destination-resumed:")).expect("said why");
+        assert!(
+            why.contains("attached to its QEMU at 830.000 ms") && why.contains("after the source stopped"),
+            "{why}"
+        );
+        let measures = super::downtime::compute(&r.outcome, &t, None, None);
+        assert_eq!(measures.downtime_ms.vcpu, None);
+        assert!(measures.missing.iter().any(|m| m.starts_with("downtime_ms.vcpu:")), "{:?}", measures.missing);
+        // Attached during the load (100 ms; it ran from 1.49 to 822 ms), before the source
+        // stopped: its resume stands; the load, under way, shows neither end, and that
+        // is said.
+        let one_tracer = timeline_of(&r.outcome, r.trace.as_ref().expect("trace"), "tap-b");
+        let (_, t) = merged(&r, 4242, [0, 100 * MS]);
+        assert_eq!(t.marks.destination_resumed_ns, one_tracer.marks.destination_resumed_ns);
+        assert_eq!(t.marks.destination_loaded_ns, None);
+        assert!(t.phase("destination receive").is_none() && t.phase("destination load + resume").is_some());
+        for what in ["destination receive", "destination-loaded"] {
+            let said = format!("{what}: the destination's tracer attached to its QEMU at 100.000 ms");
+            assert!(t.missing.iter().any(|m| m.starts_with(&said)), "{what}: {:?}", t.missing);
+        }
+    }
 }

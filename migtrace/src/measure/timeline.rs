@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::downtime::span_ms;
 use crate::{
     clock::WallClock,
-    hypervisor::{HostEvent, MigrationOutcome},
+    hypervisor::{HostEvent, MigrationOutcome, Versions},
     probe::{
         qemu::migration_status_name,
         tracer::{PacketStamp, PhaseStamp, RoundKvm, Trace, Unread},
@@ -102,14 +102,16 @@ pub struct Round {
 
 /// Key instants, CLOCK_MONOTONIC ns, for downtime measures.
 ///
-/// The vCPU blackout (`source_paused_ns` → `destination_resumed_ns`) is decided the
-/// same way on both hosts: QEMU holds the vCPUs from `pause_all_vcpus` to
-/// `resume_all_vcpus`, and each mark lies within that call. A vCPU running guest code
-/// stops when it last leaves guest code and runs again when it first enters it; a vCPU
-/// idle (halted) in the guest leaves and enters guest code only at its next interrupt,
-/// so its stamps are clamped to the call: stopped when QEMU began pausing it, running
-/// when `resume_all_vcpus` returned (it could take an interrupt from then on). The VM
-/// is stopped when its last vCPU stopped and runs when its first vCPU runs.
+/// The vCPU blackout (`source_paused_ns` → `destination_resumed_ns`) is the guest not
+/// running: from the last exit of a source vCPU thread from guest code to the first
+/// entry of a destination vCPU thread into it. Each is held only to the call that
+/// stops or releases the vCPUs: a source vCPU idle (halted) in the guest left guest
+/// code before `vm_stop_force_state` began, and counts as stopped then; a destination
+/// vCPU entering guest code before `resume_all_vcpus` began could not be the guest
+/// resuming. Never clamped to `resume_all_vcpus` returning: until a vCPU enters guest
+/// code (it wakes up, or waits for an interrupt when halted), the guest does not run.
+/// `source_last_exit_ns` and `destination_first_entry_ns` keep the raw stamps, the
+/// `…_clamped_ms` fields how far the clamp moved them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Marks {
     pub command_ns: u64,
@@ -117,10 +119,16 @@ pub struct Marks {
     pub active_ns: Option<u64>,
     pub vm_stop_ns: Option<u64>,
     /// Source vCPUs stopped: the last guest exit of a source vCPU thread (KVM_RUN or
-    /// TCG's cpu_exec) clamped to [`pause_all_vcpus` entry (else the VM stop),
-    /// `pause_all_vcpus` returning], else `pause_all_vcpus` returning, else the STOP
-    /// event.
+    /// TCG's cpu_exec), no earlier than `vm_stop_force_state` entered (else
+    /// `pause_all_vcpus`); without vCPU stamps `pause_all_vcpus` returning, else the
+    /// STOP event.
     pub source_paused_ns: Option<u64>,
+    /// The raw last guest exit behind `source_paused_ns`, and how far the stop's entry
+    /// moved it (ms; 0 when the vCPU ran until the stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_last_exit_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_paused_clamped_ms: Option<f64>,
     /// The source has sent the VM's last state: `qemu_savevm_state_complete_precopy`
     /// returns (it flushes the stream), else the source's completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,10 +139,16 @@ pub struct Marks {
     /// before resuming the vCPUs: an upper bound. Never the destination's MIGRATION
     /// completed event: QEMU sends that after the resume.
     pub destination_loaded_ns: Option<u64>,
-    /// Destination vCPUs running: the first guest entry of a destination vCPU thread
-    /// clamped to [`resume_all_vcpus` entry, `resume_all_vcpus` returning], else
+    /// Destination vCPUs running: the first guest entry of a destination vCPU thread,
+    /// no earlier than `resume_all_vcpus` entered; without vCPU stamps
     /// `resume_all_vcpus` returning, else the RESUME event.
     pub destination_resumed_ns: Option<u64>,
+    /// The raw first guest entry behind `destination_resumed_ns`, and how far the
+    /// resume's entry moved it (ms; 0 when it came after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_first_entry_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_resumed_clamped_ms: Option<f64>,
     pub first_packet_ns: Option<u64>,
     pub announce_ns: Option<u64>,
 }
@@ -199,9 +213,10 @@ impl Timeline {
 pub struct Input<'a> {
     pub outcome: &'a MigrationOutcome,
     pub trace: Option<&'a Trace>,
-    /// QEMU (major, minor): `migrate_set_state` numbers depend on it. None: unknown,
-    /// decoded as [`ASSUMED_QEMU_VERSION`] (noted in `fallbacks`).
-    pub qemu_version: Option<(u32, u32)>,
+    /// Each host's QEMU (major, minor): `migrate_set_state` numbers depend on it, and
+    /// each host's stamps are decoded with its own. Unknown: decoded as
+    /// [`ASSUMED_QEMU_VERSION`] (noted in `fallbacks`).
+    pub qemu_versions: Versions,
     /// Converts QMP's Unix-µs stamps to monotonic ns.
     pub clock: WallClock,
     /// Tap of the destination, to find the first guest packet after the switchover.
@@ -214,13 +229,17 @@ pub struct Input<'a> {
 /// unknown: Debian 12's QEMU.
 pub const ASSUMED_QEMU_VERSION: (u32, u32) = (7, 2);
 
+/// One host's QEMU stamps, and the QEMU release they are decoded with.
 struct Stamps<'a> {
     list: Vec<&'a PhaseStamp>,
+    version: (u32, u32),
 }
 
 impl<'a> Stamps<'a> {
-    fn of(trace: Option<&'a Trace>, pid: u32) -> Self {
-        Self { list: trace.map(|t| t.phases.iter().filter(|p| p.tgid == pid).collect()).unwrap_or_default() }
+    /// The stamps of one side's QEMU: by pid and, when hosts had tracers of their own,
+    /// by host (two hosts' QEMUs may have the same pid).
+    fn of(trace: Option<&'a Trace>, side: fn(&Trace, &PhaseStamp) -> bool, version: (u32, u32)) -> Self {
+        Self { list: trace.map(|t| t.phases.iter().filter(|p| side(t, p)).collect()).unwrap_or_default(), version }
     }
     fn all(&self, point: &str, ret: bool) -> impl Iterator<Item = &&'a PhaseStamp> {
         self.list.iter().filter(move |p| p.point == point && p.ret == ret)
@@ -231,9 +250,11 @@ impl<'a> Stamps<'a> {
     fn last(&self, point: &str, ret: bool) -> Option<u64> {
         self.all(point, ret).last().map(|p| p.ts_ns)
     }
-    /// `migrate_set_state` into state `name`.
-    fn state(&self, name: &str, version: (u32, u32)) -> Option<u64> {
-        self.all("MigrateSetState", false).find(|p| migration_status_name(p.args[2], version) == name).map(|p| p.ts_ns)
+    /// `migrate_set_state` into state `name`, as this host's QEMU numbers its states.
+    fn state(&self, name: &str) -> Option<u64> {
+        self.all("MigrateSetState", false)
+            .find(|p| migration_status_name(p.args[2], self.version) == name)
+            .map(|p| p.ts_ns)
     }
 }
 
@@ -274,16 +295,20 @@ impl Qmp<'_> {
 pub fn assemble(input: &Input<'_>) -> Timeline {
     let o = input.outcome;
     let mut fallbacks = Vec::new();
-    let v = input.qemu_version.unwrap_or_else(|| {
+    let v = input.qemu_versions.source.unwrap_or_else(|| {
         let (major, minor) = ASSUMED_QEMU_VERSION;
-        fallbacks.push(format!("QEMU version unknown: migrate_set_state states decoded as QEMU {major}.{minor}'s"));
+        fallbacks.push(format!(
+            "QEMU version unknown on the source: migrate_set_state states decoded as QEMU {major}.{minor}'s"
+        ));
         ASSUMED_QEMU_VERSION
     });
+    // Only the source's states are decoded; the destination's stamps would be with its own.
+    let dst_version = input.qemu_versions.destination.unwrap_or(ASSUMED_QEMU_VERSION);
     if let Some(t) = input.trace {
         fallbacks.extend(t.health.fallbacks.iter().cloned());
     }
-    let src = Stamps::of(input.trace, o.source_pid);
-    let dst = Stamps::of(input.trace, o.destination_pid);
+    let src = Stamps::of(input.trace, Trace::from_source, v);
+    let dst = Stamps::of(input.trace, Trace::from_destination, dst_version);
     let sq = Qmp { events: &o.source_events, clock: input.clock };
     let dq = Qmp { events: &o.destination_events, clock: input.clock };
     let mut missing = Vec::new();
@@ -303,45 +328,69 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         }
     };
 
-    let setup = pick("setup", src.state("setup", v), sq.status("setup"));
-    let active = pick("active", src.state("active", v), sq.status("active"));
+    let setup = pick("setup", src.state("setup"), sq.status("setup"));
+    let active = pick("active", src.state("active"), sq.status("active"));
     let stop_call = src.first("VmStopForceState", false);
     let stop_event = sq.stop();
     let vm_stop = pick("vm-stop", stop_call, stop_event);
-    // The vCPU blackout, both sides the same way (see `Marks`): guest-code stamps
-    // clamped to the pause_all_vcpus / resume_all_vcpus call around them.
-    let clamp = |t: Option<u64>, lo: Option<u64>, hi: Option<u64>| match (t, lo, hi) {
-        (Some(t), Some(lo), Some(hi)) => Some(t.clamp(lo, hi.max(lo))),
-        (Some(t), lo, hi) => Some(lo.map_or(t, |lo| t.max(lo)).min(hi.unwrap_or(u64::MAX))),
-        (None, _, hi) => hi,
-    };
+    // The vCPU blackout (see `Marks`): guest-code stamps, each no earlier than the
+    // call that stops or releases the vCPUs.
+    let held = |t: Option<u64>, lo: u64| t.map(|t| (t.max(lo), t, lo.saturating_sub(t) as f64 / 1e6));
     let last_source_exit =
         input.trace.and_then(|t| t.source_vcpus.iter().map(|r| r.last_exit_ns).filter(|&t| t > 0).max());
-    // Guest-code stamps mark the pause only around a traced pause: without one the
-    // last exit is merely where tracing ended (a migration cancelled in pre-copy).
-    let pause_entered = src.first("PauseAllVcpus", false).or(stop_call);
+    // Guest-code stamps mark the pause only around a traced stop: without one the last
+    // exit is merely where tracing ended (a migration cancelled in pre-copy).
+    let stop_entered = stop_call.or(src.first("PauseAllVcpus", false));
     let pause_returned = src.first("PauseAllVcpus", true);
-    let source_paused = pick(
-        "source-paused",
-        match pause_entered {
-            Some(_) => clamp(last_source_exit, pause_entered, pause_returned),
-            None => pause_returned,
-        },
-        stop_event,
-    );
-    let completed = pick("source-completed", src.state("completed", v), sq.status("completed"));
+    let source_held = stop_entered.and_then(|lo| held(last_source_exit, lo));
+    let source_paused = pick("source-paused", source_held.map(|h| h.0).or(pause_returned), stop_event);
+    let completed = pick("source-completed", src.state("completed"), sq.status("completed"));
     // The source completes only once the destination confirmed the load when QEMU has a
     // return path (libvirt enables one): the stream's end is the source's last send.
     let sent = src.last("SavevmStateCompletePrecopy", true).or(completed);
-    let first_dest_enter =
-        input.trace.and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
+    // A destination traced by a tracer of its own saw nothing before that tracer attached
+    // to its QEMU: a vCPU's first entry after that is the resume only if the tracer
+    // attached before the destination could resume (the source stopped), or saw the
+    // resume begin. Otherwise it is a late stamp, not the resume.
+    let since_command = |t: u64| (t as i128 - o.start_ns as i128) as f64 / 1e6;
+    let dst_attached = input.trace.and_then(|t| t.destination_host.as_ref()).map(|h| h.attached_ns);
     let resume_entered = dst.first("ResumeAllVcpus", false);
-    let resumed_probe = match resume_entered {
-        Some(_) => clamp(first_dest_enter, resume_entered, dst.first("ResumeAllVcpus", true)),
-        None => dst.first("ResumeAllVcpus", true),
+    let late_vcpus = match (dst_attached, stop_call.or(source_paused)) {
+        (Some(at), stop) if at > 0 && resume_entered.is_none() && stop.is_none_or(|s| at > s) => {
+            let when = stop.map_or_else(
+                || "the source's stop is unknown".to_owned(),
+                |s| format!("after the source stopped ({:.3} ms)", since_command(s)),
+            );
+            missing.push(format!(
+                "destination-resumed: the destination's tracer attached to its QEMU at {:.3} ms, {when}, and did \
+                 not see resume_all_vcpus begin: its vCPUs' first entries may be later than the resume, not taken",
+                since_command(at)
+            ));
+            true
+        }
+        _ => false,
     };
+    let first_dest_enter = input
+        .trace
+        .filter(|_| !late_vcpus)
+        .and_then(|t| t.destination_vcpus.iter().map(|r| r.first_enter_ns).filter(|&t| t > 0).min());
+    let destination_held = resume_entered.and_then(|lo| held(first_dest_enter, lo));
+    let resumed_probe = destination_held.map(|h| h.0).or(dst.first("ResumeAllVcpus", true));
     let resume_event = dq.when(|e| e.event == "RESUME");
     let resumed = pick("destination-resumed", resumed_probe, resume_event);
+    // Attached after the setup, the tracer may have come while the destination loaded:
+    // that call shows neither its entry nor (a uretprobe catches only calls that begin
+    // after it) its return.
+    let receive_start = dst.first("LoadvmState", false);
+    let load_missed = match (receive_start, dst_attached, setup) {
+        (None, Some(at), Some(setup)) if at > setup => Some(format!(
+            "the destination's tracer attached to its QEMU at {:.3} ms, after the migration's setup ({:.3} ms): \
+             the load may have begun before",
+            since_command(at),
+            since_command(setup)
+        )),
+        _ => None,
+    };
     // QEMU 7.2 on the destination: qemu_loadvm_state returns, RESUME, resume_all_vcpus,
     // then MIGRATION completed. Only RESUME lies between the load and the resume, and
     // only a probed resume is later than it.
@@ -360,21 +409,25 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             Some(e)
         }
         _ => {
-            missing.push(
-                "destination-loaded: qemu_loadvm_state not probed, and QEMU sends no event between the end of the \
-                 load and the resume (its MIGRATION completed comes after the resume)"
+            missing.push(match &load_missed {
+                Some(why) => format!("destination-loaded: {why}, and a call under way shows no return"),
+                None => "destination-loaded: qemu_loadvm_state not probed, and QEMU sends no event between the end \
+                         of the load and the resume (its MIGRATION completed comes after the resume)"
                     .into(),
-            );
+            });
             None
         }
     };
 
     let is_dest = |p: &&PacketStamp| input.destination_tap.is_none_or(|tap| p.tap == tap);
     let packets: Vec<&PacketStamp> = input.trace.map(|t| t.packets.iter().collect()).unwrap_or_default();
+    // The first answer to a request sent after the stop (as the probe gap's recovery):
+    // replies the guest had queued before it come out first, at the resume.
     let first_packet = resumed.and_then(|r| {
         packets
             .iter()
             .filter(|p| p.ts_ns >= r && is_dest(p) && p.kind == "icmp-echo-reply")
+            .filter(|p| p.sent_ns == 0 || source_paused.is_none_or(|s| p.sent_ns > s))
             .find(|p| input.probe_ident.is_none_or(|id| p.ident == id))
             .map(|p| p.ts_ns)
     });
@@ -487,7 +540,10 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             push(format!("pre-copy round {n}"), Host::Source, Some(start), Some(end), evidence, false);
         }
     }
-    push("vm-stop".into(), Host::Source, stop, source_paused, ev("vm-stop"), false);
+    // vCPUs idle in the guest before the stop count as stopped at it: no phase then.
+    if source_held.is_none_or(|h| h.2 == 0.0) {
+        push("vm-stop".into(), Host::Source, stop, source_paused, ev("vm-stop"), false);
+    }
     push("stop-and-copy".into(), Host::Source, source_paused.max(stop), sent, ev("source-paused"), false);
     let resume_from = match loaded {
         Some(l) => {
@@ -528,11 +584,14 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     push(
         "destination receive".into(),
         Host::Destination,
-        dst.first("LoadvmState", false),
+        receive_start,
         dst.last("LoadvmState", true),
         Evidence::Probe,
         true,
     );
+    if let Some(why) = load_missed {
+        missing.push(format!("destination receive: {why}"));
+    }
     missing.extend(unplaced);
 
     let mut vcpus = Vec::new();
@@ -549,7 +608,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         vcpus.extend(
             t.destination_vcpus
                 .iter()
-                .filter(|v| v.first_enter_ns > 0)
+                .filter(|v| v.first_enter_ns > 0 && !late_vcpus)
                 .map(|v| edge(Host::Destination, v, v.first_enter_ns)),
         );
     }
@@ -564,10 +623,14 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             active_ns: active,
             vm_stop_ns: vm_stop,
             source_paused_ns: source_paused,
+            source_last_exit_ns: source_held.map(|h| h.1),
+            source_paused_clamped_ms: source_held.map(|h| h.2),
             source_sent_ns: sent,
             source_completed_ns: completed,
             destination_loaded_ns: loaded,
             destination_resumed_ns: resumed,
+            destination_first_entry_ns: destination_held.map(|h| h.1),
+            destination_resumed_clamped_ms: destination_held.map(|h| h.2),
             first_packet_ns: first_packet,
             announce_ns: announce,
         },
@@ -601,6 +664,8 @@ mod tests {
             returned: ret.then_some(0),
             round: (!ret).then_some(0),
             unread: None,
+            link_bytes: 0,
+            host: None,
         }
     }
 
@@ -673,7 +738,7 @@ mod tests {
         assemble(&Input {
             outcome: o,
             trace,
-            qemu_version: version,
+            qemu_versions: Versions::both(version),
             clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
             destination_tap: Some("tap-b"),
             probe_ident: None,
@@ -681,18 +746,30 @@ mod tests {
     }
 
     #[test]
-    fn idle_vcpus_count_as_stopped_and_running_at_qemus_pause_and_resume() {
+    fn the_blackout_runs_from_the_last_guest_exit_to_the_first_guest_entry() {
         let o = outcome();
+        // Idle on both sides: the source's vCPU left guest code at 70 ms, long before
+        // the stop (vm_stop_force_state at 100 ms): stopped at the stop, moved 30 ms.
+        // The destination's entered guest code at its next interrupt, 127 ms, after
+        // resume_all_vcpus returned (123.1 ms): the guest ran only then.
         let t = assemble_with(Some(&idle_trace(70 * MS, 127 * MS)), &o, Some((7, 2)));
-        // Halted on both sides: paused when pause_all_vcpus began, running when
-        // resume_all_vcpus returned; not the idle 70 ms exit, not the 127 ms tick.
-        assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 10 * US));
-        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 100 * US));
-        // Running on both sides: the guest-code stamps inside the calls.
-        let t = assemble_with(Some(&idle_trace(100 * MS + 30 * US, 123 * MS + 60 * US)), &o, Some((7, 2)));
+        assert_eq!(t.marks.source_paused_ns, Some(100 * MS));
+        assert_eq!(t.marks.source_last_exit_ns, Some(70 * MS));
+        assert_eq!(t.marks.source_paused_clamped_ms, Some(30.0));
+        assert_eq!(t.marks.destination_resumed_ns, Some(127 * MS));
+        assert_eq!(t.marks.destination_first_entry_ns, Some(127 * MS));
+        assert_eq!(t.marks.destination_resumed_clamped_ms, Some(0.0));
+        // Running on both sides: the stamps as they are, inside or after the calls (a
+        // first entry 0.46 ms after the resume returned counts whole).
+        let t = assemble_with(Some(&idle_trace(100 * MS + 30 * US, 123 * MS + 560 * US)), &o, Some((7, 2)));
         assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 30 * US));
-        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 60 * US));
+        assert_eq!(t.marks.source_paused_clamped_ms, Some(0.0));
+        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 560 * US));
         assert_eq!(t.mark_evidence("destination-resumed"), Evidence::Probe);
+        // A destination entry before resume_all_vcpus began (123 ms) is not the resume.
+        let t = assemble_with(Some(&idle_trace(100 * MS + 30 * US, 122 * MS + 500 * US)), &o, Some((7, 2)));
+        assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS));
+        assert_eq!(t.marks.destination_resumed_clamped_ms, Some(0.5));
     }
 
     #[test]
@@ -769,6 +846,86 @@ mod tests {
         assert!(t.missing.iter().any(|m| m.starts_with("vm-stop: its start and end stamps are equal")));
     }
 
+    /// A recorded lab migration (`migtrace migrate --lab --keep-trace`): its outcome
+    /// without QMP events (libvirt hosts have none: the marks come from the probes) and
+    /// its raw trace.
+    fn recorded(fixture: &str) -> (MigrationOutcome, Trace) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+        let r = crate::measure::record::read(&path).expect("fixture").remove(0);
+        let mut o = r.outcome;
+        (o.source_events, o.destination_events) = (Vec::new(), Vec::new());
+        (o, r.trace.expect("recorded with --keep-trace"))
+    }
+
+    /// The source's last `migrate_set_state`, as QEMU called it.
+    fn last_state(t: &Trace) -> &PhaseStamp {
+        t.phases.iter().rfind(|p| p.tgid == t.source_pid && p.point == "MigrateSetState").expect("state change")
+    }
+
+    #[tokio::test]
+    async fn each_hosts_states_are_decoded_with_its_own_qemu_release() {
+        use crate::hypervisor::{
+            HostPair as _,
+            libvirt::{LibvirtHost, LibvirtPair},
+        };
+        // QEMU 7.2 completes with state 8 (4 → 8); QEMU 10.0 with 9 (13 → 9): 9.1
+        // inserted a state at 7. Both recorded.
+        let (o72, t72) = recorded("tcg-dirty-2000.jsonl");
+        let (o10, t10) = recorded("qemu-10.0-wset16M-rate1000.jsonl");
+        assert_eq!((last_state(&t72).args[2], last_state(&t10).args[2]), (8, 9));
+        // The 7.2 recording as if its migration had failed: 7.2's "failed" is 9.
+        let mut t72_failed = t72.clone();
+        t72_failed
+            .phases
+            .iter_mut()
+            .rfind(|p| p.tgid == t72.source_pid && p.point == "MigrateSetState")
+            .expect("state")
+            .args[2] = 9;
+        let v72 = (7, 2, 22);
+        let v10 = (10, 0, 2);
+        for (a, b) in [(v72, v10), (v10, v72)] {
+            let hosts = ["a", "b"].map(|h| LibvirtHost::from_uri(&format!("qemu+ssh://{h}/system"), h));
+            let mut pair = LibvirtPair::unconnected_for_test(hosts, [Some(a), Some(b)]);
+            // Ping-pong: a → b, then b → a; each time the source's QEMU decides.
+            for source in [a, b] {
+                let versions = pair.hypervisor_versions();
+                assert_eq!(versions.source, Some((source.0, source.1)));
+                let cases: Vec<(&MigrationOutcome, &Trace, bool)> = if source == v72 {
+                    vec![(&o72, &t72, true), (&o72, &t72_failed, false)]
+                } else {
+                    vec![(&o10, &t10, true)]
+                };
+                for (o, trace, completed) in cases {
+                    let t = assemble(&Input {
+                        outcome: o,
+                        trace: Some(trace),
+                        qemu_versions: versions,
+                        clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+                        destination_tap: None,
+                        probe_ident: None,
+                    });
+                    let what = format!("QEMU {source:?} source, {}", if completed { "completed" } else { "failed" });
+                    let want = completed.then(|| last_state(trace).ts_ns);
+                    assert_eq!(t.marks.source_completed_ns, want, "{what}");
+                    assert!(t.marks.setup_ns.is_some() && t.marks.active_ns.is_some(), "{what}");
+                    assert!(t.fallbacks.is_empty(), "{what}: {:?}", t.fallbacks);
+                    // Decoded with the other host's release, it is misread.
+                    let other = if source == v72 { (10, 0) } else { (7, 2) };
+                    let misread = assemble(&Input {
+                        outcome: o,
+                        trace: Some(trace),
+                        qemu_versions: Versions::both(Some(other)),
+                        clock: WallClock::from_pair(o.start_ns, o.start_unix_us),
+                        destination_tap: None,
+                        probe_ident: None,
+                    });
+                    assert_ne!(misread.marks.source_completed_ns, want, "{what}: the fixture tells the releases apart");
+                }
+                pair.prepare_next().await.expect("next");
+            }
+        }
+    }
+
     #[test]
     fn pending_bytes_the_probe_could_not_read_are_missing_not_zero() {
         let o = outcome();
@@ -826,7 +983,7 @@ mod tests {
         trace.health =
             TraceHealth { fallbacks: vec!["ioctl cmd assumed at offset 24".into()], ..TraceHealth::default() };
         let t = assemble_with(Some(&trace), &o, None);
-        assert!(t.fallbacks.iter().any(|f| f.starts_with("QEMU version unknown")), "{:?}", t.fallbacks);
+        assert!(t.fallbacks.iter().any(|f| f.starts_with("QEMU version unknown on the source")), "{:?}", t.fallbacks);
         assert!(t.fallbacks.iter().any(|f| f.contains("offset 24")));
         assert_eq!(t.marks.setup_ns, Some(MS), "decoded with 7.2's numbering");
     }

@@ -14,14 +14,17 @@
 //! | `{"op": "finish"}` | `{"ok": HostTrace}` (the agent's clock) |
 //! | `{"op": "quit"}` or end of input | the agent detaches and exits |
 //!
-//! Anything else is answered `{"error": "…"}`; diagnostics go to stderr.
+//! Anything else is answered `{"error": "…"}`; diagnostics go to stderr. The coordinator
+//! refuses an agent of another migtrace version, and neither side reads a line longer
+//! than it needs: requests up to [`REQUEST_LIMIT`], answers up to [`ANSWER_LIMIT`], a
+//! trace up to [`TRACE_LIMIT`].
 
 use std::{process::Stdio, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines},
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     process::{Child, ChildStdin, ChildStdout, Command},
 };
 
@@ -29,7 +32,10 @@ use super::{
     host::{HostTrace, HostTracer, Role},
     tracer::TraceError,
 };
-use crate::clock::{ClockSample, HostClock, OffsetEstimate, estimate_offset, monotonic_ns};
+use crate::{
+    clock::{ClockSample, HostClock, OffsetEstimate, estimate_offset, monotonic_ns},
+    sys::ssh::SshTarget,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -47,23 +53,27 @@ pub enum AgentError {
     Timeout { host: String, what: String, timeout: Duration },
     #[error("tracing agent on {host} exited{stderr}")]
     Exited { host: String, stderr: String },
+    #[error(
+        "tracing agent on {host} is migtrace {theirs}, this is migtrace {ours}: install migtrace {ours} there (the agent's answers and traces follow its version)"
+    )]
+    Version { host: String, theirs: String, ours: String },
+    #[error("tracing agent on {host}: its answer to {what} is longer than {limit} bytes{hint}")]
+    TooLong { host: String, what: String, limit: usize, hint: &'static str },
     #[error(transparent)]
     Trace(#[from] TraceError),
 }
 
-/// The default agent command for `host` (from a URI): `ssh HOST migtrace agent`. A host
-/// that ssh would take for an option (a leading `-`) is refused.
-pub fn ssh_argv(host: &str) -> Result<Vec<String>, AgentError> {
-    if host.is_empty() || host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(AgentError::Agent {
-            host: host.into(),
-            message: format!(
-                "{host:?} is not a host name ssh can be given: fix the URI, or give the agent command yourself \
-                 (--agent-source/--agent-destination, agent_source/agent_destination)"
-            ),
-        });
-    }
-    Ok(["ssh", host, "migtrace", "agent"].map(str::to_owned).to_vec())
+/// The default agent command for a host (from its URI): `ssh HOST migtrace agent`, as
+/// the URI's user, at its port, never asking (see [`SshTarget::command`]). A host or user
+/// ssh would take for an option (a leading `-`) is refused.
+pub fn ssh_argv(target: &SshTarget) -> Result<Vec<String>, AgentError> {
+    target.command(&["migtrace", "agent"]).map_err(|e| AgentError::Agent {
+        host: target.host.clone(),
+        message: format!(
+            "{e}: fix the URI, or give the agent command yourself (--agent-source/--agent-destination, \
+             agent_source/agent_destination)"
+        ),
+    })
 }
 
 /// The agent's full command: `argv` (a configured command, already split into words)
@@ -73,10 +83,10 @@ pub fn ssh_argv(host: &str) -> Result<Vec<String>, AgentError> {
 /// are shell-quoted: the remote side gets them back as the same words, never as shell
 /// syntax.
 pub fn agent_argv(host: &str, argv: &[String], opts: &AgentOptions) -> Result<Vec<String>, AgentError> {
-    let Some(program) = argv.first() else {
+    if argv.is_empty() {
         return Err(AgentError::Agent { host: host.into(), message: "empty agent command".into() });
-    };
-    let remote_shell = std::path::Path::new(program).file_name().is_some_and(|n| n == "ssh");
+    }
+    let remote_shell = is_ssh(argv);
     let mut extra = vec!["--domain".to_owned(), opts.domain.clone()];
     if let Some(mac) = &opts.guest_mac {
         extra.extend(["--mac".to_owned(), mac.clone()]);
@@ -87,6 +97,11 @@ pub fn agent_argv(host: &str, argv: &[String], opts: &AgentOptions) -> Result<Ve
     let mut out = argv.to_vec();
     out.extend(extra.into_iter().map(|w| if remote_shell { shell_words::quote(&w).into_owned() } else { w }));
     Ok(out)
+}
+
+/// Whether a command's program is ssh.
+fn is_ssh(argv: &[String]) -> bool {
+    argv.first().is_some_and(|p| std::path::Path::new(p).file_name().is_some_and(|n| n == "ssh"))
 }
 
 /// What `migtrace agent` is asked to trace.
@@ -103,19 +118,58 @@ fn shift(t: u64, by: i64) -> u64 {
 }
 
 /// Moves every host-clock stamp of a host trace by `by` ns (the injected test offset).
-/// Echoed probe send stamps are the coordinator's and stay.
 fn shift_trace(t: &mut HostTrace, by: i64) {
-    t.attached_ns = shift(t.attached_ns, by);
-    for p in &mut t.trace.phases {
-        p.ts_ns = shift(p.ts_ns, by);
+    t.map_stamps(|t| shift(t, by));
+}
+
+/// Longest request an agent reads: requests are a few dozen bytes.
+pub const REQUEST_LIMIT: usize = 64 << 10;
+/// Longest answer the coordinator reads, but for a trace.
+pub const ANSWER_LIMIT: usize = 64 << 10;
+/// Longest trace the coordinator reads: its packet stamps (about 110 bytes each) make
+/// most of it, some 35 MB for 5 minutes of 1 kHz probes.
+pub const TRACE_LIMIT: usize = 512 << 20;
+
+/// A line that is not one.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineError {
+    /// Longer than the limit: consumed to its end, and refused.
+    TooLong,
+    NotUtf8,
+}
+
+/// Reads one line (without its newline) of at most `limit` bytes, never holding more: a
+/// longer one is consumed to its end and refused, and the next line is read as usual.
+/// None at the end of input. (tokio-util's `LinesCodec` bounds lines too, but a stream of
+/// its frames ends at the first overlong line.)
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> std::io::Result<Option<Result<String, LineError>>> {
+    let mut line = Vec::new();
+    let n = (&mut *r).take(limit as u64 + 1).read_until(b'\n', &mut line).await?;
+    if n == 0 {
+        return Ok(None);
     }
-    for p in &mut t.trace.packets {
-        p.ts_ns = shift(p.ts_ns, by);
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > limit {
+        loop {
+            let chunk = r.fill_buf().await?;
+            let Some(end) = chunk.iter().position(|&b| b == b'\n') else {
+                let n = chunk.len();
+                if n == 0 {
+                    break;
+                }
+                r.consume(n);
+                continue;
+            };
+            r.consume(end + 1);
+            break;
+        }
+        return Ok(Some(Err(LineError::TooLong)));
     }
-    for v in t.trace.source_vcpus.iter_mut().chain(&mut t.trace.destination_vcpus) {
-        (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
-            (shift(v.first_enter_ns, by), shift(v.last_enter_ns, by), shift(v.last_exit_ns, by));
-    }
+    Ok(Some(String::from_utf8(line).map_err(|_| LineError::NotUtf8)))
 }
 
 /// The agent: serves requests from stdin until it ends or says quit.
@@ -137,12 +191,12 @@ pub async fn serve(opts: AgentOptions) -> Result<(), AgentError> {
     let write_err = |e: std::io::Error| AgentError::Agent { host: "self".into(), message: format!("stdout: {e}") };
     out.write_all(say(ready).as_bytes()).await.map_err(write_err)?;
     out.flush().await.map_err(write_err)?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut input = BufReader::new(tokio::io::stdin());
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut destination_pending = false;
     loop {
         let line = tokio::select! {
-            line = lines.next_line() => line,
+            line = read_line(&mut input, REQUEST_LIMIT) => line,
             _ = tick.tick(), if destination_pending => {
                 // The incoming QEMU and its tap appear while libvirt prepares the migration.
                 if let Err(e) = host.poll() {
@@ -152,10 +206,16 @@ pub async fn serve(opts: AgentOptions) -> Result<(), AgentError> {
             }
         };
         let Ok(Some(line)) = line else { break };
-        let request: Value = match serde_json::from_str(&line) {
+        let parsed = match line {
+            Ok(line) => serde_json::from_str::<Value>(&line).map_err(|e| format!("not JSON: {e}")),
+            Err(LineError::TooLong) => Err(format!("request longer than {REQUEST_LIMIT} bytes")),
+            Err(LineError::NotUtf8) => Err("request not UTF-8".into()),
+        };
+        let request = match parsed {
             Ok(v) => v,
             Err(e) => {
-                out.write_all(say(json!({"error": format!("not JSON: {e}")})).as_bytes()).await.map_err(write_err)?;
+                out.write_all(say(json!({"error": e})).as_bytes()).await.map_err(write_err)?;
+                out.flush().await.map_err(write_err)?;
                 continue;
             }
         };
@@ -212,8 +272,10 @@ pub struct Agent {
     pub host: String,
     child: Child,
     stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
+    stdout: BufReader<ChildStdout>,
     stderr: Option<tokio::task::JoinHandle<String>>,
+    /// Started over ssh (its failures are mostly ssh's).
+    over_ssh: bool,
 }
 
 /// How long an agent may take to answer (loading eBPF programs on start takes longest).
@@ -227,6 +289,7 @@ impl Agent {
     pub async fn spawn(host: &str, argv: &[String], opts: &AgentOptions) -> Result<Self, AgentError> {
         let argv = agent_argv(host, argv, opts)?;
         let command = argv.join(" ");
+        let over_ssh = is_ssh(&argv);
         let Some((program, args)) = argv.split_first() else {
             return Err(AgentError::Agent { host: host.into(), message: "empty agent command".into() });
         };
@@ -250,20 +313,40 @@ impl Agent {
             kept
         });
         let mut agent =
-            Self { host: host.into(), child, stdin, lines: BufReader::new(stdout).lines(), stderr: Some(stderr) };
-        let ready = agent.read("its start", START_TIMEOUT).await?;
-        if ready.get("ready").is_none() {
+            Self { host: host.into(), child, stdin, stdout: BufReader::new(stdout), stderr: Some(stderr), over_ssh };
+        let ready = agent.read("its start", START_TIMEOUT, ANSWER_LIMIT).await?;
+        let Some(info) = ready.get("ready") else {
             return Err(agent.failure(ready));
+        };
+        let ours = env!("CARGO_PKG_VERSION");
+        let theirs = info["version"].as_str().unwrap_or("of unknown version");
+        if theirs != ours {
+            return Err(AgentError::Version { host: host.into(), theirs: theirs.into(), ours: ours.into() });
         }
         Ok(agent)
     }
 
-    async fn read(&mut self, what: &str, timeout: Duration) -> Result<Value, AgentError> {
+    async fn read(&mut self, what: &str, timeout: Duration, limit: usize) -> Result<Value, AgentError> {
         let host = self.host.clone();
-        match tokio::time::timeout(timeout, self.lines.next_line()).await {
+        match tokio::time::timeout(timeout, read_line(&mut self.stdout, limit)).await {
             Err(_) => Err(AgentError::Timeout { host, what: what.into(), timeout }),
-            Ok(Ok(Some(line))) => serde_json::from_str(&line)
-                .map_err(|e| AgentError::Agent { host, message: format!("unexpected answer {line:?}: {e}") }),
+            Ok(Ok(Some(Ok(line)))) => serde_json::from_str(&line).map_err(|e| {
+                let shown: String = line.chars().take(200).collect();
+                AgentError::Agent { host, message: format!("unexpected answer {shown:?}: {e}") }
+            }),
+            Ok(Ok(Some(Err(LineError::TooLong)))) => Err(AgentError::TooLong {
+                host,
+                what: what.into(),
+                limit,
+                hint: if limit == TRACE_LIMIT {
+                    " (a trace this large: lower --probe-rate or --timeout)"
+                } else {
+                    " (is it a migtrace agent?)"
+                },
+            }),
+            Ok(Ok(Some(Err(LineError::NotUtf8)))) => {
+                Err(AgentError::Agent { host, message: format!("its answer to {what} is not UTF-8") })
+            }
             Ok(_) => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
                 let stderr = match self.stderr.take() {
@@ -274,10 +357,15 @@ impl Agent {
                         .unwrap_or_default(),
                     None => String::new(),
                 };
-                let stderr = stderr.trim();
+                let stderr = stderr.trim().replace('\n', "; ");
+                let hint = if self.over_ssh {
+                    " (ssh runs with BatchMode=yes: the host's key must be known, and a key must log in without a prompt)"
+                } else {
+                    ""
+                };
                 Err(AgentError::Exited {
                     host,
-                    stderr: if stderr.is_empty() { String::new() } else { format!(": {stderr}") },
+                    stderr: if stderr.is_empty() { hint.into() } else { format!(": {stderr}{hint}") },
                 })
             }
         }
@@ -290,14 +378,14 @@ impl Agent {
         }
     }
 
-    async fn call(&mut self, request: Value, timeout: Duration) -> Result<Value, AgentError> {
+    async fn call(&mut self, request: Value, timeout: Duration, limit: usize) -> Result<Value, AgentError> {
         let what = request["op"].as_str().unwrap_or("a request").to_owned();
         let line = format!("{request}\n");
         if let Err(e) = self.stdin.write_all(line.as_bytes()).await {
             return Err(AgentError::Agent { host: self.host.clone(), message: format!("writing to the agent: {e}") });
         }
         let _ = self.stdin.flush().await;
-        let answer = self.read(&what, timeout).await?;
+        let answer = self.read(&what, timeout, limit).await?;
         if answer.get("error").is_some() { Err(self.failure(answer)) } else { Ok(answer) }
     }
 
@@ -306,7 +394,7 @@ impl Agent {
         let mut samples = Vec::with_capacity(n);
         for _ in 0..n {
             let sent_ns = monotonic_ns();
-            let answer = self.call(json!({"op": "clock"}), CALL_TIMEOUT).await?;
+            let answer = self.call(json!({"op": "clock"}), CALL_TIMEOUT, ANSWER_LIMIT).await?;
             let received_ns = monotonic_ns();
             let remote_ns = answer["t"].as_u64().ok_or_else(|| self.failure(answer.clone()))?;
             samples.push(ClockSample { sent_ns, remote_ns, received_ns });
@@ -316,17 +404,18 @@ impl Agent {
     }
 
     pub async fn begin(&mut self, role: Role) -> Result<Option<u32>, AgentError> {
-        let answer = self.call(json!({"op": "begin", "role": role}), CALL_TIMEOUT).await?;
+        let answer = self.call(json!({"op": "begin", "role": role}), CALL_TIMEOUT, ANSWER_LIMIT).await?;
         Ok(answer["ok"].as_u64().map(|p| p as u32))
     }
 
     pub async fn answered_since(&mut self, ident: u16, since_ns: u64) -> Result<bool, AgentError> {
-        let answer = self.call(json!({"op": "answered", "ident": ident, "since_ns": since_ns}), CALL_TIMEOUT).await?;
+        let request = json!({"op": "answered", "ident": ident, "since_ns": since_ns});
+        let answer = self.call(request, CALL_TIMEOUT, ANSWER_LIMIT).await?;
         Ok(answer["ok"].as_bool().unwrap_or(false))
     }
 
     pub async fn finish(&mut self) -> Result<HostTrace, AgentError> {
-        let answer = self.call(json!({"op": "finish"}), CALL_TIMEOUT).await?;
+        let answer = self.call(json!({"op": "finish"}), CALL_TIMEOUT, TRACE_LIMIT).await?;
         serde_json::from_value(answer["ok"].clone())
             .map_err(|e| AgentError::Agent { host: self.host.clone(), message: format!("unexpected trace: {e}") })
     }
@@ -469,19 +558,48 @@ mod tests {
         let local = agent_argv("h", &["/usr/bin/migtrace".into(), "agent".into()], &opts).expect("argv");
         assert_eq!(local, ["/usr/bin/migtrace", "agent", "--domain", evil, "--mac", "52:54:00:12:34:56"]);
         // Over ssh the remote shell reads the joined words: quoted, they come back whole.
-        let remote = agent_argv("h", &ssh_argv("h1.example").expect("host"), &opts).expect("argv");
-        assert_eq!(&remote[..4], ["ssh", "h1.example", "migtrace", "agent"]);
-        let joined = remote[2..].join(" ");
+        let target = SshTarget { host: "h1.example".into(), ..SshTarget::default() };
+        let remote = agent_argv("h", &ssh_argv(&target).expect("host"), &opts).expect("argv");
+        assert_eq!(&remote[..7], ["ssh", "-o", "BatchMode=yes", "--", "h1.example", "migtrace", "agent"]);
+        let joined = remote[5..].join(" ");
         assert_eq!(
             shell_words::split(&joined).expect("the remote shell's reading"),
             ["migtrace", "agent", "--domain", evil, "--mac", "52:54:00:12:34:56"]
         );
         // A URI host ssh would take for an option is refused, with what to do.
         for bad in ["-oProxyCommand=touch /tmp/pwned", "", "a b"] {
-            let e = ssh_argv(bad).expect_err("refused").to_string();
+            let e = ssh_argv(&SshTarget { host: bad.into(), ..SshTarget::default() }).expect_err("refused").to_string();
             assert!(e.contains("agent command yourself"), "{e}");
         }
         assert!(agent_argv("h", &[], &opts).is_err());
+    }
+
+    #[tokio::test]
+    async fn lines_longer_than_the_limit_are_refused_whole_and_the_next_is_read() {
+        let long = "x".repeat(100);
+        let mut input = format!("{{\"op\":\"clock\"}}\n{long}\n{{\"op\":\"quit\"}}\n").into_bytes();
+        input.extend(b"\xffx\n");
+        input.extend("y".repeat(10).as_bytes());
+        // A small buffer: the long line spans many fills.
+        let mut r = BufReader::with_capacity(8, input.as_slice());
+        let mut read = Vec::new();
+        while let Some(line) = read_line(&mut r, 16).await.expect("read") {
+            read.push(line);
+        }
+        assert_eq!(
+            read,
+            [
+                Ok(r#"{"op":"clock"}"#.to_owned()),
+                Err(LineError::TooLong),
+                Ok(r#"{"op":"quit"}"#.to_owned()),
+                Err(LineError::NotUtf8),
+                Ok("y".repeat(10)),
+            ]
+        );
+        // A last line longer than the limit, without a newline.
+        let mut r = BufReader::new(long.as_bytes());
+        assert_eq!(read_line(&mut r, 16).await.expect("read"), Some(Err(LineError::TooLong)));
+        assert_eq!(read_line(&mut r, 16).await.expect("read"), None);
     }
 
     #[test]
@@ -497,6 +615,8 @@ mod tests {
             returned: None,
             round: Some(0),
             unread: None,
+            link_bytes: 0,
+            host: None,
         });
         t.trace.packets.push(PacketStamp {
             ts_ns: 2_000,

@@ -44,6 +44,17 @@ pub struct HostTrace {
     pub problems: Vec<String>,
 }
 
+impl HostTrace {
+    /// Applies `f` to every stamp of this host's clock: the attach time and the trace's
+    /// (see [`Trace::map_stamps`]).
+    pub fn map_stamps(&mut self, f: impl Fn(u64) -> u64) {
+        if self.attached_ns != 0 {
+            self.attached_ns = f(self.attached_ns);
+        }
+        self.trace.map_stamps(f);
+    }
+}
+
 /// The guest MAC as the tap's: libvirt gives a domain's tap the guest's MAC with the
 /// first byte set to 0xfe (`52:54:00:…` → `fe:54:00:…`).
 pub fn tap_mac(guest_mac: &str) -> Option<String> {
@@ -127,7 +138,7 @@ impl HostTracer {
     /// Must be called within a tokio runtime, as root.
     pub fn start(domain: &str, guest_mac: Option<&str>, netns: Option<String>) -> Result<Self, TraceError> {
         Ok(Self {
-            tracer: Tracer::start(&[])?,
+            tracer: Tracer::start(&[], &[])?,
             domain: domain.to_owned(),
             tap_mac: guest_mac.and_then(tap_mac),
             netns,
@@ -250,6 +261,53 @@ mod tests {
         assert_eq!(parse_link_for_mac(out, "FE:54:00:78:00:0A").as_deref(), Some("vnet3"));
         assert_eq!(parse_link_for_mac(out, "3e:00:00:00:00:01").as_deref(), Some("veth-a"));
         assert_eq!(parse_link_for_mac(out, "fe:54:00:78:00:0b"), None);
+    }
+
+    #[test]
+    fn every_host_clock_stamp_converts_and_never_stays_never() {
+        use crate::probe::tracer::{PacketStamp, PhaseStamp, VcpuStamp};
+        let mut t = HostTrace { attached_ns: 100, ..HostTrace::default() };
+        t.trace.phases.push(PhaseStamp {
+            ts_ns: 1_000,
+            tgid: 1,
+            tid: 1,
+            point: "VmStart".into(),
+            ret: false,
+            args: [7; 3],
+            returned: None,
+            round: Some(9),
+            unread: None,
+            link_bytes: 0,
+            host: None,
+        });
+        t.trace.packets.push(PacketStamp {
+            ts_ns: 2_000,
+            tap: "vnet0".into(),
+            kind: "icmp-echo-reply".into(),
+            ident: 7,
+            seq: 1,
+            sent_ns: 1_500,
+        });
+        let vcpu = |first, last, exit| VcpuStamp {
+            tid: 2,
+            first_enter_ns: first,
+            last_enter_ns: last,
+            last_exit_ns: exit,
+            enters: 2,
+        };
+        t.trace.link = Some(crate::probe::tracer::LinkTrace { bytes: 5, last_data_ns: 50 });
+        t.trace.source_vcpus.push(vcpu(10, 20, 30));
+        t.trace.destination_vcpus.push(vcpu(3_000, 4_000, 0));
+        t.map_stamps(|ns| ns * 2);
+        assert_eq!((t.attached_ns, t.trace.phases[0].ts_ns, t.trace.packets[0].ts_ns), (200, 2_000, 4_000));
+        assert_eq!((t.trace.phases[0].args, t.trace.phases[0].round), ([7; 3], Some(9)), "values are not stamps");
+        assert_eq!(t.trace.packets[0].sent_ns, 1_500, "the sender's echoed stamp is not this host's");
+        assert_eq!(t.trace.source_vcpus[0], vcpu(20, 40, 60));
+        assert_eq!(t.trace.destination_vcpus[0], vcpu(6_000, 8_000, 0), "0 means never");
+        assert_eq!(t.trace.link, Some(crate::probe::tracer::LinkTrace { bytes: 5, last_data_ns: 100 }));
+        let mut never = HostTrace::default();
+        never.map_stamps(|ns| ns + 5);
+        assert_eq!(never.attached_ns, 0, "never attached stays never");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use migtrace_common::event::PacketKind;
 
 use super::Event;
 
-/// Events kept per migration, at most: 72 MiB of them, 10 s of the fastest probe sender
+/// Events kept per migration, at most: 80 MiB of them, 10 s of the fastest probe sender
 /// (100 kHz) plus everything else. What does not fit is counted and recorded
 /// (`trace_health.dropped_records`), never silently lost; the indexes still see it.
 pub const CAPACITY: usize = 1 << 20;
@@ -156,8 +156,8 @@ mod tests {
     }
 
     #[test]
-    fn a_full_store_is_72_mib() {
-        assert_eq!(std::mem::size_of::<Event>() * CAPACITY, 72 << 20);
+    fn a_full_store_is_80_mib() {
+        assert_eq!(std::mem::size_of::<Event>() * CAPACITY, 80 << 20);
     }
 
     #[test]

@@ -45,6 +45,35 @@ pub struct Trace {
     pub source_vcpus: Vec<VcpuStamp>,
     pub destination_vcpus: Vec<VcpuStamp>,
     pub health: TraceHealth,
+    /// When each host had a tracer of its own (agents), the host that traced each side:
+    /// its phases carry its name (two hosts' QEMUs may have the same pid). None: one
+    /// tracer saw both QEMUs (the lab), its phases carry no host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host: Option<TraceHost>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_host: Option<TraceHost>,
+    /// The lab's link, when its classifier counted what crossed it (each phase stamp
+    /// then carries the count in `link_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkTrace>,
+}
+
+/// A host that traced one side of a migration with its own tracer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHost {
+    pub name: String,
+    /// When its tracer attached to the domain's QEMU (this trace's clock; 0: never): it
+    /// saw nothing of that QEMU before.
+    pub attached_ns: u64,
+}
+
+/// The link's counter at the end of a migration's trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTrace {
+    /// Data bytes the link had carried (since the programs were loaded).
+    pub bytes: u64,
+    /// When its last data packet arrived (monotonic ns; 0: none yet).
+    pub last_data_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +98,13 @@ pub struct PhaseStamp {
     /// Return: why values behind pointer arguments are missing from `args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread: Option<Unread>,
+    /// Data bytes the lab's link had carried when the probe fired (meaningful when the
+    /// trace has a `link`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub link_bytes: u64,
+    /// The host whose tracer saw it, in a trace merged from several hosts' tracers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Why a return probe could not read the values behind pointer arguments.
@@ -105,6 +141,40 @@ impl Unread {
     }
 }
 
+impl Trace {
+    /// Applies `f` to every stamp of the host's clock (phases, packets, vCPU runs, the
+    /// link's last packet): the one list of what converts when the host's clock is not
+    /// ours. A 0 stamp means "never" and stays 0; the echoed send stamps in packets are
+    /// the sender's and stay.
+    pub fn map_stamps(&mut self, f: impl Fn(u64) -> u64) {
+        let f = |t: u64| if t == 0 { 0 } else { f(t) };
+        for p in &mut self.phases {
+            p.ts_ns = f(p.ts_ns);
+        }
+        for p in &mut self.packets {
+            p.ts_ns = f(p.ts_ns);
+        }
+        for v in self.source_vcpus.iter_mut().chain(&mut self.destination_vcpus) {
+            (v.first_enter_ns, v.last_enter_ns, v.last_exit_ns) =
+                (f(v.first_enter_ns), f(v.last_enter_ns), f(v.last_exit_ns));
+        }
+        if let Some(link) = &mut self.link {
+            link.last_data_ns = f(link.last_data_ns);
+        }
+    }
+
+    /// Whether `s` is a stamp of the source's QEMU: its pid and, in a trace merged from
+    /// several hosts, its host.
+    pub fn from_source(&self, s: &PhaseStamp) -> bool {
+        s.tgid == self.source_pid && s.host.as_deref() == self.source_host.as_ref().map(|h| h.name.as_str())
+    }
+
+    /// Whether `s` is a stamp of the destination's QEMU (see [`Trace::from_source`]).
+    pub fn from_destination(&self, s: &PhaseStamp) -> bool {
+        s.tgid == self.destination_pid && s.host.as_deref() == self.destination_host.as_ref().map(|h| h.name.as_str())
+    }
+}
+
 /// A phase stamp as records hold it. Records written before `returned` and `round`
 /// hold one `value`: the return value on returns, the round counter on entries.
 #[derive(Deserialize)]
@@ -122,7 +192,11 @@ struct PhaseStampRecord {
     #[serde(default)]
     unread: Option<Unread>,
     #[serde(default)]
+    link_bytes: u64,
+    #[serde(default)]
     value: Option<u64>,
+    #[serde(default)]
+    host: Option<String>,
 }
 
 impl From<PhaseStampRecord> for PhaseStamp {
@@ -142,6 +216,8 @@ impl From<PhaseStampRecord> for PhaseStamp {
             returned,
             round,
             unread: r.unread,
+            link_bytes: r.link_bytes,
+            host: r.host,
         }
     }
 }
@@ -164,6 +240,9 @@ impl PhaseStamp {
             returned: ret.then_some(e.ret),
             round: (!ret).then(|| u32::try_from(e.ret).ok()).flatten(),
             unread: if ret { Unread::of_flags(e.flags) } else { None },
+            link_bytes: e.link_bytes,
+            // One tracer saw it; a merge of several hosts' traces names the host.
+            host: None,
         }
     }
 }
@@ -295,6 +374,8 @@ pub struct Tracer {
     qemus: HashMap<u32, QemuProbes>,
     /// (tap name, ifindex) of the lab's taps; empty without a lab network.
     pub taps: Vec<(String, u32)>,
+    /// Whether the lab's link is counted.
+    link: bool,
     missing_tracepoints: Vec<String>,
     loss_before: Loss,
     diagnostics_before: Diagnostics,
@@ -303,22 +384,30 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads the programs, attaches the KVM tracepoints and the classifier to each of
-    /// `taps` (a tap in its namespace), and starts collecting. Must be called within a
-    /// tokio runtime. Taps in different namespaces must have different interface
-    /// indexes (the classifier's events carry only the index).
-    pub fn start(taps: &[(String, &str)]) -> Result<Self, TraceError> {
-        Self::with_probes(Probes::load()?, taps)
+    /// Loads the programs, attaches the KVM tracepoints, the packet classifier to each
+    /// of `taps` and the link counter to each end of `link` (each an interface in its
+    /// namespace), and starts collecting. Must be called within a tokio runtime. Taps
+    /// in different namespaces must have different interface indexes (the classifier's
+    /// events carry only the index).
+    pub fn start(taps: &[(String, &str)], link: &[(String, &str)]) -> Result<Self, TraceError> {
+        Self::with_probes(Probes::load()?, taps, link)
     }
 
     /// As [`Tracer::start`], with probes already loaded (e.g. with resized maps).
-    pub fn with_probes(mut probes: Probes, taps: &[(String, &str)]) -> Result<Self, TraceError> {
+    pub fn with_probes(
+        mut probes: Probes,
+        taps: &[(String, &str)],
+        link: &[(String, &str)],
+    ) -> Result<Self, TraceError> {
         let missing_tracepoints = probes.attach_kvm()?;
         let mut attached = Vec::new();
         for (ns, tap) in taps {
             attached.extend(probes.attach_taps(Some(ns), &[tap])?);
         }
         let taps = attached;
+        for (ns, dev) in link {
+            probes.attach_link(ns, dev)?;
+        }
         let store = Arc::new(Mutex::new(EventStore::default()));
         let collector =
             Collector::spawn_into(probes.take_events()?, Sink::Store(store.clone())).map_err(TraceError::Collector)?;
@@ -331,6 +420,7 @@ impl Tracer {
             store,
             qemus: HashMap::new(),
             taps,
+            link: !link.is_empty(),
             missing_tracepoints,
             loss_before,
             diagnostics_before,
@@ -467,7 +557,15 @@ impl Tracer {
             .into_iter()
             .map(|((round, what), counts)| RoundKvm { round, what: kvm_what_name(what).to_owned(), counts })
             .collect();
+        let link = match self.link {
+            true => {
+                let (bytes, last_data_ns) = self.probes.link_counter()?;
+                Some(LinkTrace { bytes, last_data_ns })
+            }
+            false => None,
+        };
         Ok(Trace {
+            link,
             source_pid: source,
             destination_pid: destination,
             phases,
@@ -489,6 +587,9 @@ impl Tracer {
                 diagnostics: diagnostics.named(),
                 dropped_records: dropped,
             },
+            // One tracer, one host: its phases carry no host name.
+            source_host: None,
+            destination_host: None,
         })
     }
 
@@ -520,6 +621,7 @@ mod tests {
             flags,
             args: [9, 0, 0],
             ret: 3,
+            link_bytes: 0,
         };
         let entry = PhaseStamp::of_event(&event(0), PhasePoint::DirtyLogSync);
         assert_eq!((entry.round, entry.returned), (Some(3), None));
@@ -534,6 +636,7 @@ mod tests {
             flags,
             args,
             ret,
+            link_bytes: 0,
         }
     }
 

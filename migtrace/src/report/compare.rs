@@ -97,6 +97,8 @@ const DOWNTIMES: &[(&str, &str)] = &[
     ("vcpu.qmp", "downtime.vcpu.qmp"),
     ("reported", "downtime.reported"),
     ("heartbeat_gap", "downtime.heartbeat_gap"),
+    ("outages_total", "downtime.outages_total"),
+    ("longest_outage", "downtime.longest_outage"),
 ];
 const MIGRATION_TIMES: &[(&str, &str)] = &[
     ("command", "migration_time.command"),

@@ -342,9 +342,9 @@ fn migration(b: &mut Builder, r: &MigrationRecord, notes: &mut Vec<String>) {
         );
     }
     for s in &trace.phases {
-        let pid = if s.tgid == trace.source_pid {
+        let pid = if trace.from_source(s) {
             SOURCE_PID
-        } else if s.tgid == trace.destination_pid {
+        } else if trace.from_destination(s) {
             DESTINATION_PID
         } else {
             continue;

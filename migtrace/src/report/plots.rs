@@ -14,6 +14,10 @@ use plotters::{
 };
 use serde::Serialize;
 
+pub mod series;
+
+pub use series::{Series, SeriesFigure, SeriesPanel, series_figure};
+
 type Seg = SegmentValue<i32>;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,8 @@ pub fn label(measure: &str) -> &str {
         "downtime.vcpu" => "vCPU blackout",
         "downtime.vcpu.qmp" => "vCPU blackout (QMP)",
         "downtime.reported" => "reported (QEMU or libvirt)",
+        "downtime.outages_total" => "all outages (total)",
+        "downtime.longest_outage" => "longest outage",
         "migration_time.command" => "command (paper)",
         "migration_time.reported" => "reported (QEMU total-time or libvirt)",
         "migration_time.traced" => "traced",
@@ -57,6 +63,8 @@ pub fn short_label(measure: &str) -> &str {
         "downtime.vcpu" => "vCPU",
         "downtime.vcpu.qmp" => "vCPU (QMP)",
         "downtime.reported" => "reported",
+        "downtime.outages_total" => "outages",
+        "downtime.longest_outage" => "longest outage",
         other => label(other),
     }
 }
@@ -72,6 +80,7 @@ pub fn color(measure: &str) -> RGBColor {
             RGBColor(120, 190, 120)
         }
         "downtime.reported" | "migration_time.reported" => RGBColor(200, 40, 60),
+        "downtime.outages_total" | "downtime.longest_outage" => RGBColor(120, 80, 170),
         _ => RGBColor(90, 90, 90),
     }
 }

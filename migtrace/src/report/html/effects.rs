@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use statrs::distribution::{ContinuousCDF as _, StudentsT};
 
-use super::{Builder, Experiment, HtmlError, ci, esc, num, slug, table, varied};
+use super::{Builder, Experiment, HtmlError, ci, esc, level_mean, level_n, slug, table, varied};
 use crate::{
     experiment::spec::Design,
     measure::quality::MEASURES,
@@ -68,14 +68,7 @@ fn effect_figure(
         .iter()
         .flat_map(|p| {
             p.points.iter().map(|x| {
-                vec![
-                    esc(&p.measure),
-                    esc(&x.level),
-                    format!("{}{}", if x.censored > 0 { "≥ " } else { "" }, num(Some(x.mean))),
-                    ci(x.ci95),
-                    if x.censored > 0 { format!("{} ({} ≥)", x.n, x.censored) } else { x.n.to_string() },
-                    x.treatments.to_string(),
-                ]
+                vec![esc(&p.measure), esc(&x.level), level_mean(x), ci(x.ci95), level_n(x), x.treatments.to_string()]
             })
         })
         .collect();

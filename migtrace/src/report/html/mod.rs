@@ -3,7 +3,10 @@
 //!
 //! The page is its sections, one file each, in this order: `overview` (the spec, the
 //! machine and the counts), `effects` (per factor the paper's single-variable plots),
-//! `heatmaps` (the treatment means over every pair of numeric factors), `cdf` (the
+//! `heatmaps` (the treatment means over every pair of numeric factors), `fig4` (the
+//! paper's Fig. 4: downtime and migration time over WSET × RATE per VMSIZE),
+//! `switchover` (QEMU's switchover settings against the link, what the stop-and-copy
+//! achieved on it), `cdf` (the
 //! downtime distributions over all treatments), `treatments` (per treatment the downtime
 //! methods side by side, its CDFs and the `timelines` of its median and worst
 //! migration), `tables` (Table II and the effect tables) and, when `migtrace model
@@ -18,9 +21,12 @@
 
 mod cdf;
 mod effects;
+mod fig4;
 mod heatmaps;
+mod marginal;
 mod model;
 mod overview;
+mod switchover;
 mod tables;
 mod timelines;
 mod treatments;
@@ -133,6 +139,8 @@ pub fn render(e: &Experiment<'_>) -> Result<Page, HtmlError> {
     overview::section(&mut b, e)?;
     effects::section(&mut b, e)?;
     heatmaps::section(&mut b, e)?;
+    fig4::section(&mut b, e)?;
+    switchover::section(&mut b, e)?;
     cdf::section(&mut b, e)?;
     treatments::section(&mut b, e)?;
     tables::section(&mut b, e)?;
@@ -173,6 +181,16 @@ fn slug(s: &str) -> String {
 /// `12.35`, or "–" for no value.
 fn num(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.2}"))
+}
+
+/// A level's mean, "≥" where lower bounds (censored migrations) are among its values.
+fn level_mean(x: &crate::report::plots::LevelPoint) -> String {
+    format!("{}{}", if x.censored > 0 { "≥ " } else { "" }, num(Some(x.mean)))
+}
+
+/// A level's migrations, with how many are lower bounds.
+fn level_n(x: &crate::report::plots::LevelPoint) -> String {
+    if x.censored > 0 { format!("{} ({} ≥)", x.n, x.censored) } else { x.n.to_string() }
 }
 
 /// A 95 % confidence interval; one of width 0 says why (every value was equal: no

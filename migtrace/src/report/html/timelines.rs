@@ -190,9 +190,22 @@ pub fn gantt_of(r: &MigrationRecord, title: &str) -> Option<Gantt> {
     Some(Gantt { title: title.to_owned(), rows, bars, marks, zoom })
 }
 
-/// The guest's silences as bars: the probe gap and the ping's largest gap.
+/// The guest's silences as bars: every outage (the one the switchover fell in, and the
+/// stalls before and after it), the probe gap and the ping's largest gap.
 fn silences(r: &MigrationRecord) -> Vec<GanttBar> {
-    let mut bars = Vec::new();
+    let mut bars: Vec<GanttBar> = r
+        .outages
+        .iter()
+        .flatten()
+        .filter(|o| !o.switchover && o.counted())
+        .map(|o| GanttBar {
+            row: "guest not heard".into(),
+            label: if o.open { "outage (open)".into() } else { "outage".into() },
+            start_ms: o.start_ms,
+            end_ms: o.start_ms + o.duration_ms,
+            kind: BarKind::Gap,
+        })
+        .collect();
     if let Some(p) = &r.probe
         && let (Some(start), Some(gap)) = (p.gap_start_ms, r.downtime_ms.probe_gap)
     {
@@ -225,7 +238,7 @@ fn zoom(bars: &[GanttBar]) -> Option<(f64, f64)> {
     let switch: Vec<&GanttBar> = bars
         .iter()
         .filter(|b| {
-            b.kind == BarKind::Gap
+            (b.kind == BarKind::Gap && !b.label.starts_with("outage"))
                 || ["vm-stop", "stop-and-copy", "destination load", "resume", "destination load + resume"]
                     .contains(&b.label.as_str())
         })
