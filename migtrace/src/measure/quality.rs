@@ -258,6 +258,21 @@ pub(crate) mod tests {
         assert_eq!(probe.reading(&late), Some(Reading::AtLeast(5012.0)));
         assert_eq!(ping.reading(&late), Some(Reading::AtLeast(4500.0)));
         assert_eq!(vcpu.reading(&late), Some(Reading::Exact(40.0)));
+        // An outage still open at the end counts to the end: the totals are bounds.
+        let mut outage = late.clone();
+        outage.outages = Some(vec![crate::measure::outage::Outage {
+            start_ms: 900.0,
+            duration_ms: 5012.0,
+            phase: "switchover + after resume".into(),
+            switchover: true,
+            evidence: "probe replies at the taps".into(),
+            hosts: None,
+            open: true,
+            sender_late_ms: None,
+        }]);
+        (outage.downtime_ms.outages_total, outage.downtime_ms.longest_outage) = (Some(5012.0), Some(5012.0));
+        let total = MEASURES.iter().find(|m| m.name == "downtime.outages_total").expect("measure");
+        assert_eq!(total.reading(&outage), Some(Reading::AtLeast(5012.0)));
         // Never heard from again, or crashed: unhealthy, not counted.
         let hung = silent(5012.0, false);
         assert_eq!(category(&hung), Category::GuestUnhealthy);
