@@ -568,7 +568,7 @@ mod tests {
     fn fallback_figures_are_a_measure_of_their_own() {
         let mut traced = record("a", 0, 40.0, 0.0);
         traced.downtime_ms.vcpu = Some(20.0);
-        traced.evidence.insert("downtime_ms.vcpu".into(), Evidence::Probe);
+        traced.evidence.insert("downtime_ms.vcpu".into(), Evidence::Ebpf);
         let mut qmp = record("a", 1, 40.0, 0.0);
         qmp.downtime_ms.vcpu = Some(35.0);
         qmp.evidence.insert("downtime_ms.vcpu".into(), Evidence::Qmp);

@@ -23,7 +23,7 @@ warmup = "500ms"
 wset = ["16M"]
 rate = [0, 1000]
 [measure]
-probes = false
+tracing = false
 ping_interval_ms = 0
 probe_rate_hz = 0
 settle_s = 0.2

@@ -38,7 +38,7 @@ fn temp_root(tag: &str) -> PathBuf {
 fn tiny_spec(name: &str, extra: &str) -> String {
     format!(
         "name = \"{name}\"\nrepetitions = 1\nwarmup = \"200ms\"\n[factors]\nwset = [\"16M\"]\nrate = [0]\n{extra}\
-         [measure]\nprobes = false\nping_interval_ms = 0\nprobe_rate_hz = 0\nsettle_s = 0.2\nsettle_max_s = 0.2\n\
+         [measure]\ntracing = false\nping_interval_ms = 0\nprobe_rate_hz = 0\nsettle_s = 0.2\nsettle_max_s = 0.2\n\
          memory_check = false\n"
     )
 }
@@ -608,7 +608,7 @@ fn ring_buffer_overflow_is_counted_flagged_and_kept_out_of_statistics() {
     let root = temp_root("ring");
     // A probe flood (50,000 requests/s, each reply stamped at the taps) into a 4 KiB ring.
     let text = tiny_spec("ring-test", "")
-        .replace("probes = false", "probes = true")
+        .replace("tracing = false", "tracing = true")
         .replace("probe_rate_hz = 0", "probe_rate_hz = 50000");
     let spec = write_spec(&root, "ring-test", &text);
     let bad = migtrace()

@@ -123,7 +123,7 @@ fn section(name: &'static str, keys: &'static [&'static str]) -> impl Strategy<V
 /// or with bytes flipped.
 fn spec_text() -> impl Strategy<Value = String> {
     const VALID: &str = "name = \"fuzz\"\nrepetitions = 2\nwarmup = \"500ms\"\n[factors]\nwset = [\"16M\", \"32M\"]\n\
-                         rate = [0, 1000]\n[measure]\nprobes = false\nsettle_s = 0.2\n[migration]\ntimeout_s = 30\n";
+                         rate = [0, 1000]\n[measure]\ntracing = false\nsettle_s = 0.2\n[migration]\ntimeout_s = 30\n";
     prop_oneof![
         3 => (
             section("", TOP_KEYS),

@@ -71,7 +71,7 @@ fn marks_are_the_raw_stamps_read_by_hand() {
     // The first probe reply through tap-b after the resume.
     assert!(close(ms(&r, m.first_packet_ns), 841.471936));
     assert!(t.fallbacks.is_empty() && t.missing.is_empty(), "{:?} {:?}", t.fallbacks, t.missing);
-    assert_eq!(t.mark_evidence("source-paused"), Evidence::Probe);
+    assert_eq!(t.mark_evidence("source-paused"), Evidence::Ebpf);
 }
 
 #[test]
@@ -214,11 +214,11 @@ fn missing_symbols_degrade_to_qmp_without_failing() {
     assert!(t.fallbacks.iter().any(|f| f.starts_with("setup")));
     assert!(t.fallbacks.iter().any(|f| f.contains("rounds from QMP")));
     assert!(t.phase("stop-and-copy").is_some() && t.phase("resume").is_some());
-    assert_eq!(t.phase("resume").map(|p| p.evidence), Some(Evidence::Probe), "other points still from probes");
+    assert_eq!(t.phase("resume").map(|p| p.evidence), Some(Evidence::Ebpf), "other points still from probes");
     // The traced migration time now rests on QMP marks: labelled, not pooled.
     let m = downtime::compute(&r.outcome, &t, None, None);
     assert_eq!(m.evidence.get("migration_time_ms.traced"), Some(&Evidence::Qmp));
-    assert_eq!(m.evidence.get("downtime_ms.vcpu"), Some(&Evidence::Probe));
+    assert_eq!(m.evidence.get("downtime_ms.vcpu"), Some(&Evidence::Ebpf));
 }
 
 #[test]

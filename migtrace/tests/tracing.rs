@@ -187,7 +187,7 @@ async fn idle_guest_vcpu_blackout_is_qemus_pause_to_resume() {
         assert!((resume.0..=resume.1).contains(&resumed), "resumed {resumed} outside resume_all_vcpus {resume:?}");
         let vcpu = r.downtime_ms.vcpu.expect("vcpu");
         assert!((vcpu - (resumed - paused) as f64 / 1e6).abs() < 1e-9);
-        assert_eq!(r.evidence.get("downtime_ms.vcpu"), Some(&migtrace::measure::timeline::Evidence::Probe));
+        assert_eq!(r.evidence.get("downtime_ms.vcpu"), Some(&migtrace::measure::timeline::Evidence::Ebpf));
         // What the guest-code stamps alone would have said.
         let last_exit = trace.source_vcpus.iter().map(|v| v.last_exit_ns).max().expect("source vCPU");
         let first_enter = trace.destination_vcpus.iter().map(|v| v.first_enter_ns).min().expect("destination vCPU");

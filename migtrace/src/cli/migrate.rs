@@ -168,9 +168,11 @@ impl MigrationArgs {
 /// How migrations are observed.
 #[derive(Args, Clone, Debug)]
 pub struct MeasureArgs {
-    /// Do not load eBPF probes (no phase timeline from QEMU, no packet stamps).
-    #[arg(long)]
-    pub no_probes: bool,
+    /// Do not load the eBPF programs (no phase timeline from QEMU, no vCPU blackout, no
+    /// packet stamps at the taps): QMP events and the ping only. (`--no-probes` before
+    /// 2026-12; the probe sender is `--probe-rate`.)
+    #[arg(long, alias = "no-probes")]
+    pub no_tracing: bool,
     /// Interval of the paper's reference ping, ms; 0 turns it off.
     #[arg(long, default_value_t = 50.0, value_name = "MS")]
     pub ping_interval: f64,
@@ -221,7 +223,7 @@ impl MeasureArgs {
             bail!("--outage-threshold must be from 1 to 10000 send intervals");
         }
         Ok(MeasureOptions {
-            trace: !self.no_probes,
+            trace: !self.no_tracing,
             ping_interval: (self.ping_interval > 0.0).then(|| Duration::from_secs_f64(self.ping_interval / 1e3)),
             probe_interval: (self.probe_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / self.probe_rate)),
             settle: Duration::from_secs_f64(self.settle),
@@ -248,7 +250,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
         // Root, capabilities, tracefs: refused now rather than after the guest booted.
         migtrace::lab::check_privileges()?;
         if options.trace {
-            migtrace::probe::preflight().context("the eBPF probes (--no-probes measures without them)")?;
+            migtrace::probe::preflight().context("the eBPF tracing (--no-tracing measures without it)")?;
         }
     }
     // One run per output directory; checked to take files before any lab starts.
@@ -324,7 +326,7 @@ pub async fn run(args: MigrateArgs) -> Result<()> {
             let mut lab = Lab::up(config).await?;
             eprintln!("lab {} up in {:.1} s ({})", lab.id, lab.boot_time.as_secs_f64(), lab.accel_label());
             let mut session = Session::start(lab.network(), options)
-                .context("starting the eBPF probes (--no-probes runs without)")?;
+                .context("starting the eBPF tracing (--no-tracing runs without)")?;
             tokio::time::sleep(warmup).await;
             let result = migrate_n(&mut lab, &mut session, &params, args.count, &treatment, &mut writer).await;
             session.stop().await?;

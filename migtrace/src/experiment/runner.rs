@@ -47,7 +47,7 @@ pub enum RunError {
         #[source]
         source: crate::probe::agent::AgentError,
     },
-    #[error("treatment {treatment}: starting the probes: {source}")]
+    #[error("treatment {treatment}: starting the eBPF tracing: {source}")]
     Trace {
         treatment: String,
         #[source]
@@ -223,7 +223,7 @@ impl Progress {
 fn measure_options(spec: &ExperimentSpec) -> MeasureOptions {
     let m = &spec.raw.measure;
     MeasureOptions {
-        trace: m.probes,
+        trace: m.tracing,
         ping_interval: (m.ping_interval_ms > 0.0).then(|| Duration::from_secs_f64(m.ping_interval_ms / 1e3)),
         probe_interval: (m.probe_rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / m.probe_rate_hz)),
         settle: Duration::from_secs_f64(m.settle_s),
@@ -265,7 +265,7 @@ pub async fn run(
     // after the first boot.
     if matches!(spec.backend(), Backend::Lab | Backend::LibvirtLab) {
         crate::lab::check_privileges()?;
-        if spec.raw.measure.probes {
+        if spec.raw.measure.tracing {
             crate::probe::preflight()?;
         }
     }

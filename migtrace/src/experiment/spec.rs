@@ -163,7 +163,10 @@ pub enum Order {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeasureSection {
-    pub probes: bool,
+    /// Load the eBPF programs (phase timeline, vCPU blackout, packet stamps at the taps).
+    /// Specs before 2026-12 called it `probes`, which the probe sender is called too.
+    #[serde(alias = "probes")]
+    pub tracing: bool,
     pub ping_interval_ms: f64,
     pub probe_rate_hz: f64,
     pub settle_s: f64,
@@ -183,7 +186,7 @@ fn is_default_outage_threshold(v: &f64) -> bool {
 impl Default for MeasureSection {
     fn default() -> Self {
         Self {
-            probes: true,
+            tracing: true,
             ping_interval_ms: 50.0,
             probe_rate_hz: 1000.0,
             settle_s: 1.0,
@@ -675,6 +678,13 @@ mod tests {
         );
         assert!(ExperimentSpec::parse(&format!("{head}[factors]\nvmsize = [\"64M\"]\nwset = [\"32M\"]\n")).is_ok());
         assert!(err("name = \"t\"\nrepetitions = 1\nguest = \"bsd\"\n[factors]\nvcpus = [1]\n").contains("misspelled"));
+    }
+
+    #[test]
+    fn older_specs_still_say_probes_for_tracing() {
+        let head = "name = \"t\"\nrepetitions = 1\n[factors]\nwset = [\"16M\"]\n[measure]\n";
+        assert!(!ExperimentSpec::parse(&format!("{head}probes = false\n")).expect("old name").raw.measure.tracing);
+        assert!(!ExperimentSpec::parse(&format!("{head}tracing = false\n")).expect("new name").raw.measure.tracing);
     }
 
     #[test]

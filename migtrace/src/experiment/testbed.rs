@@ -32,7 +32,7 @@ pub enum TestbedError {
     LibvirtLab(#[from] LibvirtLabError),
     #[error(transparent)]
     Libvirt(#[from] LibvirtError),
-    #[error("starting the probes: {0}")]
+    #[error("starting the eBPF tracing: {0}")]
     Trace(#[from] TraceError),
     #[error("starting the hosts' tracing agents: {0}")]
     Agent(#[from] AgentError),

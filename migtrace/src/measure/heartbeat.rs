@@ -136,7 +136,7 @@ mod tests {
             host: Host::Destination,
             start_ms: 100.0,
             duration_ms: 0.5,
-            evidence: Evidence::Probe,
+            evidence: Evidence::Ebpf,
             parallel: false,
         });
         add_phase(&mut t, 1_000_000_000 + 101_500_000);

@@ -74,14 +74,14 @@ pub fn evidence_of(r: &MigrationRecord, measure: &str) -> Evidence {
     if let Some(e) = r.evidence.get(measure) {
         return *e;
     }
-    let Some(t) = &r.timeline else { return Evidence::Probe };
+    let Some(t) = &r.timeline else { return Evidence::Ebpf };
     let marks: &[&str] = match measure {
         "downtime_ms.vcpu" => &["source-paused", "destination-resumed"],
         "migration_time_ms.traced" => &["setup", "source-completed"],
         "migration_time_ms.traced_to_resume" => &["setup", "destination-resumed"],
         _ => &[],
     };
-    marks.iter().map(|m| t.mark_evidence(m)).fold(Evidence::Probe, Evidence::combine)
+    marks.iter().map(|m| t.mark_evidence(m)).fold(Evidence::Ebpf, Evidence::combine)
 }
 
 /// `v` if `r`'s `measure` was taken with `want`: probe-based and QMP-based figures are
@@ -108,7 +108,7 @@ pub const MEASURES: &[Measure] = &[
     },
     Measure {
         name: "downtime.vcpu",
-        get: |r| from(r, "downtime_ms.vcpu", Evidence::Probe, r.downtime_ms.vcpu),
+        get: |r| from(r, "downtime_ms.vcpu", Evidence::Ebpf, r.downtime_ms.vcpu),
         open: closed,
     },
     Measure {
@@ -126,7 +126,7 @@ pub const MEASURES: &[Measure] = &[
     Measure { name: "migration_time.reported", get: |r| r.migration_time_ms.reported, open: closed },
     Measure {
         name: "migration_time.traced",
-        get: |r| from(r, "migration_time_ms.traced", Evidence::Probe, r.migration_time_ms.traced),
+        get: |r| from(r, "migration_time_ms.traced", Evidence::Ebpf, r.migration_time_ms.traced),
         open: closed,
     },
     Measure {
@@ -136,7 +136,7 @@ pub const MEASURES: &[Measure] = &[
     },
     Measure {
         name: "migration_time.traced_to_resume",
-        get: |r| from(r, "migration_time_ms.traced_to_resume", Evidence::Probe, r.migration_time_ms.traced_to_resume),
+        get: |r| from(r, "migration_time_ms.traced_to_resume", Evidence::Ebpf, r.migration_time_ms.traced_to_resume),
         open: closed,
     },
     Measure {

@@ -33,8 +33,10 @@ pub enum Host {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Evidence {
-    /// eBPF probes on QEMU, KVM or vCPU threads.
-    Probe,
+    /// eBPF programs on QEMU (uprobes), KVM or vCPU threads. Records before 2026-12
+    /// said `probe`, which the probe sender's figures also say.
+    #[serde(alias = "probe")]
+    Ebpf,
     /// QMP events (microsecond stamps), standing in for missing probe points.
     Qmp,
     /// Packets at the taps.
@@ -49,7 +51,7 @@ impl Evidence {
         match (a, b) {
             (Evidence::Qmp, _) | (_, Evidence::Qmp) => Evidence::Qmp,
             (Evidence::Packet, _) | (_, Evidence::Packet) => Evidence::Packet,
-            _ => Evidence::Probe,
+            _ => Evidence::Ebpf,
         }
     }
 }
@@ -199,7 +201,7 @@ impl Timeline {
         match self.evidence.get(name) {
             Some(e) => *e,
             None if self.fallbacks.iter().any(|f| f.starts_with(&format!("{name} from QMP"))) => Evidence::Qmp,
-            None => Evidence::Probe,
+            None => Evidence::Ebpf,
         }
     }
 
@@ -316,7 +318,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let mut pick = |name: &'static str, probe: Option<u64>, qmp: Option<u64>| -> Option<u64> {
         match (probe, qmp) {
             (Some(t), _) => {
-                evidence_of.insert(name.to_owned(), Evidence::Probe);
+                evidence_of.insert(name.to_owned(), Evidence::Ebpf);
                 Some(t)
             }
             (None, Some(t)) => {
@@ -397,7 +399,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
     let loaded_probe = dst.last("LoadvmState", true);
     let loaded = match (loaded_probe, resumed_probe, resume_event) {
         (Some(t), ..) => {
-            evidence_of.insert("destination-loaded".into(), Evidence::Probe);
+            evidence_of.insert("destination-loaded".into(), Evidence::Ebpf);
             Some(t)
         }
         (None, Some(r), Some(e)) if e <= r => {
@@ -449,7 +451,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
 
     let origin = o.start_ns;
     let ms = |t: u64| (t as i128 - origin as i128) as f64 / 1e6;
-    let ev = |name: &str| evidence_of.get(name).copied().unwrap_or(Evidence::Probe);
+    let ev = |name: &str| evidence_of.get(name).copied().unwrap_or(Evidence::Ebpf);
     let mut phases = Vec::new();
     let mut unplaced = Vec::new();
     let mut push = |name: String, host: Host, a: Option<u64>, b: Option<u64>, evidence: Evidence, parallel: bool| {
@@ -536,7 +538,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
             kvm,
         });
         if !final_round {
-            let evidence = if sync_entries.is_empty() { Evidence::Qmp } else { Evidence::Probe };
+            let evidence = if sync_entries.is_empty() { Evidence::Qmp } else { Evidence::Ebpf };
             push(format!("pre-copy round {n}"), Host::Source, Some(start), Some(end), evidence, false);
         }
     }
@@ -578,7 +580,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         Host::Source,
         src.first("SavevmStateCleanup", false),
         src.last("SavevmStateCleanup", true).or(src.first("DirtyLogStop", false)),
-        Evidence::Probe,
+        Evidence::Ebpf,
         true,
     );
     push(
@@ -586,7 +588,7 @@ pub fn assemble(input: &Input<'_>) -> Timeline {
         Host::Destination,
         receive_start,
         dst.last("LoadvmState", true),
-        Evidence::Probe,
+        Evidence::Ebpf,
         true,
     );
     if let Some(why) = load_missed {
@@ -765,11 +767,18 @@ mod tests {
         assert_eq!(t.marks.source_paused_ns, Some(100 * MS + 30 * US));
         assert_eq!(t.marks.source_paused_clamped_ms, Some(0.0));
         assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS + 560 * US));
-        assert_eq!(t.mark_evidence("destination-resumed"), Evidence::Probe);
+        assert_eq!(t.mark_evidence("destination-resumed"), Evidence::Ebpf);
         // A destination entry before resume_all_vcpus began (123 ms) is not the resume.
         let t = assemble_with(Some(&idle_trace(100 * MS + 30 * US, 122 * MS + 500 * US)), &o, Some((7, 2)));
         assert_eq!(t.marks.destination_resumed_ns, Some(123 * MS));
         assert_eq!(t.marks.destination_resumed_clamped_ms, Some(0.5));
+    }
+
+    #[test]
+    fn evidence_reads_the_name_older_records_use() {
+        let old: Evidence = serde_json::from_str("\"probe\"").expect("old name");
+        assert_eq!(old, Evidence::Ebpf);
+        assert_eq!(serde_json::to_string(&Evidence::Ebpf).expect("json"), "\"ebpf\"");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! migration on a busy host from pulling a parameter.
 //!
 //! Only traced figures are fitted and scored: a phase, vCPU blackout or traced time that
-//! a QMP event stood in for (no probe point) is left out, never pooled with the probes'
+//! a QMP event stood in for (no probe point) is left out, never pooled with eBPF's
 //! (as the statistics keep `….qmp` apart; [`quality::evidence_of`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,11 +112,11 @@ fn manager_of(r: &MigrationRecord) -> Manager {
 
 /// Whether `r`'s `measure` (`downtime_ms.vcpu`, …) was traced, not a QMP stand-in.
 fn traced(r: &MigrationRecord, measure: &str) -> bool {
-    quality::evidence_of(r, measure) == Evidence::Probe
+    quality::evidence_of(r, measure) == Evidence::Ebpf
 }
 
 /// The measured values a prediction is scored against (the vCPU blackout only where
-/// probes took it).
+/// eBPF took it).
 pub fn measured(r: &MigrationRecord) -> BTreeMap<Measure, f64> {
     let rounds = r
         .outcome
@@ -161,7 +161,7 @@ pub fn observations(records: &[MigrationRecord]) -> (Vec<Observation>, Vec<Strin
 fn observe(r: &MigrationRecord) -> Result<Observation, String> {
     let vm = vm_of(r)?;
     let t = r.timeline.as_ref().ok_or("no timeline")?;
-    // Phases a QMP event stood in for are not the probes' figures: left out.
+    // Phases a QMP event stood in for are not eBPF's figures: left out.
     let phase = |name: &str| t.phase(name).filter(|p| p.evidence != Evidence::Qmp).map(|p| p.duration_ms);
     let precopy_rounds: Vec<_> = t.rounds.iter().filter(|x| !x.final_round).collect();
     let ram = r.outcome.stats.ram.as_ref();
@@ -618,7 +618,7 @@ pub(crate) mod tests {
             host: Host::Source,
             start_ms,
             duration_ms,
-            evidence: Evidence::Probe,
+            evidence: Evidence::Ebpf,
             parallel: false,
         };
         let sent = paused + pred.stop_copy_ms;

@@ -216,7 +216,7 @@ fn migration(b: &mut Builder, r: &MigrationRecord, notes: &mut Vec<String>) {
             "round",
             s,
             e,
-            round_args(x, crate::measure::timeline::Evidence::Probe),
+            round_args(x, crate::measure::timeline::Evidence::Ebpf),
         );
         if let Some(sync) = x.sync_ms {
             b.slice((SOURCE_PID, MAIN_TID), "dirty-log sync", "sync", s, (s + ns(sync)).min(e), json!({"ms": sync}));
@@ -355,7 +355,7 @@ fn migration(b: &mut Builder, r: &MigrationRecord, notes: &mut Vec<String>) {
             pid,
             PROBE_POINTS_TID,
             name,
-            "probe",
+            "uprobe",
             rel(s.ts_ns),
             json!({"tid": s.tid, "args": s.args, "returned": s.returned, "round": s.round, "unread": s.unread}),
         );
