@@ -1,7 +1,7 @@
 //! Soak: many consecutive measured migrations of one lab guest (ping-pong, dirty
 //! workload, every measure on), as `migtrace run` does them. Checks that nothing is lost
-//! or left behind and that migtrace's own memory and open file descriptors stay flat,
-//! and prints the figures.
+//! or left behind and that migtrace's own memory and open file descriptors stay flat
+//! (the trend of a sample after every migration, [`trend`]), and prints the figures.
 //!
 //! Root, after `cargo xtask build`: `cargo bench -p migtrace --bench soak`.
 //! `SOAK_MIGRATIONS` (default 200), `SOAK_WORKLOAD` (default `wset=32M,rate=2000`).
@@ -17,6 +17,21 @@ use migtrace::{
     },
 };
 use workloads::spec::Spec;
+
+#[path = "soak/trend.rs"]
+mod trend;
+
+use trend::Trend;
+
+/// Growth per migration that counts as a leak, well above what the noise draws: open
+/// fds move by about 15 with what is in flight, whose slope over 50 samples is a few
+/// hundredths; one descriptor every 4 migrations is 50 in 200.
+const FDS_PER_MIGRATION: f64 = 0.25;
+/// RSS: 20 KiB a migration is 4 MiB in 200. The allocator grows to its high-water mark
+/// over the first tens of migrations (+850 KiB from the 10th to the 50th of 200, flat
+/// after), and a stall (a migration observed for minutes) raises it once, so RSS is
+/// judged over the second half of the samples: a leak grows there too.
+const RSS_KIB_PER_MIGRATION: f64 = 20.0;
 
 /// migtrace's resident memory (KiB) and open file descriptors.
 fn footprint() -> (u64, usize) {
@@ -84,9 +99,7 @@ async fn soak(n: u32, workload: &str, out: &Path) -> Result<(), String> {
         if rep + 1 < n {
             lab.prepare_next().await.map_err(|e| e.to_string())?;
         }
-        if rep + 1 == warm || rep + 1 == n || (rep + 1) % 50 == 0 {
-            samples.push((rep + 1, footprint()));
-        }
+        samples.push((rep + 1, footprint()));
         if (rep + 1) % 10 == 0 {
             eprintln!("soak: {}/{n} migrations, {:.0} s", rep + 1, started.elapsed().as_secs_f64());
         }
@@ -111,16 +124,33 @@ async fn soak(n: u32, workload: &str, out: &Path) -> Result<(), String> {
     println!();
     println!("| after migration | RSS (KiB) | open fds |");
     println!("| ---: | ---: | ---: |");
-    for (at, (rss, fds)) in &samples {
+    for (at, (rss, fds)) in samples.iter().filter(|(at, _)| *at == warm || *at == n || at % 10 == 0) {
         println!("| {at} | {rss} | {fds} |");
     }
-    let (_, (rss_warm, fds_warm)) = samples.iter().find(|(at, _)| *at == warm).copied().unwrap_or((0, (0, 0)));
-    let (_, (rss_end, fds_end)) = samples.last().copied().unwrap_or((0, (0, 0)));
+    // The trend after the warm-up, one sample per migration.
+    let after: Vec<&(u32, (u64, usize))> = samples.iter().filter(|(at, _)| *at >= warm.max(1)).collect();
+    let rss = Trend::fit(
+        &after[after.len() / 2..].iter().map(|(at, (rss, _))| (*at as f64, *rss as f64)).collect::<Vec<_>>(),
+    );
+    let fds = Trend::fit(&after.iter().map(|(at, (_, fds))| (*at as f64, *fds as f64)).collect::<Vec<_>>());
+    let range = |f: fn(&(u64, usize)) -> f64| {
+        let v: Vec<f64> = after.iter().map(|(_, s)| f(s)).collect();
+        (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+    };
+    let show =
+        |t: Option<Trend>| t.map_or_else(|| "too few samples".into(), |t| format!("{:+.3} ± {:.3}", t.slope, t.se));
     println!();
     println!(
-        "from migration {warm} to {n}: RSS {:+} KiB, fds {:+}",
-        rss_end as i64 - rss_warm as i64,
-        fds_end as i64 - fds_warm as i64
+        "from migration {warm} to {n} ({} samples): RSS {} KiB per migration over the second half (range \
+         {:.0}–{:.0}), open fds {} per migration (range {:.0}–{:.0}); a leak is more than {RSS_KIB_PER_MIGRATION} KiB \
+         or {FDS_PER_MIGRATION} fds per migration and 3 standard errors",
+        after.len(),
+        show(rss),
+        range(|s| s.0 as f64).0,
+        range(|s| s.0 as f64).1,
+        show(fds),
+        range(|s| s.1 as f64).0,
+        range(|s| s.1 as f64).1,
     );
     let mut problems = Vec::new();
     if written != n as usize {
@@ -132,8 +162,14 @@ async fn soak(n: u32, workload: &str, out: &Path) -> Result<(), String> {
     if !left.is_empty() || lab_left {
         problems.push(format!("left behind: {left:?}, lab {lab_left}"));
     }
-    if fds_end > fds_warm {
-        problems.push(format!("open fds grew from {fds_warm} to {fds_end}"));
+    match fds {
+        Some(t) if t.grows(FDS_PER_MIGRATION) => problems
+            .push(format!("open fds grew by {:.2} ± {:.2} per migration over {} samples", t.slope, t.se, t.samples)),
+        Some(_) => {}
+        None => problems.push(format!("too few migrations after the warm-up ({warm}) to judge the fds' trend")),
+    }
+    if let Some(t) = rss.filter(|t| t.grows(RSS_KIB_PER_MIGRATION)) {
+        problems.push(format!("RSS grew by {:.1} ± {:.1} KiB per migration over {} samples", t.slope, t.se, t.samples));
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }

@@ -10,6 +10,7 @@
 //! - [`model`]: predicting a migration before it happens, fitted on traces.
 //! - [`sys`]: host utilities below every layer (network namespaces, tied children).
 //! - [`files`]: results on disk (modes, atomic writes, the results directory's lock).
+//! - [`percentile`]: the one percentile definition (nearest rank) every output uses.
 pub mod clock;
 pub mod experiment;
 pub mod files;
@@ -17,6 +18,7 @@ pub mod hypervisor;
 pub mod lab;
 pub mod measure;
 pub mod model;
+pub mod percentile;
 pub mod probe;
 pub mod report;
 pub mod stats;

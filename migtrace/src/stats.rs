@@ -15,7 +15,7 @@ use hdrhistogram::{
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF as _, StudentsT};
 
-use crate::measure::quality::{Category, MEASURES, category, usable};
+use crate::measure::quality::{Category, MEASURES, Reading, category, counted};
 use crate::measure::record::MigrationRecord;
 
 /// Descriptive statistics of one measure over one set of migrations, ms.
@@ -26,14 +26,24 @@ pub struct Stats {
     /// Sample standard deviation (n − 1); `None` for a single value.
     pub sd: Option<f64>,
     pub min: f64,
-    /// Exact order statistics of the values (nearest rank: the ⌈p·n⌉-th smallest), so
-    /// p99 and p99.9 are the maximum below 100 and 1000 values.
+    /// Exact order statistics of the values ([`crate::percentile`]: nearest rank, the
+    /// ⌈p·n⌉-th smallest), so p99 and p99.9 are the maximum below 100 and 1000 values.
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
     /// 95 % confidence interval of the mean (Student's t); `None` for a single value.
     pub ci95: Option<(f64, f64)>,
+    /// Values known only as lower bounds (censored migrations: the guest had not
+    /// answered again when observation ended), counted at their bound. When there are
+    /// any, the mean and the order statistics are lower bounds too, and `sd` and `ci95`
+    /// are `None` (a bound has no spread).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub censored: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Significant digits of the HDR histograms: values are µs, exact below 2,048 µs;
@@ -58,6 +68,14 @@ fn encode(h: &Histogram<u64>) -> Option<String> {
 impl Stats {
     /// `None` without values.
     pub fn of(values: &[f64]) -> Option<Self> {
+        Self::of_readings(&values.iter().map(|&v| Reading::Exact(v)).collect::<Vec<_>>())
+    }
+
+    /// Statistics of observed values and lower bounds (see [`Stats::censored`]); `None`
+    /// without any.
+    pub fn of_readings(readings: &[Reading]) -> Option<Self> {
+        let values: Vec<f64> = readings.iter().map(|r| r.value()).collect();
+        let censored = readings.iter().filter(|r| matches!(r, Reading::AtLeast(_))).count();
         let n = values.len();
         if n == 0 {
             return None;
@@ -65,24 +83,25 @@ impl Stats {
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
         let mean = values.iter().sum::<f64>() / n as f64;
-        let sd = (n > 1).then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
+        let sd = (n > 1 && censored == 0)
+            .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
         let ci95 = sd.map(|sd| {
             let t = StudentsT::new(0.0, 1.0, (n - 1) as f64).map(|d| d.inverse_cdf(0.975)).unwrap_or(1.96);
             let half = t * sd / (n as f64).sqrt();
             (mean - half, mean + half)
         });
-        // Nearest rank, in per mille to stay in integers: rank ⌈k·n/1000⌉, 1-based.
-        let rank = |per_mille: usize| sorted[(per_mille * n).div_ceil(1000).clamp(1, n) - 1];
+        let rank = |q: f64| crate::percentile::of_sorted(&sorted, q).unwrap_or(f64::NAN);
         Some(Self {
             n,
             mean,
             sd,
             min: sorted[0],
-            p50: rank(500),
-            p99: rank(990),
-            p999: rank(999),
+            p50: rank(0.5),
+            p99: rank(0.99),
+            p999: rank(0.999),
             max: sorted[n - 1],
             ci95,
+            censored,
         })
     }
 }
@@ -100,8 +119,12 @@ pub struct TreatmentSummary {
     #[serde(default)]
     pub did_not_converge: usize,
     pub failed: usize,
-    /// The guest crashed, rebooted or went silent.
+    /// The guest crashed, rebooted, or went silent and never answered again.
     pub guest_crashed: usize,
+    /// The guest answered again only after observation ended: counted, its open
+    /// measures as lower bounds (see `Category::Censored`).
+    #[serde(default)]
+    pub censored: usize,
     /// The guest's memory check found pages that lost writes (and it did not crash).
     #[serde(default)]
     pub corrupted: usize,
@@ -119,6 +142,10 @@ pub struct TreatmentSummary {
 pub struct Table2Row {
     pub measure: String,
     pub n: usize,
+    /// Of them, lower bounds (censored migrations). When there are any, the mean and the
+    /// ratios are lower bounds; a ratio whose smallest value is a bound is `None`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub censored: usize,
     /// Treatments with at least one value.
     pub treatments: usize,
     pub overall_mean: f64,
@@ -162,6 +189,9 @@ pub struct EffectCell {
     pub mean: f64,
     /// Migrations behind it.
     pub n: usize,
+    /// Of them, lower bounds: the mean is then a lower bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub censored: usize,
     /// Treatments whose means were averaged.
     pub treatments: usize,
 }
@@ -203,6 +233,8 @@ pub struct ExperimentSummary {
     #[serde(default)]
     pub guest_crashed: usize,
     #[serde(default)]
+    pub censored: usize,
+    #[serde(default)]
     pub corrupted: usize,
     #[serde(default)]
     pub trace_loss: usize,
@@ -235,16 +267,19 @@ pub fn summarize(
             did_not_converge: count(Category::DidNotConverge),
             failed: count(Category::Failed),
             guest_crashed: count(Category::GuestUnhealthy),
+            censored: count(Category::Censored),
             corrupted: count(Category::Corrupted),
             trace_loss: count(Category::TraceLoss),
             ..TreatmentSummary::default()
         };
         for m in MEASURES {
-            let values: Vec<f64> =
-                mine.iter().filter(|r| usable(r)).filter_map(|r| (m.get)(r)).filter(|v| v.is_finite()).collect();
-            let Some(stats) = Stats::of(&values) else { continue };
+            let readings: Vec<Reading> = mine.iter().filter(|r| counted(r)).filter_map(|r| m.reading(r)).collect();
+            let Some(stats) = Stats::of_readings(&readings) else { continue };
             t.measures.insert(m.name.into(), stats);
-            let h = histogram(&values);
+            // Distributions of what was observed: a bound is no point of one.
+            let exact: Vec<f64> =
+                readings.iter().filter_map(|r| if let Reading::Exact(v) = r { Some(*v) } else { None }).collect();
+            let h = histogram(&exact);
             if let Some(encoded) = encode(&h) {
                 t.histograms.insert(m.name.into(), encoded);
             }
@@ -260,25 +295,27 @@ pub fn summarize(
         treatments.push(t);
     }
 
-    let usable_records: Vec<&MigrationRecord> = records.iter().filter(|r| usable(r)).collect();
-    let ratio = |max: f64, min: f64| (min > 0.0).then(|| max / min);
+    let counted_records: Vec<&MigrationRecord> = records.iter().filter(|r| counted(r)).collect();
+    // A ratio over a smallest value that is only a lower bound is no bound at all; over
+    // an exact one, a larger value that is a bound makes it a lower bound.
+    let ratio = |max: f64, min: f64, min_is_bound: bool| (min > 0.0 && !min_is_bound).then(|| max / min);
     let table2 = MEASURES
         .iter()
         .filter_map(|m| {
-            let all: Vec<f64> = usable_records.iter().filter_map(|r| (m.get)(r)).filter(|v| v.is_finite()).collect();
-            let overall = Stats::of(&all)?;
+            let all: Vec<Reading> = counted_records.iter().filter_map(|r| m.reading(r)).collect();
+            let overall = Stats::of_readings(&all)?;
+            let min_is_bound = all.iter().any(|r| matches!(r, Reading::AtLeast(v) if *v <= overall.min));
             let per: Vec<&Stats> = treatments.iter().filter_map(|t| t.measures.get(m.name)).collect();
-            let means: Vec<f64> = per.iter().map(|s| s.mean).collect();
+            let lowest = per.iter().min_by(|a, b| a.mean.total_cmp(&b.mean));
+            let highest = per.iter().map(|s| s.mean).fold(f64::NEG_INFINITY, f64::max);
             Some(Table2Row {
                 measure: m.name.into(),
                 n: overall.n,
+                censored: overall.censored,
                 treatments: per.len(),
                 overall_mean: overall.mean,
-                ratio_treatment_means: ratio(
-                    means.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                    means.iter().copied().fold(f64::INFINITY, f64::min),
-                ),
-                ratio_all: ratio(overall.max, overall.min),
+                ratio_treatment_means: lowest.and_then(|low| ratio(highest, low.mean, low.censored > 0)),
+                ratio_all: ratio(overall.max, overall.min, min_is_bound),
                 max_treatment_sd: per.iter().filter_map(|s| s.sd).reduce(f64::max),
                 overall_sd: overall.sd,
             })
@@ -294,10 +331,11 @@ pub fn summarize(
         .into(),
         histograms: merged.iter().filter_map(|(m, h)| Some(((*m).to_owned(), encode(h)?))).collect(),
         migrations: records.len(),
-        usable: usable_records.len(),
+        usable: records.iter().filter(|r| category(r) == Category::Usable).count(),
         did_not_converge: treatments.iter().map(|t| t.did_not_converge).sum(),
         failed: treatments.iter().map(|t| t.failed).sum(),
         guest_crashed: treatments.iter().map(|t| t.guest_crashed).sum(),
+        censored: treatments.iter().map(|t| t.censored).sum(),
         corrupted: treatments.iter().map(|t| t.corrupted).sum(),
         trace_loss: treatments.iter().map(|t| t.trace_loss).sum(),
         treatments,
@@ -348,6 +386,7 @@ fn effects(
                                 let cell = EffectCell {
                                     mean: stats.iter().map(|s| s.mean).sum::<f64>() / stats.len() as f64,
                                     n: stats.iter().map(|s| s.n).sum(),
+                                    censored: stats.iter().map(|s| s.censored).sum(),
                                     treatments: stats.len(),
                                 };
                                 ((*m).to_owned(), cell)
@@ -492,6 +531,40 @@ mod tests {
     }
 
     #[test]
+    fn censored_migrations_count_as_lower_bounds() {
+        // Probe gaps 30 and 50, and a guest silent for at least 5000 ms that answered
+        // after the observation.
+        let mut late = crate::measure::quality::tests::silent(5000.0, true);
+        late.treatment = "a".into();
+        late.repetition = 2;
+        let mut records = vec![record("a", 0, 30.0, 0.0), record("a", 1, 50.0, 50.0), late];
+        records[0].downtime_ms.vcpu = Some(20.0);
+        records[1].downtime_ms.vcpu = Some(30.0);
+        let s = summarize(&records, &[("a".into(), levels(&[]))], &EffectDesign::Factorial);
+        let t = &s.treatments[0];
+        assert_eq!((t.usable, t.censored, t.guest_crashed, s.censored), (2, 1, 0, 1));
+        let gap = &t.measures["downtime.probe_gap"];
+        assert_eq!((gap.n, gap.censored, gap.max), (3, 1, 5000.0));
+        assert!(close(gap.mean, 5080.0 / 3.0), "a lower bound of the mean: {}", gap.mean);
+        assert_eq!((gap.sd, gap.ci95), (None, None), "no spread from a bound");
+        // Its vCPU blackout is whole: an exact value among exact ones.
+        let vcpu = &t.measures["downtime.vcpu"];
+        assert_eq!((vcpu.n, vcpu.censored), (3, 0));
+        assert!(vcpu.sd.is_some());
+        let row = s.table2.iter().find(|r| r.measure == "downtime.probe_gap").expect("row");
+        assert_eq!((row.n, row.censored), (3, 1));
+        assert!(close(row.ratio_all.expect("ratio over an exact minimum"), 5000.0 / 30.0));
+        assert_eq!(row.overall_sd, None);
+        // Where the smallest value is itself a bound, there is no ratio.
+        let mut short = crate::measure::quality::tests::silent(10.0, true);
+        short.treatment = "a".into();
+        records.push(short);
+        let s = summarize(&records, &[("a".into(), levels(&[]))], &EffectDesign::Factorial);
+        let row = s.table2.iter().find(|r| r.measure == "downtime.probe_gap").expect("row");
+        assert_eq!((row.censored, row.ratio_all), (2, None));
+    }
+
+    #[test]
     fn fallback_figures_are_a_measure_of_their_own() {
         let mut traced = record("a", 0, 40.0, 0.0);
         traced.downtime_ms.vcpu = Some(20.0);
@@ -526,10 +599,10 @@ mod tests {
             t.rows.iter().find(|r| r.level == level).expect("row").cells["downtime.probe_gap"].clone()
         };
         // rate=0: (10 + 30) / 2 = 20, not the pooled (8+10+12+30)/4 = 15.
-        assert_eq!(cell("rate", "0"), EffectCell { mean: 20.0, n: 4, treatments: 2 });
-        assert_eq!(cell("rate", "2000"), EffectCell { mean: 70.0, n: 2, treatments: 2 });
-        assert_eq!(cell("wset", "32"), EffectCell { mean: 30.0, n: 4, treatments: 2 });
-        assert_eq!(cell("wset", "64"), EffectCell { mean: 60.0, n: 2, treatments: 2 });
+        assert_eq!(cell("rate", "0"), EffectCell { mean: 20.0, n: 4, censored: 0, treatments: 2 });
+        assert_eq!(cell("rate", "2000"), EffectCell { mean: 70.0, n: 2, censored: 0, treatments: 2 });
+        assert_eq!(cell("wset", "32"), EffectCell { mean: 30.0, n: 4, censored: 0, treatments: 2 });
+        assert_eq!(cell("wset", "64"), EffectCell { mean: 60.0, n: 2, censored: 0, treatments: 2 });
     }
 
     #[test]

@@ -15,6 +15,9 @@ use migtrace::{lab::registry, measure::record};
 
 const SPEC: &str = r#"name = "resume-test"
 repetitions = 3
+repetitions_per_boot = 2
+order = "random"
+seed = 3
 warmup = "500ms"
 [factors]
 wset = ["16M"]
@@ -150,6 +153,15 @@ fn resume_after_kill_by_pid_loses_and_duplicates_nothing() {
     let pairs: BTreeSet<(String, u32)> = records.iter().map(|r| (r.treatment.clone(), r.repetition)).collect();
     assert_eq!(records.len(), 6, "2 treatments × 3 repetitions, no duplicate");
     assert_eq!(pairs.len(), 6);
+    // Each treatment's repetitions ran on at least two boots of its guest (boots of at
+    // most 2): a boot's ping-pong migrations chain, each one's destination the next one's
+    // source.
+    for t in records.iter().map(|r| r.treatment.as_str()).collect::<BTreeSet<_>>() {
+        let mine: Vec<_> = records.iter().filter(|r| r.treatment == t).collect();
+        let chained =
+            mine.iter().filter(|r| mine.iter().any(|p| p.outcome.destination_pid == r.outcome.source_pid)).count();
+        assert!(mine.len() - chained >= 2, "{t}: one boot for all its repetitions");
+    }
     for f in ["summary.json", "treatments.csv", "migrations.csv", "report.txt", "spec.toml", "experiment.json"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }

@@ -1,7 +1,8 @@
 //! The pre-copy model on real migrations: fitted and cross-validated on the recorded
-//! validation experiment (`specs/model-validation.toml`, 48 lab migrations, QEMU 7.2
-//! under TCG), its command line, and (root) a prediction for a running lab guest
-//! measured with QEMU's dirty-rate calculation, then checked by migrating that guest.
+//! validation experiment (`specs/model-validation.toml`, 48 lab migrations over the
+//! lab's 1gbit link, QEMU 7.2 under TCG) and on its earlier run over an unshaped link,
+//! its command line, and (root) a prediction for a running lab guest measured with
+//! QEMU's dirty-rate calculation, then checked by migrating that guest.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,54 +11,102 @@ use std::{
 };
 
 use migtrace::{
-    hypervisor::{HostPair, MigrationParams, Status},
+    hypervisor::{HostPair, MigrationParams, Status, link::LinkRate},
     lab::{Lab, LabConfig},
     measure::record,
-    model::{self, Measure, RateKind, Variant, dirty_rate, fit, validate},
+    model::{self, Manager, Measure, RateKind, Variant, dirty_rate, fit, validate},
 };
 
+/// The validation experiment over the lab's 1gbit link.
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-validation.jsonl")
 }
 
-fn observations() -> Vec<fit::Observation> {
-    let records = record::read(&fixture()).expect("fixture");
+/// The same design before the lab had a link: over an unshaped veth, at memory speed.
+fn unshaped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-validation-unshaped.jsonl")
+}
+
+fn observations_of(path: &Path) -> Vec<fit::Observation> {
+    let records = record::read(path).expect("fixture");
     let (obs, skipped) = fit::observations(&records);
     assert!(skipped.is_empty(), "every recorded migration is usable: {skipped:?}");
     obs
 }
 
+fn observations() -> Vec<fit::Observation> {
+    observations_of(&fixture())
+}
+
+/// The plot holds every held-out point of its panels.
+fn plotted_whole(v: &validate::Validation) {
+    let svg = model::plot::plot_svg(&v.points).expect("svg");
+    let plotted = v.points.iter().filter(|p| model::plot::PANELS.contains(&p.measure)).count();
+    assert_eq!(svg.matches("<circle").count(), plotted + 3 * 2, "points and legend marks");
+}
+
 #[test]
-fn the_recorded_experiment_is_fitted_and_held_out_treatments_are_predicted() {
+fn the_recorded_experiment_over_the_link_is_fitted_and_held_out_treatments_are_predicted() {
     let obs = observations();
     assert_eq!(obs.len(), 48);
+    assert!(obs.iter().all(|o| o.vm.link == LinkRate::BitsPerSecond(1_000_000_000)));
     let p = fit::fit(&obs).expect("fit");
-    // The bandwidth QEMU achieved under its 128 MiB/s limit, and the dirty rate the
-    // workload achieved during migrations, which the guest's own memory check put at
-    // 94–100 % of its setting in these records.
-    assert!((1.0..1.15).contains(&p.bandwidth_efficiency), "{}", p.bandwidth_efficiency);
+    // The link (125 MB/s) is below QEMU's cap (134 MB/s): it bounds the pre-copy, and
+    // QEMU's cap bounds no migration here. The stop-and-copy runs at the link's rate,
+    // and the dirty rate the workload achieved, which the guest's own memory check put
+    // near its setting in these records.
+    let link = p.link_efficiency.expect("link efficiency");
+    assert!((0.85..1.0).contains(&link), "{link}");
+    assert_eq!((p.bandwidth_efficiency, p.stop_copy_bandwidth), (None, None));
+    let sc = p.stop_copy_link_efficiency.expect("stop-and-copy efficiency");
+    assert!((0.85..1.05).contains(&sc), "{sc}");
     assert!((0.85..1.05).contains(&p.dirty_rate_efficiency), "{}", p.dirty_rate_efficiency);
-    assert!(p.stop_copy_bandwidth > 134e6, "stop-and-copy is not rate-limited: {}", p.stop_copy_bandwidth);
     let v = validate::cross_validate(&obs).expect("cross-validation");
     assert_eq!(v.treatments, 12);
     let band = |variant, m| v.errors[&variant][&m].clone();
-    let noise = |m| v.noise_floor[&m].median_ape;
     eprint!("{}", validate::render(&v));
-    // Measured on this machine (README): the simulation's held-out median errors are
-    // 7 % for migration time and 21 % for guest-observed downtime, the noise floor of
-    // repeated migrations 7 % and 29 %. Allow the fit some slack, not a broken model.
+    // Measured on this machine (README): the simulation's held-out errors of QEMU's
+    // downtime and the vCPU blackout are 7–9 % at the median and 24–26 % at p90, the
+    // migration time's 7 %. Allow the fit some slack, not a broken model.
+    for m in [Measure::QemuDowntime, Measure::Blackout, Measure::GuestDowntime] {
+        let b = band(Variant::Simulation, m);
+        assert!(b.median_ape < 15.0 && b.p90_ape < 35.0, "{m}: {b:?}");
+    }
     assert!(band(Variant::Simulation, Measure::MigrationTime).median_ape < 12.0);
-    assert!(band(Variant::Simulation, Measure::GuestDowntime).median_ape < 1.5 * noise(Measure::GuestDowntime));
-    assert!(band(Variant::ClosedForm, Measure::MigrationTime).median_ape < 15.0);
-    // Rounds: the simulation follows QEMU's windows, the closed form cannot.
+    // Rounds: the simulation follows QEMU's checks, the closed form cannot.
     assert!(
         band(Variant::Simulation, Measure::Rounds).median_ape < band(Variant::ClosedForm, Measure::Rounds).median_ape
     );
     assert_eq!(v.preferred, Variant::Simulation);
-    // The plot holds every held-out point of its panels.
-    let svg = model::plot::plot_svg(&v.points).expect("svg");
-    let plotted = v.points.iter().filter(|p| model::plot::PANELS.contains(&p.measure)).count();
-    assert_eq!(svg.matches("<circle").count(), plotted + 3 * 2, "points and legend marks");
+    assert!(v.chosen.contains_key(&Measure::QemuDowntime));
+    plotted_whole(&v);
+}
+
+/// A model fitted on records without a link (the lab before it had one) still fits and
+/// predicts as it did: QEMU's cap bounds the pre-copy, the stop-and-copy runs at memory
+/// speed.
+#[test]
+fn the_recorded_experiment_over_an_unshaped_link_is_fitted_as_before() {
+    let obs = observations_of(&unshaped());
+    assert_eq!(obs.len(), 48);
+    assert!(obs.iter().all(|o| o.vm.link == LinkRate::Unlimited));
+    let p = fit::fit(&obs).expect("fit");
+    let e = p.bandwidth_efficiency.expect("bandwidth efficiency");
+    assert!((1.0..1.15).contains(&e), "{e}");
+    assert!(p.stop_copy_bandwidth.expect("memory speed") > 134e6, "the stop-and-copy is not rate-limited");
+    assert_eq!((p.link_efficiency, p.stop_copy_link_efficiency), (None, None));
+    assert!((0.85..1.05).contains(&p.dirty_rate_efficiency), "{}", p.dirty_rate_efficiency);
+    let v = validate::cross_validate(&obs).expect("cross-validation");
+    let band = |variant, m| v.errors[&variant][&m].clone();
+    let noise = |m| v.noise_floor[&m].median_ape;
+    eprint!("{}", validate::render(&v));
+    // Measured here (README): the simulation's held-out median errors are 7 % for
+    // migration time and 22 % for guest-observed downtime, the noise floor 6 % and 24 %.
+    assert!(band(Variant::Simulation, Measure::MigrationTime).median_ape < 12.0);
+    assert!(band(Variant::Simulation, Measure::GuestDowntime).median_ape < 1.5 * noise(Measure::GuestDowntime));
+    assert!(band(Variant::ClosedForm, Measure::MigrationTime).median_ape < 15.0);
+    assert_eq!(v.preferred, Variant::Simulation);
+    plotted_whole(&v);
 }
 
 fn migtrace() -> Command {
@@ -99,11 +148,44 @@ fn fit_validate_and_predict_from_the_command_line() {
     let p = &v["prediction"];
     assert_eq!(p["variant"], "simulation");
     assert!(p["converges"].as_bool().expect("converges"));
-    // The treatment's own migrations took 2.4 to 3.0 s (the fit saw them).
+    // The treatment's own migrations took 3.7 to 4.6 s over the 1gbit link (the fit saw
+    // them), which predict takes from the model when no --link is given.
     let t = p["migration_time_ms"].as_f64().expect("time");
-    assert!((2000.0..3500.0).contains(&t), "{t}");
+    assert!((3000.0..5500.0).contains(&t), "{t}");
+    assert_eq!(v["vm"]["link"], "1gbit");
     let interval = v["interval_80"]["guest_downtime_ms"].as_array().expect("interval");
     assert!(interval[0].as_f64() < p["guest_downtime_ms"].as_f64());
+    let predict = |extra: &[&str]| {
+        let out = migtrace()
+            .args(["predict", "--model"])
+            .arg(&dir)
+            .args(["--vmsize", "512", "--wset", "32", "--rate", "2000", "--json"])
+            .args(extra)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A tenth of the link: a tenth of the pre-copy bandwidth and of the stop threshold
+    // (QEMU's estimate of it × the downtime limit), a longer migration.
+    let (ok, gbit, err) = predict(&[]);
+    assert!(ok, "{err}");
+    let (ok, slow, err) = predict(&["--link", "100mbit"]);
+    assert!(ok, "{err}");
+    let field = |text: &str, f: &str| {
+        serde_json::from_str::<serde_json::Value>(text).expect("json")["prediction"][f].as_f64().expect(f)
+    };
+    assert!(field(&slow, "bandwidth_bytes_per_s") * 9.0 < field(&gbit, "bandwidth_bytes_per_s"));
+    assert!(field(&slow, "threshold_bytes") * 9.0 < field(&gbit, "threshold_bytes"));
+    assert!(field(&slow, "migration_time_ms") > 5.0 * field(&gbit, "migration_time_ms"));
+    // No unshaped migration was fitted: that is refused in one line naming the fix.
+    let (ok, _, err) = predict(&["--link", "unlimited"]);
+    assert!(!ok && err.contains("shaped links only") && err.trim().lines().count() == 1, "{err}");
+    let (ok, _, err) = predict(&["--link", "1gbps"]);
+    assert!(!ok && err.contains("bytes per second"), "{err}");
 
     // A link the guest outruns: said so, not a number presented as a prediction.
     let out = migtrace()
@@ -113,6 +195,30 @@ fn fit_validate_and_predict_from_the_command_line() {
         .output()
         .expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("DOES NOT CONVERGE"));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// A cross-validation that fails for a reason of its own says that reason: the model is
+/// written (without intervals) and the command fails; it is not "one treatment only".
+#[test]
+fn a_failed_cross_validation_is_said_as_it_is() {
+    let dir = temp_dir("fold");
+    let records = std::fs::read_to_string(fixture()).expect("fixture");
+    let mut lines: Vec<serde_json::Value> = records.lines().map(|l| serde_json::from_str(l).expect("record")).collect();
+    // Only the first treatment keeps QEMU's byte counts: a fold without it has no
+    // pre-copy bandwidth to fit.
+    let first = lines[0]["treatment"].clone();
+    for r in lines.iter_mut().filter(|r| r["treatment"] != first) {
+        r["stats"]["ram"] = serde_json::Value::Null;
+    }
+    let text: String = lines.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(dir.join("migrations.jsonl"), text).expect("write");
+    let out = migtrace().args(["model", "fit"]).arg(&dir).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cross-validation failed") && err.contains("pre-copy"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("one treatment only"));
+    assert!(model::Model::load(&dir).expect("model.json").errors.is_empty());
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
@@ -230,8 +336,11 @@ async fn a_running_lab_guest_is_measured_predicted_and_then_migrated() {
         rate_kind: RateKind::Measured,
         max_bandwidth: None,
         downtime_limit_ms: None,
+        manager: Manager::Qemu,
+        // The lab's link: the default one, which the fixture was recorded over too.
+        link: lab.config.link.rate,
     };
-    let p = model::predict(&params, &vm, Variant::Simulation);
+    let p = model::predict(&params, &vm, Variant::Simulation).expect("prediction");
     eprintln!(
         "predicted: {:.0} ms, {} rounds, QEMU downtime {:.1} ms",
         p.migration_time_ms, p.rounds, p.qemu_downtime_ms

@@ -138,6 +138,65 @@ fn write_synthetic(tag: &str) -> Page {
     Page { dir, html }
 }
 
+/// The synthetic experiment with one more migration of its first treatment whose guest
+/// answered no probe before observation ended (an open gap of 5012 ms) and answered its
+/// memory check after: censored, its probe gap a lower bound.
+#[test]
+fn a_censored_migration_shows_as_a_lower_bound_on_the_page() {
+    let spec = ExperimentSpec::parse(SPEC).expect("spec");
+    let mut records = synthetic(&spec);
+    let mut late = records[0].clone();
+    late.repetition = 5;
+    late.downtime_ms.probe_gap = None;
+    if let Some(p) = late.probe.as_mut() {
+        p.gap_ms = None;
+        p.open_gap_ms = Some(5012.0);
+    }
+    late.guest = Some(migtrace::hypervisor::GuestCheck {
+        unreachable: true,
+        memory_check: Some(Default::default()),
+        ..Default::default()
+    });
+    records.push(late);
+    let summary = stats::summarize(&records, &store::levels_of(&spec), &store::effect_design(&spec));
+    let dir = temp_dir("censored");
+    let e = Experiment {
+        spec: &spec,
+        spec_text: SPEC,
+        treatments: store::levels_of(&spec).len(),
+        effects: &store::effect_design(&spec),
+        records: &records,
+        summary: &summary,
+        validation: None,
+    };
+    html::write(&dir, &e).expect("report written");
+    let page = fs::read_to_string(dir.join("report.html")).expect("report.html");
+    let doc = parse(&page);
+    let counts = table(&doc, "counts");
+    assert_eq!(row(&counts, &["usable"])[1], "25");
+    assert!(counts.iter().any(|r| r[0].starts_with("censored") && r[1] == "1"), "{counts:?}");
+    // Table II: 25 probe gaps, one of them ≥ 5012 ms: the mean is a lower bound, no SD.
+    let t2 = table(&doc, "table2");
+    let g = row(&t2, &["downtime.probe_gap"]);
+    let mean = (24.0 * 55.0 + 5012.0) / 25.0;
+    assert_eq!((g[1].as_str(), g[3].as_str(), g[7].as_str()), ("25 (1 ≥)", format!("≥ {mean:.2}").as_str(), "–"));
+    // The first treatment's methods: 19, 20, 21 and the bound, marked.
+    let methods = doc
+        .descendants()
+        .find(|n| n.has_tag_name("table") && n.attribute("id").is_some_and(|i| i.ends_with("-methods-data")))
+        .expect("methods table");
+    let methods = table(&doc, methods.attribute("id").expect("id"));
+    let gap = row(&methods, &["downtime.probe_gap"]);
+    assert_eq!((gap[1].as_str(), gap[3].as_str(), gap[6].as_str()), ("4 (1 ≥)", "–", "≥ 5012.00"));
+    assert!(
+        gap[7].ends_with("≥ 5012.00") && gap[8] == "1 missing (1× the probe sender stalled 3.6 ms at the gap's edge)",
+        "{gap:?}"
+    );
+    // Its vCPU blackout is whole.
+    assert_eq!(row(&methods, &["downtime.vcpu"])[1], "5");
+    fs::remove_dir_all(&dir).expect("cleanup");
+}
+
 /// The page as XML: it is written well-formed (its `<!DOCTYPE html>` is a DTD to XML).
 fn parse(html: &str) -> roxmltree::Document<'_> {
     let opt = roxmltree::ParsingOptions { allow_dtd: true, ..roxmltree::ParsingOptions::default() };

@@ -4,8 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
-use migtrace::model::{
-    self, MODEL_FILE, Measure, Model, RateKind, Variant, Vm, dirty_rate, fit, plot, precopy::Prediction, validate,
+use migtrace::{
+    hypervisor::link::LinkRate,
+    model::{
+        self, MODEL_FILE, Manager, Measure, Model, RateKind, Variant, Vm, dirty_rate, fit, plot, precopy::Prediction,
+        validate,
+    },
 };
 
 #[derive(Subcommand)]
@@ -22,7 +26,8 @@ pub enum ModelCommand {
         out: Option<PathBuf>,
     },
     /// Leave-one-treatment-out cross-validation: per measure the median and 90th
-    /// percentile absolute percentage error of both variants, beside the noise floor.
+    /// percentile absolute percentage error of both variants and of the variant chosen
+    /// within each fold, beside the noise floor.
     /// Writes DIR/validation.json and DIR/validation.svg (predicted against measured);
     /// `migtrace report DIR --html` then shows both in report.html.
     ///
@@ -41,7 +46,14 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Fit { dir, out } => {
             let obs = observations(&dir)?;
             let params = fit::fit(&obs)?;
-            let validation = validate::cross_validate(&obs).ok();
+            // One treatment cannot be left out: a model without intervals. Any other
+            // failure of the cross-validation is said as it is (the model is still
+            // written, without intervals, and the command fails).
+            let (validation, failure) = match validate::cross_validate(&obs) {
+                Ok(v) => (Some(v), None),
+                Err(model::ModelError::TooFewTreatments(_)) => (None, None),
+                Err(e) => (None, Some(e)),
+            };
             let (errors, preferred) = match &validation {
                 Some(v) => (v.errors.clone(), v.preferred),
                 None => (Default::default(), Variant::Simulation),
@@ -56,11 +68,15 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             let path = out.unwrap_or_else(|| dir.join(MODEL_FILE));
             m.save(&path)?;
             print_params(&m);
-            if validation.is_none() {
-                println!("(one treatment only: no held-out errors, so predictions carry no interval)");
-            }
             println!("model written to {} (variant used by predict: {})", path.display(), m.preferred.name());
-            Ok(())
+            match failure {
+                Some(e) => bail!("no held-out errors, so predictions carry no interval: cross-validation failed: {e}"),
+                None if validation.is_none() => {
+                    println!("(one treatment only: no held-out errors, so predictions carry no interval)");
+                    Ok(())
+                }
+                None => Ok(()),
+            }
         }
         ModelCommand::Validate { dir, json } => {
             let obs = observations(&dir)?;
@@ -116,12 +132,27 @@ fn print_params(m: &Model) {
         f.machines.join(", "),
         f.records
     );
-    println!("  pre-copy bandwidth      {:.3} × max-bandwidth", p.bandwidth_efficiency);
-    println!(
-        "  stop-and-copy           {:.1} ms + bytes at {:.0} MB/s (unlimited)",
-        p.stop_copy_fixed_ms,
-        p.stop_copy_bandwidth / 1e6
-    );
+    let times = |e: Option<f64>, of: &str| {
+        e.map_or_else(|| format!("not fitted (no migration bounded by {of})"), |e| format!("{e:.3} × {of}"))
+    };
+    println!("  pre-copy bandwidth      {}", times(p.bandwidth_efficiency, "max-bandwidth"));
+    println!("                          {}", times(p.link_efficiency, "the link's rate"));
+    match p.stop_copy_bandwidth {
+        Some(b) => println!(
+            "  stop-and-copy           {:.1} ms + bytes at {:.0} MB/s (unshaped link, not rate-limited)",
+            p.stop_copy_fixed_ms,
+            b / 1e6
+        ),
+        None => println!("  stop-and-copy           not fitted over an unshaped link"),
+    }
+    if let Some(e) = p.stop_copy_link_efficiency {
+        println!(
+            "                          {:.1} ms + bytes at {e:.3} × the link's rate (shaped link); {:.2} MB still in \
+             the link at the source's last write",
+            p.stop_copy_link_fixed_ms,
+            p.link_drain_bytes.unwrap_or(0.0) / 1e6
+        );
+    }
     println!("  setup                   {:.1} ms + {:.1} ms per GiB of RAM", p.setup_ms.intercept, p.setup_ms.slope);
     println!(
         "  round 1 besides wset    {:.1} MB + {:.3} × RAM (bytes at the pre-copy bandwidth)",
@@ -166,12 +197,17 @@ pub struct PredictArgs {
     /// The workload's dirty rate, pages per second.
     #[arg(long, value_name = "PAGES_PER_S")]
     rate: Option<f64>,
-    /// Migration bandwidth limit, MiB/s (default: QEMU's 128).
+    /// Migration bandwidth limit, MiB/s (default: QEMU's 128; with --libvirt unlimited,
+    /// libvirt's default, and a limit in whole MiB/s as libvirt sets it).
     #[arg(long, value_name = "MIB_PER_S")]
     bandwidth: Option<f64>,
     /// Downtime limit, ms (default: QEMU's 300).
     #[arg(long, value_name = "MS")]
     downtime_limit: Option<f64>,
+    /// The link between the hosts, in tc's syntax (`1gbit`, `100mbit`, `unlimited`)
+    /// (default: the link the model was fitted over, if it was fitted over one).
+    #[arg(long, value_name = "RATE")]
+    link: Option<LinkRate>,
     /// Measure the guest of this running lab (`migtrace lab up`; see `lab list`) with
     /// QEMU's calc-dirty-rate, without migrating it.
     #[arg(long, value_name = "LAB_ID")]
@@ -198,8 +234,15 @@ pub struct PredictArgs {
 pub async fn predict(args: PredictArgs) -> Result<()> {
     let m = Model::load(&args.model)?;
     let mib = 1048576.0;
-    let settings =
-        |vm: Vm| Vm { max_bandwidth: args.bandwidth.map(|b| b * mib), downtime_limit_ms: args.downtime_limit, ..vm };
+    let link = args.link.or(m.fitted_on.link()).unwrap_or(LinkRate::Unlimited);
+    let manager = if args.libvirt.is_some() { Manager::Libvirt } else { Manager::Qemu };
+    let settings = |vm: Vm| Vm {
+        max_bandwidth: args.bandwidth.map(|b| b * mib),
+        downtime_limit_ms: args.downtime_limit,
+        manager,
+        link,
+        ..vm
+    };
     let (vm, measured) = if let Some(vmsize) = args.vmsize {
         let vm = Vm {
             vmsize_bytes: vmsize * mib,
@@ -208,6 +251,8 @@ pub async fn predict(args: PredictArgs) -> Result<()> {
             rate_kind: RateKind::Workload,
             max_bandwidth: None,
             downtime_limit_ms: None,
+            manager,
+            link,
         };
         (settings(vm), None)
     } else {
@@ -235,12 +280,14 @@ pub async fn predict(args: PredictArgs) -> Result<()> {
             rate_kind: RateKind::Measured,
             max_bandwidth: None,
             downtime_limit_ms: None,
+            manager,
+            link,
         };
         (settings(vm), Some(est))
     };
     vm.check()?;
     let variant = args.variant.unwrap_or(m.preferred);
-    let p = model::predict(&m.params, &vm, variant);
+    let p = model::predict(&m.params, &vm, variant)?;
     if args.json {
         let interval = |measure: Measure| m.interval(variant, measure, measure.of(&p));
         let out = serde_json::json!({
@@ -305,7 +352,7 @@ fn render(m: &Model, vm: &Vm, p: &Prediction) {
         m.fitted_on.machines.join(", ")
     );
     println!(
-        "VM: {:.0} MiB RAM, working set {:.1} MiB dirtied at {:.0} pages/s ({}); max-bandwidth {:.0} MiB/s, downtime limit {:.0} ms",
+        "VM: {:.0} MiB RAM, working set {:.1} MiB dirtied at {:.0} pages/s ({}); max-bandwidth {}, downtime limit {:.0} ms, link {}",
         vm.vmsize_bytes / mib,
         vm.wset_bytes / mib,
         vm.rate_pps,
@@ -313,8 +360,10 @@ fn render(m: &Model, vm: &Vm, p: &Prediction) {
             RateKind::Workload => "the workload's setting",
             RateKind::Measured => "measured on the running guest",
         },
-        vm.bandwidth_limit() / mib,
-        vm.downtime_limit_ms()
+        vm.bandwidth_limit()
+            .map_or_else(|| "unlimited (libvirt's default)".into(), |b| format!("{:.0} MiB/s", b / mib)),
+        vm.downtime_limit_ms(),
+        vm.link
     );
     let rounds: Vec<String> = p.precopy_rounds.iter().map(|r| format!("{:.0}", r.duration_ms)).collect();
     println!(
@@ -324,6 +373,9 @@ fn render(m: &Model, vm: &Vm, p: &Prediction) {
         rounds.join(" + "),
         p.stop_copy_bytes / 1e6
     );
+    for a in &p.assumed {
+        println!("assumed: {a}");
+    }
     if !p.converges {
         println!(
             "DOES NOT CONVERGE: the guest dirties faster than the link drains; QEMU would pre-copy until cancelled \

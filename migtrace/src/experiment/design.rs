@@ -185,6 +185,43 @@ pub fn expand(spec: &ExperimentSpec) -> Vec<Treatment> {
     treatments
 }
 
+/// Consecutive repetitions of one treatment on one booted guest (ping-pong migrations).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Boot {
+    /// Index into [`expand`]'s treatments.
+    pub treatment: usize,
+    pub repetitions: Vec<u32>,
+    /// Which of the treatment's boots this is (0-based), and how many it has.
+    pub index: u32,
+    pub of: u32,
+}
+
+/// The run order: each treatment's repetitions cut into boots of at most
+/// `repetitions_per_boot`; in `random` order the boots of all treatments are shuffled
+/// together (seeded), so a treatment's boots fall at different times of the run. The
+/// plan depends on the spec alone: a resumed run keeps it and skips what is done.
+pub fn plan(spec: &ExperimentSpec, treatments: &[Treatment]) -> Vec<Boot> {
+    let reps = spec.raw.repetitions;
+    let per = spec.raw.repetitions_per_boot.unwrap_or(reps).clamp(1, reps.max(1));
+    let of = reps.div_ceil(per);
+    let mut boots: Vec<Boot> = (0..treatments.len())
+        .flat_map(|t| {
+            (0..of).map(move |b| Boot {
+                treatment: t,
+                repetitions: (b * per..((b + 1) * per).min(reps)).collect(),
+                index: b,
+                of,
+            })
+        })
+        .collect();
+    if spec.raw.order == Order::Random && of > 1 {
+        use rand::{SeedableRng as _, seq::SliceRandom as _};
+        // Another stream than the treatments' shuffle, from the same seed.
+        boots.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(spec.raw.seed ^ 0x626f_6f74));
+    }
+    boots
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +297,38 @@ qemu = [\"system\", \"10.0\"]\nrate = [0]\n",
         sorted_a.sort();
         sorted_seq.sort();
         assert_eq!(sorted_a, sorted_seq);
+    }
+
+    #[test]
+    fn boots_cut_repetitions_and_random_order_interleaves_them() {
+        let base = "[factors]\nrate = [0, 100, 200]\nwset = [\"16M\"]\n";
+        let reps = |boots: &[Boot], t: usize| -> Vec<u32> {
+            boots.iter().filter(|b| b.treatment == t).flat_map(|b| b.repetitions.clone()).collect()
+        };
+        // Default: one boot per treatment, in treatment order.
+        let s = ExperimentSpec::parse(&format!("name = \"t\"\nrepetitions = 5\n{base}")).expect("spec");
+        let p = plan(&s, &expand(&s));
+        assert_eq!(
+            p.iter().map(|b| (b.treatment, b.repetitions.len(), b.of)).collect::<Vec<_>>(),
+            [(0, 5, 1), (1, 5, 1), (2, 5, 1)]
+        );
+        // Two per boot: 5 repetitions are boots of 2, 2 and 1, each repetition once.
+        let s = ExperimentSpec::parse(&format!(
+            "name = \"t\"\nrepetitions = 5\nrepetitions_per_boot = 2\norder = \"random\"\nseed = 3\n{base}"
+        ))
+        .expect("spec");
+        let p = plan(&s, &expand(&s));
+        assert_eq!(p.len(), 9);
+        for t in 0..3 {
+            let mut r = reps(&p, t);
+            r.sort();
+            assert_eq!(r, [0, 1, 2, 3, 4]);
+        }
+        assert!(p.iter().all(|b| b.of == 3 && b.repetitions.len() <= 2));
+        // Interleaved: some treatment's boots are not all next to each other.
+        let runs = p.windows(2).filter(|w| w[0].treatment != w[1].treatment).count() + 1;
+        assert!(runs > 3, "{p:?}");
+        assert_eq!(p, plan(&s, &expand(&s)), "seeded");
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Runs an experiment: one lab per treatment (or one pair of libvirt hosts for all), its
-//! repetitions as ping-pong migrations, every record appended durably as it finishes,
-//! summaries after every treatment, and the pages people read through the
+//! Runs an experiment: one lab per treatment (or per block of its repetitions, see
+//! [`design::plan`]; one pair of libvirt hosts for all), its repetitions as ping-pong
+//! migrations, every record appended durably as it finishes, summaries after every boot, and the pages people read through the
 //! [`PageWriter`] its caller passes (the report layer draws them).
 
 use std::{
@@ -120,6 +120,10 @@ pub fn key_figures(r: &MigrationRecord) -> String {
     let d = &r.downtime_ms;
     let health = match crate::measure::quality::category(r) {
         crate::measure::quality::Category::Usable => String::new(),
+        crate::measure::quality::Category::Censored => format!(
+            " [censored: the guest answered again only after observation ended; probe gap ≥ {} ms, counted as such]",
+            ms(r.probe.as_ref().and_then(|p| p.open_gap_ms))
+        ),
         other => format!(
             " [{}: excluded from statistics]",
             serde_json::to_value(other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
@@ -270,11 +274,14 @@ pub async fn run(
     let store = Store::open_for_run(&opts.results, spec, spec_text, opts.force_new)?;
     let done = store.done()?;
     let reps = spec.raw.repetitions;
-    let todo: Vec<(usize, &Treatment, Vec<u32>)> = treatments
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (i, t, (0..reps).filter(|r| !done.contains(&(t.name(), *r))).collect::<Vec<u32>>()))
-        .filter(|(_, _, r)| !r.is_empty())
+    let todo: Vec<(design::Boot, &Treatment, Vec<u32>)> = design::plan(spec, &treatments)
+        .into_iter()
+        .map(|b| {
+            let t = &treatments[b.treatment];
+            let pending = b.repetitions.iter().copied().filter(|r| !done.contains(&(t.name(), *r))).collect();
+            (b, t, pending)
+        })
+        .filter(|(_, _, r): &(_, _, Vec<u32>)| !r.is_empty())
         .collect();
     let remaining: usize = todo.iter().map(|(_, _, r)| r.len()).sum();
     let skipped = treatments.len() * reps as usize - remaining;
@@ -289,11 +296,21 @@ pub async fn run(
     let migtrace = opts.migtrace.clone().unwrap_or_else(testbed::this_binary);
     // Existing libvirt hosts serve every treatment; labs are made per treatment.
     let mut kept: Option<(Testbed, Session)> = None;
-    for (index, treatment, pending) in todo {
+    for (boot, treatment, pending) in todo {
         let name = treatment.name();
         let err = |source| RunError::Testbed { treatment: name.clone(), source };
         let params = treatment.migration_params(spec.raw.migration.timeout_s);
-        let at = format!("treatment {}/{} {name}", index + 1, treatments.len());
+        let at = if boot.of > 1 {
+            format!(
+                "treatment {}/{} {name} (boot {}/{})",
+                boot.treatment + 1,
+                treatments.len(),
+                boot.index + 1,
+                boot.of
+            )
+        } else {
+            format!("treatment {}/{} {name}", boot.treatment + 1, treatments.len())
+        };
         progress.treatment(&at, if kept.is_some() { "starting" } else { "starting its lab" });
         let treatment_started = Instant::now();
         let (mut hosts, mut session) = match kept.take() {

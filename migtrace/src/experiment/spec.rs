@@ -5,8 +5,9 @@
 //! backend = "lab"
 //! design = "factorial"          # or "sweep": one factor at a time, others at base
 //! repetitions = 5               # migrations per treatment (the paper used 20)
-//! order = "sequential"          # or "random" (treatment order, with `seed`)
+//! order = "sequential"          # or "random" (the order of treatments and boots, with `seed`)
 //! seed = 1
+//! repetitions_per_boot = 2      # at most this many consecutive migrations per lab boot
 //! warmup = "2s"                 # workload runs this long before the first migration
 //! guest = "linux"               # or "minimal": migtrace's bare-metal guest (KVM on kvm_pvm)
 //!
@@ -292,6 +293,11 @@ pub struct RawSpec {
     pub order: Order,
     #[serde(default)]
     pub seed: u64,
+    /// A treatment's repetitions are ping-pong migrations of one booted guest, this many
+    /// at most per boot (default: all of them on one boot); each block of them is a boot
+    /// of its own, placed in the run by `order`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetitions_per_boot: Option<u32>,
     #[serde(default = "default_warmup")]
     pub warmup: String,
     #[serde(default)]
@@ -354,6 +360,10 @@ pub enum SpecError {
     Libvirt(String),
     #[error("repetitions must be at least 1")]
     Repetitions,
+    #[error(
+        "repetitions_per_boot = {0}: give 1 to repetitions ({1}), the migrations a lab boot runs one after another"
+    )]
+    RepetitionsPerBoot(u32, u32),
     #[error("name {0:?} must be a plain directory name (letters, digits, '-', '_', '.')")]
     Name(String),
     #[error("give either rate or period and bpc as factors, not both")]
@@ -490,6 +500,11 @@ impl ExperimentSpec {
         }
         if raw.repetitions == 0 {
             return Err(SpecError::Repetitions);
+        }
+        if let Some(k) = raw.repetitions_per_boot
+            && !(1..=raw.repetitions).contains(&k)
+        {
+            return Err(SpecError::RepetitionsPerBoot(k, raw.repetitions));
         }
         if raw.name.is_empty()
             || raw.name.starts_with('.')
@@ -638,6 +653,10 @@ mod tests {
         ExperimentSpec::parse(&format!("{head}{libvirt}[factors]\ndowntime_limit = [100, 300]\n"))
             .expect("migration knobs vary");
         assert!(err("name = \"t\"\nrepetitions = 0\n[factors]\nvcpus = [1]\n").contains("repetitions"));
+        for k in [0, 3] {
+            let e = err(&format!("{head}repetitions_per_boot = {k}\n[factors]\nvcpus = [1]\n"));
+            assert!(e.contains("repetitions_per_boot") && e.contains("give 1 to repetitions (2)"), "{e}");
+        }
         assert!(err(&format!("{head}[factors]\nrate = [1]\nperiod = [\"10ms\"]\nbpc = [1]\n")).contains("not both"));
         assert!(err(&format!("{head}[factors]\nfill = [120]\n")).contains("percentage"));
         assert!(err(&format!("{head}colour = 1\n[factors]\nvcpus = [1]\n")).contains("misspelled"));

@@ -234,11 +234,11 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
     let mut header: Vec<String> = vec!["treatment".into()];
     header.extend(factors.iter().cloned());
     header.extend(
-        ["migrations", "usable", "did_not_converge", "failed", "guest_crashed", "corrupted", "trace_loss"]
+        ["migrations", "usable", "censored", "did_not_converge", "failed", "guest_crashed", "corrupted", "trace_loss"]
             .map(String::from),
     );
     for m in MEASURES {
-        for stat in ["mean", "sd", "min", "p50", "p99", "p999", "max", "ci95_low", "ci95_high"] {
+        for stat in ["mean", "sd", "min", "p50", "p99", "p999", "max", "ci95_low", "ci95_high", "censored"] {
             header.push(format!("{}.{stat}", m.name));
         }
     }
@@ -247,8 +247,17 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
         let mut row = vec![t.treatment.clone()];
         row.extend(factors.iter().map(|f| t.levels.get(f).cloned().unwrap_or_default()));
         row.extend(
-            [t.migrations, t.usable, t.did_not_converge, t.failed, t.guest_crashed, t.corrupted, t.trace_loss]
-                .map(|n| n.to_string()),
+            [
+                t.migrations,
+                t.usable,
+                t.censored,
+                t.did_not_converge,
+                t.failed,
+                t.guest_crashed,
+                t.corrupted,
+                t.trace_loss,
+            ]
+            .map(|n| n.to_string()),
         );
         for m in MEASURES {
             match t.measures.get(m.name) {
@@ -265,9 +274,12 @@ fn treatments_csv(s: &ExperimentSummary) -> String {
                         st.ci95.map(|c| c.0),
                         st.ci95.map(|c| c.1),
                     ]
-                    .map(|v| v.map_or(String::new(), |v| format!("{v:.3}"))),
+                    .map(|v| v.map_or(String::new(), |v| format!("{v:.3}")))
+                    .into_iter()
+                    // How many of the values are lower bounds (then so are the figures).
+                    .chain(std::iter::once(st.censored.to_string())),
                 ),
-                None => row.extend(std::iter::repeat_n(String::new(), 9)),
+                None => row.extend(std::iter::repeat_n(String::new(), 10)),
             }
         }
         out.push_str(&csv_line(row));

@@ -248,8 +248,16 @@ pub struct GuestCheck {
 }
 
 impl GuestCheck {
+    /// Nothing wrong with the guest; one that was silent through the observation but
+    /// answered its memory check afterwards came back (only slower than observed).
     pub fn healthy(&self) -> bool {
-        !self.crashed && !self.rebooted && !self.unreachable && !self.corrupted()
+        !self.crashed && !self.rebooted && (!self.unreachable || self.came_back()) && !self.corrupted()
+    }
+
+    /// The guest answered after the observation: its memory check came back (over its
+    /// network or its serial port), so a silence during the observation was not a hang.
+    pub fn came_back(&self) -> bool {
+        self.memory_check.is_some()
     }
 
     /// The guest's memory lost writes in the migration.
@@ -259,7 +267,7 @@ impl GuestCheck {
 
     /// The guest is gone for good (not even rebooted): later migrations of it are moot.
     pub fn dead(&self) -> bool {
-        (self.crashed || self.unreachable) && !self.rebooted
+        (self.crashed || (self.unreachable && !self.came_back())) && !self.rebooted
     }
 }
 

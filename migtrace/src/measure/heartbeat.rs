@@ -30,7 +30,7 @@ pub struct HeartbeatSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_destination_ns: Option<u64>,
     /// Intervals between consecutive heartbeats of one host, the gap left out: p50,
-    /// p99 and max, ms. Their spread is the stamping precision (and any stall of the
+    /// p99 (nearest rank, [`crate::percentile`]) and max, ms. Their spread is the stamping precision (and any stall of the
     /// guest before the switchover, such as dirty-logging faults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_p50_ms: Option<f64>,
@@ -56,8 +56,8 @@ pub fn summarise(beats: &[Heartbeat], source: &str, destination: &str, origin_ns
     let mut intervals: Vec<u64> = [&src, &dst].iter().flat_map(|b| b.windows(2).map(|w| w[1] - w[0])).collect();
     intervals.sort_unstable();
     if !intervals.is_empty() {
-        let at = |q: f64| ms(intervals[((intervals.len() - 1) as f64 * q).round() as usize]);
-        (s.interval_p50_ms, s.interval_p99_ms, s.interval_max_ms) = (Some(at(0.5)), Some(at(0.99)), Some(at(1.0)));
+        let at = |q: f64| crate::percentile::of_sorted(&intervals, q).map(ms);
+        (s.interval_p50_ms, s.interval_p99_ms, s.interval_max_ms) = (at(0.5), at(0.99), at(1.0));
     }
     match (dst.first(), src.iter().rev().find(|&&t| dst.first().is_none_or(|&d| t <= d))) {
         (Some(&first), Some(&last)) => {
@@ -107,6 +107,16 @@ mod tests {
         assert_eq!(s.first_destination_ns, Some(162_000_000));
         assert_eq!((s.interval_p50_ms, s.interval_max_ms), (Some(1.0), Some(1.0)));
         assert_eq!(s.error, None);
+    }
+
+    #[test]
+    fn interval_percentiles_are_nearest_rank_as_everywhere() {
+        // Intervals 1, 2, 3, 4 ms: the median is the 2nd (⌈0.5 · 4⌉), as in the
+        // statistics; a rounded index ((4 − 1) · 0.5 → 2) took the 3rd.
+        let mut beats: Vec<Heartbeat> = [0, 1, 3, 6, 10].into_iter().map(|t| beat(t, "tap-a")).collect();
+        beats.push(beat(30, "tap-b"));
+        let s = summarise(&beats, "tap-a", "tap-b", 0);
+        assert_eq!((s.interval_p50_ms, s.interval_p99_ms, s.interval_max_ms), (Some(2.0), Some(4.0), Some(4.0)));
     }
 
     #[test]

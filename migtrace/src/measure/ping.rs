@@ -3,7 +3,7 @@
 //! around the switchover.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -143,28 +143,56 @@ impl Ping {
     /// right after a reply, so no request is in flight and the loss count is exact.
     pub fn stop(mut self) -> PingReport {
         let interval_ms = self.interval.as_secs_f64() * 1e3;
-        let Some(child) = self.child.take() else {
+        let Some(mut child) = self.child.take() else {
             return PingReport { interval_ms, error: self.error, ..PingReport::default() };
         };
         if let Some(rx) = &self.replies {
             while rx.try_recv().is_ok() {}
             let _ = rx.recv_timeout(self.interval * 2);
         }
-        // SAFETY: signalling the ping process we started (ip netns exec execs ping).
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let stderr = match child.wait_with_output() {
-            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        let killed = match interrupt(&mut child) {
+            Ok(killed) => killed,
             Err(e) => {
                 return PingReport { interval_ms, error: Some(format!("waiting for ping: {e}")), ..Default::default() };
             }
         };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        let stderr = stderr.trim().to_owned();
         let stdout = self.reader.take().and_then(|r| r.join().ok()).unwrap_or_default();
         let mut report = parse(&stdout, interval_ms);
-        if report.sent == 0 {
+        if killed {
+            report.error = Some(format!("ping did not stop on {INTERRUPTS} interrupts and was killed: no summary"));
+        } else if report.sent == 0 {
             report.error = Some(if stderr.is_empty() { "ping sent nothing".into() } else { stderr });
         }
         report
     }
+}
+
+/// Interrupts sent to ping before it is killed, one a second.
+const INTERRUPTS: u32 = 5;
+
+/// Interrupts `child` (ping) until it exits and returns whether it had to be killed.
+/// iputils ping 20221126 here once ran on for minutes after an interrupt (the soak's 25th
+/// of 40 migrations; a second one stopped it), which hung the whole run: the interrupt
+/// is sent again each second, and the fifth second it is killed.
+fn interrupt(child: &mut Child) -> std::io::Result<bool> {
+    for _ in 0..INTERRUPTS {
+        // SAFETY: signalling the ping process we started (ip netns exec execs ping).
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        for _ in 0..100 {
+            if child.try_wait()?.is_some() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(true)
 }
 
 /// Parses `ping -D` output: reply lines (see [`reply_line`]) and the summary

@@ -12,6 +12,60 @@ use crate::hypervisor::Status;
 pub struct Measure {
     pub name: &'static str,
     pub get: fn(&MigrationRecord) -> Option<f64>,
+    /// In a censored migration (see [`Category::Censored`]): the lower bound of a value
+    /// that was still growing when observation ended, if the measure has one.
+    pub open: fn(&MigrationRecord) -> Option<f64>,
+}
+
+/// A measure's value in a record, as statistics count it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reading {
+    /// Observed.
+    Exact(f64),
+    /// Known only to be at least this: the guest had not answered again when
+    /// observation ended, and answered later (a censored migration).
+    AtLeast(f64),
+}
+
+impl Reading {
+    /// The value, or the bound.
+    pub fn value(self) -> f64 {
+        match self {
+            Reading::Exact(v) | Reading::AtLeast(v) => v,
+        }
+    }
+}
+
+impl Measure {
+    /// What `r` says of this measure for statistics: its value, a lower bound where the
+    /// migration is censored and the measure was still open, or nothing.
+    pub fn reading(&self, r: &MigrationRecord) -> Option<Reading> {
+        if category(r) == Category::Censored
+            && let Some(bound) = (self.open)(r).filter(|v| v.is_finite())
+        {
+            return Some(Reading::AtLeast(bound));
+        }
+        (self.get)(r).filter(|v| v.is_finite()).map(Reading::Exact)
+    }
+}
+
+/// No lower bound: the measure closes whether or not the guest answers (QEMU's, the
+/// vCPUs', the command's).
+fn closed(_: &MigrationRecord) -> Option<f64> {
+    None
+}
+
+/// Whether the record has a counted outage that was still open when observation ended.
+fn outage_open(r: &MigrationRecord) -> bool {
+    r.outages.as_ref().is_some_and(|o| o.iter().any(|o| o.open && o.counted()))
+}
+
+fn open_outage_total(r: &MigrationRecord) -> Option<f64> {
+    r.downtime_ms.outages_total.filter(|_| outage_open(r))
+}
+
+fn open_outage_longest(r: &MigrationRecord) -> Option<f64> {
+    r.downtime_ms.longest_outage.filter(|_| outage_open(r))
 }
 
 /// What a measure whose source can vary was taken from in `r` (see
@@ -39,32 +93,56 @@ fn from(r: &MigrationRecord, measure: &str, want: Evidence, v: Option<f64>) -> O
 /// Every downtime and migration-time measure of a record. Measures that may come from
 /// eBPF probes or from QMP events appear twice: traced, and `….qmp`.
 pub const MEASURES: &[Measure] = &[
-    Measure { name: "downtime.ping", get: |r| r.downtime_ms.ping },
-    Measure { name: "downtime.ping_max_gap", get: |r| r.downtime_ms.ping_max_gap },
-    Measure { name: "downtime.probe_gap", get: |r| r.downtime_ms.probe_gap },
-    Measure { name: "downtime.vcpu", get: |r| from(r, "downtime_ms.vcpu", Evidence::Ebpf, r.downtime_ms.vcpu) },
-    Measure { name: "downtime.vcpu.qmp", get: |r| from(r, "downtime_ms.vcpu", Evidence::Qmp, r.downtime_ms.vcpu) },
-    Measure { name: "downtime.reported", get: |r| r.downtime_ms.reported },
-    Measure { name: "downtime.heartbeat_gap", get: |r| r.downtime_ms.heartbeat_gap },
-    Measure { name: "downtime.outages_total", get: |r| r.downtime_ms.outages_total },
-    Measure { name: "downtime.longest_outage", get: |r| r.downtime_ms.longest_outage },
-    Measure { name: "migration_time.command", get: |r| r.migration_time_ms.command },
-    Measure { name: "migration_time.reported", get: |r| r.migration_time_ms.reported },
+    // Lost pings × interval counts the pings lost to the end of observation: a lower
+    // bound where ping got no reply after the resume.
+    Measure {
+        name: "downtime.ping",
+        get: |r| r.downtime_ms.ping,
+        open: |r| r.downtime_ms.ping.filter(|_| r.ping.as_ref().is_some_and(|p| p.max_gap_ms.is_none())),
+    },
+    Measure { name: "downtime.ping_max_gap", get: |r| r.downtime_ms.ping_max_gap, open: closed },
+    Measure {
+        name: "downtime.probe_gap",
+        get: |r| r.downtime_ms.probe_gap,
+        open: |r| r.probe.as_ref().and_then(|p| p.open_gap_ms),
+    },
+    Measure {
+        name: "downtime.vcpu",
+        get: |r| from(r, "downtime_ms.vcpu", Evidence::Ebpf, r.downtime_ms.vcpu),
+        open: closed,
+    },
+    Measure {
+        name: "downtime.vcpu.qmp",
+        get: |r| from(r, "downtime_ms.vcpu", Evidence::Qmp, r.downtime_ms.vcpu),
+        open: closed,
+    },
+    Measure { name: "downtime.reported", get: |r| r.downtime_ms.reported, open: closed },
+    Measure { name: "downtime.heartbeat_gap", get: |r| r.downtime_ms.heartbeat_gap, open: closed },
+    // An outage still open when observation ended counts to its end: both are then
+    // lower bounds.
+    Measure { name: "downtime.outages_total", get: |r| r.downtime_ms.outages_total, open: open_outage_total },
+    Measure { name: "downtime.longest_outage", get: |r| r.downtime_ms.longest_outage, open: open_outage_longest },
+    Measure { name: "migration_time.command", get: |r| r.migration_time_ms.command, open: closed },
+    Measure { name: "migration_time.reported", get: |r| r.migration_time_ms.reported, open: closed },
     Measure {
         name: "migration_time.traced",
         get: |r| from(r, "migration_time_ms.traced", Evidence::Ebpf, r.migration_time_ms.traced),
+        open: closed,
     },
     Measure {
         name: "migration_time.traced.qmp",
         get: |r| from(r, "migration_time_ms.traced", Evidence::Qmp, r.migration_time_ms.traced),
+        open: closed,
     },
     Measure {
         name: "migration_time.traced_to_resume",
         get: |r| from(r, "migration_time_ms.traced_to_resume", Evidence::Ebpf, r.migration_time_ms.traced_to_resume),
+        open: closed,
     },
     Measure {
         name: "migration_time.traced_to_resume.qmp",
         get: |r| from(r, "migration_time_ms.traced_to_resume", Evidence::Qmp, r.migration_time_ms.traced_to_resume),
+        open: closed,
     },
 ];
 
@@ -81,13 +159,19 @@ pub enum Category {
     DidNotConverge,
     /// The migration failed, or timed out after its switchover began.
     Failed,
-    /// The guest crashed, rebooted or went silent after the migration.
+    /// The guest crashed or rebooted after the migration, or went silent and never
+    /// answered again (not even its memory check).
     GuestUnhealthy,
     /// The guest's own memory check found pages that lost writes in the migration.
     Corrupted,
     /// The probes lost part of the migration (ring-buffer records, or what a full kernel
     /// map could not hold): probe-based figures may miss their stamps.
     TraceLoss,
+    /// Completed, but the guest answered no probe before observation ended (`settle_max`)
+    /// and did answer its memory check afterwards: it came back, later than observed.
+    /// Its guest-observed downtime is known only as a lower bound (the open gap), which
+    /// statistics count as such ([`Reading::AtLeast`]); its other measures are whole.
+    Censored,
 }
 
 pub fn category(r: &MigrationRecord) -> Category {
@@ -95,12 +179,14 @@ pub fn category(r: &MigrationRecord) -> Category {
         Category::DidNotConverge
     } else if r.outcome.status != Status::Completed {
         Category::Failed
-    } else if r.guest.as_ref().is_some_and(|g| g.crashed || g.rebooted || g.unreachable) {
+    } else if r.guest.as_ref().is_some_and(|g| g.crashed || g.rebooted || (g.unreachable && !g.came_back())) {
         Category::GuestUnhealthy
     } else if r.guest.as_ref().is_some_and(|g| g.corrupted()) {
         Category::Corrupted
     } else if r.trace_health.as_ref().is_some_and(|h| h.lossy()) {
         Category::TraceLoss
+    } else if r.guest.as_ref().is_some_and(|g| g.unreachable) {
+        Category::Censored
     } else {
         Category::Usable
     }
@@ -143,8 +229,14 @@ pub fn usable(r: &MigrationRecord) -> bool {
     category(r) == Category::Usable
 }
 
+/// Whether a record enters statistics: usable, or censored (its open measures as lower
+/// bounds, [`Measure::reading`]).
+pub fn counted(r: &MigrationRecord) -> bool {
+    matches!(category(r), Category::Usable | Category::Censored)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hypervisor::{
         HostEvent, MigrationOutcome, MigrationParams,
@@ -167,6 +259,60 @@ mod tests {
             ..Default::default()
         };
         MigrationRecord::new(0, "t".into(), params, outcome)
+    }
+
+    /// A completed migration whose guest answered no probe before observation ended
+    /// (an open gap of `open` ms), with or without answering its memory check after.
+    pub(crate) fn silent(open: f64, came_back: bool) -> MigrationRecord {
+        let mut r =
+            MigrationRecord::new(0, "t".into(), MigrationParams::default(), MigrationOutcome::completed_for_test(None));
+        r.probe = Some(crate::measure::downtime::ProbeSummary { open_gap_ms: Some(open), ..Default::default() });
+        r.ping =
+            Some(crate::measure::ping::PingReport { interval_ms: 50.0, sent: 100, lost: 90, ..Default::default() });
+        r.downtime_ms.ping = Some(4500.0);
+        r.downtime_ms.vcpu = Some(40.0);
+        r.guest = Some(crate::hypervisor::GuestCheck {
+            unreachable: true,
+            memory_check: came_back.then(crate::hypervisor::MemoryCheck::default),
+            ..Default::default()
+        });
+        r
+    }
+
+    #[test]
+    fn a_guest_that_came_back_after_the_observation_is_censored_not_unhealthy() {
+        let late = silent(5012.0, true);
+        assert_eq!(category(&late), Category::Censored);
+        assert!(counted(&late) && !usable(&late) && late.guest.as_ref().is_some_and(|g| g.healthy() && !g.dead()));
+        let probe = MEASURES.iter().find(|m| m.name == "downtime.probe_gap").expect("measure");
+        let ping = MEASURES.iter().find(|m| m.name == "downtime.ping").expect("measure");
+        let vcpu = MEASURES.iter().find(|m| m.name == "downtime.vcpu").expect("measure");
+        // The guest-observed gaps are open: lower bounds; the vCPUs' is whole.
+        assert_eq!(probe.reading(&late), Some(Reading::AtLeast(5012.0)));
+        assert_eq!(ping.reading(&late), Some(Reading::AtLeast(4500.0)));
+        assert_eq!(vcpu.reading(&late), Some(Reading::Exact(40.0)));
+        // An outage still open at the end counts to the end: the totals are bounds.
+        let mut outage = late.clone();
+        outage.outages = Some(vec![crate::measure::outage::Outage {
+            start_ms: 900.0,
+            duration_ms: 5012.0,
+            phase: "switchover + after resume".into(),
+            switchover: true,
+            evidence: "probe replies at the taps".into(),
+            hosts: None,
+            open: true,
+            sender_late_ms: None,
+        }]);
+        (outage.downtime_ms.outages_total, outage.downtime_ms.longest_outage) = (Some(5012.0), Some(5012.0));
+        let total = MEASURES.iter().find(|m| m.name == "downtime.outages_total").expect("measure");
+        assert_eq!(total.reading(&outage), Some(Reading::AtLeast(5012.0)));
+        // Never heard from again, or crashed: unhealthy, not counted.
+        let hung = silent(5012.0, false);
+        assert_eq!(category(&hung), Category::GuestUnhealthy);
+        assert!(hung.guest.as_ref().is_some_and(|g| g.dead()));
+        let mut crashed = silent(5012.0, true);
+        crashed.guest.as_mut().expect("guest").crashed = true;
+        assert_eq!(category(&crashed), Category::GuestUnhealthy);
     }
 
     #[test]

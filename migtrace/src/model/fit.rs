@@ -7,15 +7,22 @@
 //! downtime bytes against the traced phase, and the destination's load, resume and
 //! reconvergence from their traced phases. Medians and Theil–Sen lines keep a stalled
 //! migration on a busy host from pulling a parameter.
+//!
+//! Only traced figures are fitted and scored: a phase, vCPU blackout or traced time that
+//! a QMP event stood in for (no probe point) is left out, never pooled with eBPF's
+//! (as the statistics keep `….qmp` apart; [`quality::evidence_of`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    Measure, ModelError, PAGE, Provenance, RateKind, Vm, median,
-    precopy::{Line, Params, WINDOW_S},
+    Manager, Measure, ModelError, PAGE, Provenance, RateKind, Vm, median,
+    precopy::{LINK_WINDOW_S, Line, Params, Rates, WINDOW_S},
     quantile,
 };
-use crate::measure::{quality, record::MigrationRecord};
+use crate::{
+    hypervisor::link::LinkRate,
+    measure::{quality, record::MigrationRecord, timeline::Evidence},
+};
 
 /// One sync's pending bytes and what led to them.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +48,8 @@ pub struct Observation {
     /// The last pre-copy round and the VM stop.
     pub switchover_ms: Option<f64>,
     pub sync_ms: Vec<f64>,
+    /// Over a link slower than `max-bandwidth`: seconds between QEMU's pending checks.
+    pub link_window_s: Option<f64>,
     /// Transferred bytes before the VM stopped, and the pre-copy rounds' time, s.
     pub precopy: Option<(f64, f64)>,
     pub syncs: Vec<SyncObs>,
@@ -86,10 +95,28 @@ pub fn vm_of(r: &MigrationRecord) -> Result<Vm, String> {
         rate_kind: RateKind::Workload,
         max_bandwidth: r.params.max_bandwidth.map(|b| b as f64),
         downtime_limit_ms: r.params.downtime_limit_ms.map(|d| d as f64),
+        manager: manager_of(r),
+        // Real hosts' links are not migtrace's to know: taken as not limiting.
+        link: r.params.link.as_ref().and_then(|l| l.configured.as_ref()).map_or(LinkRate::Unlimited, |c| c.rate),
     })
 }
 
-/// The measured values a prediction is scored against.
+/// Who set the record's migration parameters: libvirt names itself in the statistics
+/// it reported.
+fn manager_of(r: &MigrationRecord) -> Manager {
+    match r.outcome.stats.reported_by.as_deref() {
+        Some(by) if by.starts_with("libvirt") => Manager::Libvirt,
+        _ => Manager::Qemu,
+    }
+}
+
+/// Whether `r`'s `measure` (`downtime_ms.vcpu`, …) was traced, not a QMP stand-in.
+fn traced(r: &MigrationRecord, measure: &str) -> bool {
+    quality::evidence_of(r, measure) == Evidence::Ebpf
+}
+
+/// The measured values a prediction is scored against (the vCPU blackout only where
+/// eBPF took it).
 pub fn measured(r: &MigrationRecord) -> BTreeMap<Measure, f64> {
     let rounds = r
         .outcome
@@ -104,7 +131,7 @@ pub fn measured(r: &MigrationRecord) -> BTreeMap<Measure, f64> {
         (Measure::MigrationTime, r.migration_time_ms.command),
         (Measure::Rounds, rounds),
         (Measure::QemuDowntime, r.downtime_ms.reported),
-        (Measure::Blackout, r.downtime_ms.vcpu),
+        (Measure::Blackout, r.downtime_ms.vcpu.filter(|_| traced(r, "downtime_ms.vcpu"))),
         (Measure::GuestDowntime, guest),
     ]
     .into_iter()
@@ -134,12 +161,22 @@ pub fn observations(records: &[MigrationRecord]) -> (Vec<Observation>, Vec<Strin
 fn observe(r: &MigrationRecord) -> Result<Observation, String> {
     let vm = vm_of(r)?;
     let t = r.timeline.as_ref().ok_or("no timeline")?;
-    let phase = |name: &str| t.phase(name).map(|p| p.duration_ms);
+    // Phases a QMP event stood in for are not eBPF's figures: left out.
+    let phase = |name: &str| t.phase(name).filter(|p| p.evidence != Evidence::Qmp).map(|p| p.duration_ms);
     let precopy_rounds: Vec<_> = t.rounds.iter().filter(|x| !x.final_round).collect();
     let ram = r.outcome.stats.ram.as_ref();
     let precopy_s = precopy_rounds.iter().map(|x| x.duration_ms).sum::<f64>() / 1e3;
     let precopy_bytes = ram
         .and_then(|m| m.precopy_bytes.or_else(|| Some(m.transferred?.saturating_sub(m.downtime_bytes.unwrap_or(0)))));
+    let achieved = precopy_bytes.unwrap_or(0) as f64 / precopy_s.max(1e-9);
+    // Seconds between QEMU's pending checks: its rate-limit window where max-bandwidth
+    // bounds the pre-copy; else an iteration's bound, as round 1's checks show it.
+    let link_window = precopy_rounds
+        .first()
+        .and_then(|x| Some((x.duration_ms / 1e3, x.checks?)))
+        .filter(|&(_, checks)| checks >= 3)
+        .map(|(s, checks)| s / checks as f64)
+        .filter(|_| !matches!(bound(&vm), Bound::Cap(_)));
     let mut syncs = Vec::new();
     for (i, pair) in precopy_rounds.windows(2).enumerate() {
         let (prev, next) = (pair[0], pair[1]);
@@ -147,14 +184,29 @@ fn observe(r: &MigrationRecord) -> Result<Observation, String> {
         let leftover = if i == 0 {
             None
         } else {
-            // A window sends what QEMU measured per window: its threshold is that
-            // bandwidth × the downtime limit.
-            let measured_bandwidth = match prev.threshold_bytes {
-                Some(theta) => theta as f64 / (vm.downtime_limit_ms() / 1e3),
-                None => precopy_bytes.unwrap_or(0) as f64 / precopy_s.max(1e-9),
+            // The last check is one window before the sync. Under max-bandwidth a window
+            // sends what QEMU measured per window (its threshold is that bandwidth × the
+            // downtime limit); over a slower link the link's pace for the time between
+            // the round's checks (an iteration ends after 50 ms, or at the next sync).
+            let between_checks = prev
+                .checks
+                .filter(|&c| c > 0)
+                .map(|c| (prev.duration_ms - prev.sync_ms.unwrap_or(0.0)) / 1e3 / c as f64);
+            let (bandwidth, window) = match (bound(&vm), prev.threshold_bytes) {
+                (Bound::Cap(_), Some(theta)) => (theta as f64 / (vm.downtime_limit_ms() / 1e3), WINDOW_S),
+                (Bound::Cap(_), None) => (achieved, WINDOW_S),
+                _ => (achieved, between_checks.or(link_window).unwrap_or(LINK_WINDOW_S)),
             };
-            let theta = measured_bandwidth * vm.downtime_limit_ms() / 1e3;
-            prev.remaining_bytes.map(|rem| (rem as f64 - measured_bandwidth * WINDOW_S).clamp(0.0, theta))
+            // Under max-bandwidth the sync came at the first check below the threshold,
+            // QEMU's steady estimate: at most that much was left. Over a slower link QEMU's
+            // estimate swings with the sockets' buffers (12 to 40 MB in one migration at
+            // 1gbit), so what was left is only what the link had not carried.
+            let most = match bound(&vm) {
+                Bound::Cap(_) => bandwidth * vm.downtime_limit_ms() / 1e3,
+                _ => f64::INFINITY,
+            };
+            prev.remaining_bytes
+                .map(|rem| (rem as f64 - bandwidth * window.min(prev.duration_ms / 1e3)).clamp(0.0, most))
         };
         if i > 0 && leftover.is_none() {
             continue;
@@ -181,17 +233,40 @@ fn observe(r: &MigrationRecord) -> Result<Observation, String> {
             .filter(|_| precopy_rounds.len() >= 2)
             .map(|x| x.duration_ms + phase("vm-stop").unwrap_or(0.0)),
         sync_ms: precopy_rounds.iter().skip(1).filter_map(|x| x.sync_ms).collect(),
+        link_window_s: link_window,
         precopy: precopy_bytes.filter(|_| precopy_s > 0.0).map(|b| (b as f64, precopy_s)),
         syncs,
         stop_copy: ram.and_then(|m| m.downtime_bytes).zip(phase("stop-and-copy")).map(|(b, ms)| (b as f64, ms)),
         load_ms: load,
         resume_ms: resume,
         first_packet_ms: phase("first guest packet").or(phase("first guest heartbeat")),
-        command_offset_ms: r.migration_time_ms.command.zip(r.migration_time_ms.traced_to_resume).map(|(c, t)| c - t),
+        command_offset_ms: r
+            .migration_time_ms
+            .command
+            .zip(r.migration_time_ms.traced_to_resume.filter(|_| traced(r, "migration_time_ms.traced_to_resume")))
+            .map(|(c, t)| c - t),
         measured: measured(r),
         machine,
         vm,
     })
+}
+
+/// What bounded a migration's pre-copy: `max-bandwidth`, the link, or neither (an
+/// unshaped link without a cap: memory speed), each with its nominal rate, bytes/s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bound {
+    Cap(f64),
+    Link(f64),
+    Memory,
+}
+
+fn bound(vm: &Vm) -> Bound {
+    match (vm.bandwidth_limit(), vm.link.bytes_per_second()) {
+        (Some(c), Some(l)) if l < c => Bound::Link(l),
+        (Some(c), _) => Bound::Cap(c),
+        (None, Some(l)) => Bound::Link(l),
+        (None, None) => Bound::Memory,
+    }
 }
 
 /// Fits the parameters on `obs`.
@@ -200,33 +275,69 @@ pub fn fit(obs: &[Observation]) -> Result<Params, ModelError> {
         return Err(ModelError::Fit("no usable migration with a timeline".into()));
     }
     let med = |f: &dyn Fn(&Observation) -> Option<f64>| median(&obs.iter().filter_map(f).collect::<Vec<_>>());
-    let need = |what: &str, v: Option<f64>| v.ok_or_else(|| ModelError::Fit(format!("no migration has {what}")));
+    let need =
+        |what: &str, ok: bool| if ok { Ok(()) } else { Err(ModelError::Fit(format!("no migration has {what}"))) };
+    need("pre-copy bytes and rounds", obs.iter().any(|o| o.precopy.is_some()))?;
+    need("stop-and-copy bytes", obs.iter().any(|o| o.stop_copy.is_some_and(|(_, ms)| ms > 0.0)))?;
+    let link = |o: &Observation| o.vm.link.bytes_per_second();
 
-    let efficiency =
-        need("pre-copy bytes and rounds", med(&|o| o.precopy.map(|(b, s)| b / s / o.vm.bandwidth_limit())))?;
-    // Stop-and-copy: fixed ms + bytes ÷ an unlimited bandwidth.
-    let sc: Vec<(f64, f64)> = obs.iter().filter_map(|o| o.stop_copy).collect();
-    let sc_line = theil_sen(&sc);
-    let (stop_copy_bandwidth, stop_copy_fixed_ms) = match sc_line {
-        Some(l) if l.slope > 0.0 => (1e3 / l.slope, l.intercept.max(0.0)),
-        _ => (
-            need(
-                "stop-and-copy bytes",
-                median(&sc.iter().filter(|p| p.1 > 0.0).map(|(b, ms)| b / ms * 1e3).collect::<Vec<_>>()),
-            )?,
-            0.0,
-        ),
+    // The pre-copy bandwidth against whatever bounded it; each efficiency from the
+    // migrations it bounded, so one fit serves several links and caps.
+    let achieved = |o: &Observation, want: fn(Bound) -> Option<f64>| {
+        let (bytes, s) = o.precopy?;
+        Some(bytes / s / want(bound(&o.vm))?)
     };
+    let bandwidth_efficiency = med(&|o| achieved(o, |b| if let Bound::Cap(c) = b { Some(c) } else { None }));
+    let link_efficiency = med(&|o| achieved(o, |b| if let Bound::Link(l) = b { Some(l) } else { None }));
+    // Stop-and-copy over an unshaped link: fixed ms + bytes at memory speed.
+    let sc: Vec<(f64, f64)> = obs.iter().filter(|o| link(o).is_none()).filter_map(|o| o.stop_copy).collect();
+    let (stop_copy_bandwidth, stop_copy_fixed_ms) = match theil_sen(&sc) {
+        Some(l) if l.slope > 0.0 => (Some(1e3 / l.slope), l.intercept.max(0.0)),
+        _ => (median(&sc.iter().filter(|p| p.1 > 0.0).map(|(b, ms)| b / ms * 1e3).collect::<Vec<_>>()), 0.0),
+    };
+    // Over a shaped link: ms against the ms the bytes take at the link's nominal rate,
+    // so links of several rates share one line.
+    let sc_link: Vec<(f64, f64)> = obs
+        .iter()
+        .filter_map(|o| {
+            let (bytes, ms) = o.stop_copy?;
+            Some((bytes / link(o)? * 1e3, ms))
+        })
+        .collect();
+    let (stop_copy_link_efficiency, stop_copy_link_fixed_ms) = match theil_sen(&sc_link) {
+        Some(l) if l.slope > 0.0 => (Some(1.0 / l.slope), l.intercept),
+        _ => (median(&sc_link.iter().filter(|p| p.1 > 0.0).map(|(at, ms)| at / ms).collect::<Vec<_>>()), 0.0),
+    };
+    // The destination's load: its own over an unshaped link; over a shaped one what the
+    // link still carried comes on top, in bytes at its rate (all of the load when no
+    // unshaped migration tells its own part).
+    let own_load = median(&obs.iter().filter(|o| link(o).is_none()).filter_map(|o| o.load_ms).collect::<Vec<_>>());
+    let link_drain_bytes = median(
+        &obs.iter()
+            .filter_map(|o| Some(((o.load_ms? - own_load.unwrap_or(0.0)) / 1e3 * link(o)?).max(0.0)))
+            .collect::<Vec<_>>(),
+    );
+    let mut params = Params {
+        bandwidth_efficiency,
+        link_efficiency,
+        stop_copy_bandwidth,
+        stop_copy_fixed_ms,
+        stop_copy_link_efficiency,
+        stop_copy_link_fixed_ms,
+        link_drain_bytes,
+        link_window_ms: med(&|o| o.link_window_s.map(|s| s * 1e3)),
+        destination_load_ms: own_load.unwrap_or(0.0),
+        ..Params::default()
+    };
+    // Each migration's pre-copy bandwidth as the model has it.
+    let rate = |o: &Observation| Rates::of(&params, &o.vm).ok().map(|r| r.precopy);
     let setup =
         line_or_median(&obs.iter().filter_map(|o| Some((o.vm.vmsize_bytes / GIB, o.setup_ms?))).collect::<Vec<_>>())
             .unwrap_or_default();
     // Round 1 at the fitted bandwidth: what besides the working set it sent.
     let extra = line_or_median(
         &obs.iter()
-            .filter_map(|o| {
-                let b = efficiency * o.vm.bandwidth_limit();
-                Some((o.vm.vmsize_bytes, o.round1_ms? / 1e3 * b - o.vm.wset_bytes))
-            })
+            .filter_map(|o| Some((o.vm.vmsize_bytes, o.round1_ms? / 1e3 * rate(o)? - o.vm.wset_bytes)))
             .collect::<Vec<_>>(),
     )
     .unwrap_or_default();
@@ -238,7 +349,7 @@ pub fn fit(obs: &[Observation]) -> Result<Params, ModelError> {
             let s = o.syncs.iter().find(|s| s.leftover_bytes.is_none())?;
             let t = s.duration_s;
             let workload = (rho * o.vm.rate_pps * t * PAGE).min(o.vm.wset_bytes);
-            let theta = efficiency * o.vm.bandwidth_limit() * o.vm.downtime_limit_ms() / 1e3;
+            let theta = rate(o)? * o.vm.downtime_limit_ms() / 1e3;
             Some((s.dirty_bytes - workload - background * t * PAGE).clamp(0.0, theta))
         })
         .collect();
@@ -249,10 +360,7 @@ pub fn fit(obs: &[Observation]) -> Result<Params, ModelError> {
     };
     let blackout_fp: Vec<(f64, f64)> =
         obs.iter().filter_map(|o| Some((*o.measured.get(&Measure::Blackout)?, o.first_packet_ms?))).collect();
-    Ok(Params {
-        bandwidth_efficiency: efficiency,
-        stop_copy_bandwidth,
-        stop_copy_fixed_ms,
+    params = Params {
         setup_ms: setup,
         first_round_extra_bytes: extra,
         first_round_leftover_bytes: leftover,
@@ -261,7 +369,6 @@ pub fn fit(obs: &[Observation]) -> Result<Params, ModelError> {
         background_dirty_pps: background,
         sync_ms: median(&obs.iter().flat_map(|o| o.sync_ms.iter().copied()).collect::<Vec<_>>()).unwrap_or(0.0),
         switchover_ms: med(&|o| o.switchover_ms).unwrap_or(0.0),
-        destination_load_ms: med(&|o| o.load_ms).unwrap_or(0.0),
         resume_ms: med(&|o| o.resume_ms).unwrap_or(0.0),
         reconvergence_ms: line_or_median(&blackout_fp).unwrap_or_default(),
         probe_edge_ms: med(&|o| {
@@ -272,7 +379,9 @@ pub fn fit(obs: &[Observation]) -> Result<Params, ModelError> {
         reported_downtime_offset_ms: med(&|o| Some(o.measured.get(&Measure::QemuDowntime)? - o.stop_copy?.1))
             .unwrap_or(0.0),
         command_offset_ms: med(&|o| o.command_offset_ms).unwrap_or(0.0),
-    })
+        ..params
+    };
+    Ok(params)
 }
 
 /// The dirty rate from the pending bytes after each sync: (the workload's achieved
@@ -419,6 +528,7 @@ pub fn provenance(records: &str, obs: &[Observation]) -> Provenance {
         migrations: obs.len(),
         treatments: obs.iter().map(|o| o.treatment.as_str()).collect::<BTreeSet<_>>().len(),
         machines: obs.iter().map(|o| o.machine.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
+        links: obs.iter().map(|o| o.vm.link.to_string()).collect::<BTreeSet<_>>().into_iter().collect(),
     }
 }
 
@@ -428,7 +538,7 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 pub(crate) mod tests {
     use super::*;
     use crate::{
-        hypervisor::{MigrationOutcome, MigrationParams, RamStats, ReportedStats},
+        hypervisor::{MigrationOutcome, MigrationParams, RamStats, ReportedStats, link::LinkConfig},
         measure::timeline::{Evidence, Host, Phase, Round, Timeline},
         model::precopy::{Variant, predict},
     };
@@ -436,9 +546,14 @@ pub(crate) mod tests {
     /// A parameter set like the lab's (QEMU 7.2 under TCG), every value distinct.
     pub(crate) fn truth() -> Params {
         Params {
-            bandwidth_efficiency: 1.08,
-            stop_copy_bandwidth: 850e6,
+            bandwidth_efficiency: Some(1.08),
+            link_efficiency: Some(0.95),
+            stop_copy_bandwidth: Some(850e6),
             stop_copy_fixed_ms: 4.5,
+            stop_copy_link_efficiency: Some(0.97),
+            stop_copy_link_fixed_ms: -20.0,
+            link_drain_bytes: Some(3.5e6),
+            link_window_ms: Some(55.0),
             setup_ms: Line { intercept: 90.0, slope: 260.0 },
             first_round_extra_bytes: Line { intercept: 70e6, slope: 0.12 },
             first_round_leftover_bytes: 6e6,
@@ -460,9 +575,11 @@ pub(crate) mod tests {
     /// `p` says: the simulation's rounds as the trace shows them (dirty bytes after each
     /// sync, a check per window, the last check one window before the sync).
     pub(crate) fn synthetic(p: &Params, vm: &Vm, treatment: &str, repetition: u32) -> MigrationRecord {
-        let pred = predict(p, vm, Variant::Simulation);
+        let pred = predict(p, vm, Variant::Simulation).expect("prediction");
+        let load_ms = Rates::of(p, vm).expect("rates").load_ms;
         let (b, theta) = (pred.bandwidth_bytes_per_s, pred.threshold_bytes);
-        let per_window = b * WINDOW_S;
+        let window = Rates::of(p, vm).expect("rates").window_s;
+        let per_window = b * window;
         let mut rounds: Vec<Round> = Vec::new();
         let round =
             |rounds: &mut Vec<Round>, start_ms: f64, duration_ms: f64, dirty: f64, remaining: f64, checks: u32| {
@@ -482,10 +599,11 @@ pub(crate) mod tests {
                 start_ms + duration_ms
             };
         let first = &pred.precopy_rounds[0];
+        let checks = (first.duration_ms / (window * 1e3)).round() as u32;
         let mut at =
-            round(&mut rounds, pred.setup_ms, first.duration_ms, first.dirty_bytes, theta + 3.0 * per_window, 7);
+            round(&mut rounds, pred.setup_ms, first.duration_ms, first.dirty_bytes, theta + 3.0 * per_window, checks);
         for r in &pred.precopy_rounds[1..] {
-            let windows = ((r.duration_ms - p.sync_ms) / (WINDOW_S * 1e3)).round();
+            let windows = ((r.duration_ms - p.sync_ms) / (window * 1e3)).round();
             let last_check = r.dirty_bytes - (windows - 1.0) * per_window;
             at = round(&mut rounds, at, r.duration_ms, r.dirty_bytes.round(), last_check.round(), windows as u32);
         }
@@ -504,13 +622,13 @@ pub(crate) mod tests {
             parallel: false,
         };
         let sent = paused + pred.stop_copy_ms;
-        let resumed = sent + p.destination_load_ms + p.resume_ms;
+        let resumed = sent + load_ms + p.resume_ms;
         let phases = vec![
             phase("setup", p.command_offset_ms, pred.setup_ms),
             phase("vm-stop", paused - vm_stop, vm_stop),
             phase("stop-and-copy", paused, pred.stop_copy_ms),
-            phase("destination load", sent, p.destination_load_ms),
-            phase("resume", sent + p.destination_load_ms, p.resume_ms),
+            phase("destination load", sent, load_ms),
+            phase("resume", sent + load_ms, p.resume_ms),
             phase("first guest packet", resumed, pred.first_packet_ms),
         ];
         let n_rounds = rounds.len() as u64;
@@ -531,7 +649,10 @@ pub(crate) mod tests {
             max_bandwidth: vm.max_bandwidth.map(|b| b as u64),
             downtime_limit_ms: vm.downtime_limit_ms.map(|d| d as u64),
             timeout_s: 60.0,
-            link: None,
+            link: (vm.link != LinkRate::Unlimited).then(|| crate::hypervisor::link::LinkRecord {
+                configured: Some(crate::hypervisor::link::LinkConfig { rate: vm.link, ..LinkConfig::unlimited() }),
+                ..Default::default()
+            }),
             avail_switchover_bandwidth: None,
         };
         let mut r = MigrationRecord::new(repetition, treatment.into(), params, outcome);
@@ -558,7 +679,13 @@ pub(crate) mod tests {
         d
     }
 
+    /// The validation design's migrations over an unshaped link.
     pub(crate) fn records(p: &Params) -> Vec<MigrationRecord> {
+        records_over(p, LinkRate::Unlimited)
+    }
+
+    /// The validation design's migrations over `link`.
+    pub(crate) fn records_over(p: &Params, link: LinkRate) -> Vec<MigrationRecord> {
         design()
             .into_iter()
             .map(|(vmsize, wset, rate)| {
@@ -569,8 +696,10 @@ pub(crate) mod tests {
                     rate_kind: RateKind::Workload,
                     max_bandwidth: None,
                     downtime_limit_ms: None,
+                    manager: Manager::Qemu,
+                    link,
                 };
-                synthetic(p, &vm, &format!("vmsize={vmsize},wset={wset},rate={rate}"), 0)
+                synthetic(p, &vm, &format!("vmsize={vmsize},wset={wset},rate={rate},link={link}"), 0)
             })
             .collect()
     }
@@ -586,8 +715,11 @@ pub(crate) mod tests {
         let close = |name: &str, got: f64, want: f64, tol: f64| {
             assert!((got - want).abs() <= tol * want.abs().max(1.0), "{name}: fitted {got}, truth {want}");
         };
-        close("bandwidth efficiency", got.bandwidth_efficiency, truth.bandwidth_efficiency, 1e-6);
-        close("stop-copy bandwidth", got.stop_copy_bandwidth, truth.stop_copy_bandwidth, 1e-3);
+        let some = |v: Option<f64>| v.expect("fitted");
+        close("bandwidth efficiency", some(got.bandwidth_efficiency), some(truth.bandwidth_efficiency), 1e-6);
+        close("stop-copy bandwidth", some(got.stop_copy_bandwidth), some(truth.stop_copy_bandwidth), 1e-3);
+        // No migration crossed a shaped link: nothing fitted for one.
+        assert_eq!((got.link_efficiency, got.stop_copy_link_efficiency, got.link_drain_bytes), (None, None, None));
         close("stop-copy fixed", got.stop_copy_fixed_ms, truth.stop_copy_fixed_ms, 1e-2);
         close("setup intercept", got.setup_ms.intercept, truth.setup_ms.intercept, 1e-6);
         close("setup slope", got.setup_ms.slope, truth.setup_ms.slope, 1e-6);
@@ -608,6 +740,59 @@ pub(crate) mod tests {
         close("reconvergence slope", got.reconvergence_ms.slope, truth.reconvergence_ms.slope, 1e-6);
         close("probe edge", got.probe_edge_ms, truth.probe_edge_ms, 1e-6);
         close("command offset", got.command_offset_ms, truth.command_offset_ms, 1e-6);
+    }
+
+    #[test]
+    fn over_shaped_links_the_efficiencies_are_fitted_against_the_link() {
+        // Migrations over a 1gbit and a 100mbit link (below QEMU's 128 MiB/s: the link
+        // bounds the pre-copy) and over an unshaped one (QEMU's cap bounds it).
+        let truth = truth();
+        let mut all = records_over(&truth, "1gbit".parse().expect("rate"));
+        all.extend(records_over(&truth, "100mbit".parse().expect("rate")).into_iter().filter(|r| {
+            // At 12.5 MB/s only the slow treatments converge.
+            r.treatment.contains("rate=2000,")
+        }));
+        all.extend(records(&truth));
+        let (obs, skipped) = observations(&all);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let got = fit(&obs).expect("fit");
+        let close = |name: &str, got: Option<f64>, want: Option<f64>, tol: f64| {
+            let (got, want) = (got.expect(name), want.expect(name));
+            assert!((got - want).abs() <= tol * want.abs().max(1.0), "{name}: fitted {got}, truth {want}");
+        };
+        close("pre-copy ÷ link", got.link_efficiency, truth.link_efficiency, 1e-6);
+        close("pre-copy ÷ max-bandwidth", got.bandwidth_efficiency, truth.bandwidth_efficiency, 1e-6);
+        close("stop-and-copy ÷ link", got.stop_copy_link_efficiency, truth.stop_copy_link_efficiency, 1e-3);
+        close(
+            "stop-and-copy over the link, fixed",
+            Some(got.stop_copy_link_fixed_ms),
+            Some(truth.stop_copy_link_fixed_ms),
+            1e-3,
+        );
+        close("drain", got.link_drain_bytes, truth.link_drain_bytes, 1e-3);
+        // From round 1's whole checks: within one check of its length.
+        close("ms between checks", got.link_window_ms, truth.link_window_ms, 0.03);
+        close("dirty rate efficiency", Some(got.dirty_rate_efficiency), Some(truth.dirty_rate_efficiency), 1e-3);
+        close("unshaped stop-and-copy", got.stop_copy_bandwidth, truth.stop_copy_bandwidth, 1e-3);
+        close("own load", Some(got.destination_load_ms), Some(truth.destination_load_ms), 1e-6);
+        // A model fitted over the links alone speaks for them, not for an unshaped one.
+        let (linked, _) = observations(&records_over(&truth, "1gbit".parse().expect("rate")));
+        let p = fit(&linked).expect("fit");
+        assert_eq!((p.bandwidth_efficiency, p.stop_copy_bandwidth), (None, None));
+        let vm = vm_of(&records(&truth)[0]).expect("vm");
+        let e = predict(&p, &vm, Variant::Simulation).expect_err("an unshaped link");
+        assert!(e.to_string().contains("shaped links only") && e.to_string().contains("--link"), "{e}");
+    }
+
+    #[test]
+    fn libvirt_migrates_unlimited_and_in_whole_mib() {
+        let mut r = records(&truth()).remove(0);
+        assert_eq!(vm_of(&r).expect("vm").bandwidth_limit(), Some(crate::model::QEMU_DEFAULT_BANDWIDTH));
+        r.outcome.stats.reported_by = Some("libvirt job stats".into());
+        assert_eq!(vm_of(&r).expect("vm").bandwidth_limit(), None, "libvirt's default is unlimited");
+        r.params.max_bandwidth = Some(100_000_000);
+        // libvirt passes 95 MiB/s for 100,000,000 bytes/s.
+        assert_eq!(vm_of(&r).expect("vm").bandwidth_limit(), Some(95.0 * 1048576.0));
     }
 
     #[test]
@@ -639,6 +824,25 @@ pub(crate) mod tests {
         // leftover: both are left out, never fitted as 0.
         assert_eq!(ends, whole.syncs.iter().map(|s| s.round).filter(|&n| n != 2 && n != 3).collect::<Vec<_>>());
         assert!(o.syncs.iter().all(|s| s.dirty_bytes > 0.0));
+    }
+
+    #[test]
+    fn figures_a_qmp_event_stood_in_for_are_not_fitted() {
+        let r = records(&truth()).remove(4);
+        let o = observe(&r).expect("observation");
+        assert!(o.setup_ms.is_some() && o.command_offset_ms.is_some() && o.measured.contains_key(&Measure::Blackout));
+        // No probe point for the VM stop, the resume and the setup: QMP's STOP/RESUME and
+        // status events stood in.
+        let mut q = r.clone();
+        q.evidence.insert("downtime_ms.vcpu".into(), Evidence::Qmp);
+        q.evidence.insert("migration_time_ms.traced_to_resume".into(), Evidence::Qmp);
+        for p in q.timeline.as_mut().expect("timeline").phases.iter_mut().filter(|p| p.name == "setup") {
+            p.evidence = Evidence::Qmp;
+        }
+        let o = observe(&q).expect("observation");
+        assert_eq!((o.setup_ms, o.command_offset_ms), (None, None));
+        assert!(!o.measured.contains_key(&Measure::Blackout), "{:?}", o.measured);
+        assert!(o.measured.contains_key(&Measure::QemuDowntime), "QEMU's own figure has one source");
     }
 
     #[test]

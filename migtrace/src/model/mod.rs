@@ -22,10 +22,13 @@ use serde::{Deserialize, Serialize};
 
 pub use precopy::{Params, Prediction, Variant, predict};
 
+use crate::hypervisor::link::LinkRate;
+
 /// Bytes per guest page.
 pub const PAGE: f64 = 4096.0;
 /// QEMU's default `max-bandwidth`: 128 MiB/s.
-pub const QEMU_DEFAULT_BANDWIDTH: f64 = 128.0 * 1024.0 * 1024.0;
+pub const QEMU_DEFAULT_BANDWIDTH: f64 = 128.0 * MIB;
+const MIB: f64 = 1024.0 * 1024.0;
 /// QEMU's default `downtime-limit`, ms.
 pub const QEMU_DEFAULT_DOWNTIME_LIMIT_MS: f64 = 300.0;
 /// The file `model fit` writes into the experiment directory.
@@ -59,6 +62,8 @@ pub enum ModelError {
     Records(#[from] crate::measure::record::RecordError),
     #[error("cannot fit: {0}")]
     Fit(String),
+    #[error("leaving a treatment out needs at least 2 treatments, the records have {0}")]
+    TooFewTreatments(usize),
     #[error("{0}")]
     Input(String),
 }
@@ -76,6 +81,17 @@ pub enum RateKind {
     Measured,
 }
 
+/// What sets the migration's parameters, whose defaults differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Manager {
+    /// QEMU over QMP (the QEMU lab): `max-bandwidth` 128 MiB/s unless set.
+    #[default]
+    Qemu,
+    /// libvirt: unlimited unless set, and then in whole MiB/s (it truncates).
+    Libvirt,
+}
+
 /// What a prediction needs: the VM, its memory workload, the migration's settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Vm {
@@ -91,11 +107,28 @@ pub struct Vm {
     pub max_bandwidth: Option<f64>,
     /// ms; None: QEMU's default.
     pub downtime_limit_ms: Option<f64>,
+    /// Who sets `max_bandwidth` (and so its default).
+    #[serde(default)]
+    pub manager: Manager,
+    /// The link between the hosts: it bounds the pre-copy with `max_bandwidth` and
+    /// paces the stop-and-copy, which QEMU does not rate-limit.
+    #[serde(default = "unlimited")]
+    pub link: LinkRate,
+}
+
+fn unlimited() -> LinkRate {
+    LinkRate::Unlimited
 }
 
 impl Vm {
-    pub fn bandwidth_limit(&self) -> f64 {
-        self.max_bandwidth.unwrap_or(QEMU_DEFAULT_BANDWIDTH)
+    /// The `max-bandwidth` in force, bytes/s; None: unlimited (libvirt's default).
+    pub fn bandwidth_limit(&self) -> Option<f64> {
+        match (self.manager, self.max_bandwidth) {
+            (Manager::Qemu, b) => Some(b.unwrap_or(QEMU_DEFAULT_BANDWIDTH)),
+            (Manager::Libvirt, None) => None,
+            // libvirt passes whole MiB/s, at least 1 (hypervisor::libvirt).
+            (Manager::Libvirt, Some(b)) => Some((b / MIB).floor().max(1.0) * MIB),
+        }
     }
     pub fn downtime_limit_ms(&self) -> f64 {
         self.downtime_limit_ms.unwrap_or(QEMU_DEFAULT_DOWNTIME_LIMIT_MS)
@@ -170,19 +203,46 @@ impl fmt::Display for Measure {
     }
 }
 
-/// How far held-out predictions of one measure were off.
+/// How far held-out predictions of one measure were off. Every held-out migration is
+/// scored: a prediction that is not a positive, finite number is an infinite error (and
+/// an infinite ratio), ranked with the others, never left out. An infinite figure is
+/// `null` in JSON.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBand {
     /// Held-out migrations scored.
     pub n: usize,
+    /// Of them, predictions that were not a positive finite number (scored as infinite).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unbounded: usize,
     /// Median absolute percentage error, %.
+    #[serde(with = "infinite_as_null")]
     pub median_ape: f64,
     /// 90th percentile absolute percentage error, %.
+    #[serde(with = "infinite_as_null")]
     pub p90_ape: f64,
     /// Measured ÷ predicted: 10th and 90th percentiles (an 80 % interval around a
     /// prediction).
+    #[serde(with = "infinite_as_null")]
     pub ratio_p10: f64,
+    #[serde(with = "infinite_as_null")]
     pub ratio_p90: f64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// An error or ratio that may be infinite: JSON has no infinity, so it is `null`.
+mod infinite_as_null {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() { s.serialize_f64(*v) } else { s.serialize_none() }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
 }
 
 /// Where a model was fitted.
@@ -193,6 +253,20 @@ pub struct Provenance {
     pub treatments: usize,
     /// The hypervisor builds and accelerators of the fitted migrations.
     pub machines: Vec<String>,
+    /// The links between the hosts the fitted migrations crossed (tc's syntax,
+    /// `unlimited` for an unshaped or unknown one).
+    #[serde(default)]
+    pub links: Vec<String>,
+}
+
+impl Provenance {
+    /// The link every fitted migration crossed, if they crossed one.
+    pub fn link(&self) -> Option<LinkRate> {
+        match self.links.as_slice() {
+            [one] => one.parse().ok(),
+            _ => None,
+        }
+    }
 }
 
 /// `model.json`: fitted parameters and how well they predicted held-out treatments.
@@ -238,26 +312,23 @@ impl Model {
     }
 
     /// The 80 % interval around a predicted `value` of `measure` from the held-out
-    /// errors, if validation had any.
+    /// errors, if validation had any (its upper end infinite when more than a tenth of
+    /// the held-out predictions were unbounded).
     pub fn interval(&self, variant: Variant, measure: Measure, value: f64) -> Option<(f64, f64)> {
         let band = self.errors.get(&variant)?.get(&measure)?;
         (band.n > 0).then_some((value * band.ratio_p10, value * band.ratio_p90))
     }
 }
 
-/// Median of `v` (None when empty); NaNs are dropped.
+/// Median of the fit's inputs `v` (None when none is finite).
 pub fn median(v: &[f64]) -> Option<f64> {
     quantile(v, 0.5)
 }
 
-/// The q-quantile of `v` by linear interpolation between order statistics.
+/// The q-quantile of the fit's inputs `v` by nearest rank ([`crate::percentile`]). A
+/// value that is not finite (a phase of 0 s divided by) informs no parameter and is left
+/// out here; validation scores every prediction, finite or not.
 pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return None;
-    }
-    s.sort_by(f64::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64))
+    let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    crate::percentile::of(&finite, q)
 }

@@ -1,12 +1,14 @@
 //! The pre-copy model: what QEMU does with a VM, in rounds, until it stops it.
 //!
 //! Both variants share the start and the end. Setup, then round 1 sends all of RAM:
-//! the working set and what else the guest holds, at the pre-copy bandwidth `B`
-//! (`max-bandwidth` × the efficiency achieved). QEMU stops the VM once the bytes
-//! pending right after a dirty-log sync fall below its threshold `θ = B × downtime
-//! limit`; the stop-and-copy sends them, and what the guest dirtied from that sync to
-//! the stop, without a rate limit. The destination loads and resumes the VM, and the
-//! guest answers its peers again after a reconvergence that grows with the blackout.
+//! the working set and what else the guest holds, at the pre-copy bandwidth `B`: the
+//! lesser of `max-bandwidth` and the link between the hosts, each × the efficiency
+//! achieved against it. QEMU stops the VM once the bytes pending right after a
+//! dirty-log sync fall below its threshold `θ = B × downtime limit`; the stop-and-copy
+//! sends them, and what the guest dirtied from that sync to the stop, without a rate
+//! limit: at the link's rate, or at memory speed over an unshaped one. The destination
+//! loads what the link still carried and resumes the VM, and the guest answers its
+//! peers again after a reconvergence that grows with the blackout.
 //!
 //! In between the variants differ:
 //! - [`Variant::ClosedForm`] (Akoush et al.'s AVG): an average dirty rate `d`; round
@@ -20,10 +22,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{PAGE, RateKind, Vm};
+use super::{ModelError, PAGE, RateKind, Vm};
 
-/// QEMU's rate-limit window (`BUFFER_DELAY`): one pending check per window.
+/// QEMU's rate-limit window (`BUFFER_DELAY`): one pending check per window while
+/// `max-bandwidth` bounds the pre-copy.
 pub const WINDOW_S: f64 = 0.1;
+/// An iteration the rate limit does not end (a link slower than `max-bandwidth`) ends
+/// after 50 ms (`MAX_WAIT` in QEMU's RAM iteration): a check per 50 ms and a little more.
+/// Fitted from the records where they have such migrations; this where they have none.
+pub const LINK_WINDOW_S: f64 = 0.05;
 /// A migration still pre-copying after this long is taken as one that never
 /// converges (QEMU has no round limit: it would run until cancelled).
 pub const HORIZON_S: f64 = 3600.0;
@@ -62,15 +69,41 @@ impl Line {
 }
 
 /// The model's parameters, each fitted from traced migrations (see [`super::fit`]).
+/// Those that depend on the link are fitted where the records had such a link, and are
+/// `None` where they had none: a prediction that needs one says what it assumed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Params {
-    /// Pre-copy bandwidth achieved ÷ the `max-bandwidth` in force (transferred bytes
-    /// over the pre-copy rounds' time).
-    pub bandwidth_efficiency: f64,
-    /// Bytes/s of the stop-and-copy, which QEMU does not rate-limit.
-    pub stop_copy_bandwidth: f64,
-    /// Stop-and-copy ms besides the RAM it sends (device state, flushing the stream).
+    /// Pre-copy bandwidth achieved ÷ the `max-bandwidth` in force, where that was below
+    /// the link (transferred bytes over the pre-copy rounds' time).
+    #[serde(default)]
+    pub bandwidth_efficiency: Option<f64>,
+    /// Pre-copy bandwidth achieved ÷ the link's rate, where the link was below
+    /// `max-bandwidth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_efficiency: Option<f64>,
+    /// Bytes/s of the stop-and-copy over an unshaped link: QEMU lifts its rate limit,
+    /// so memory speed.
+    #[serde(default)]
+    pub stop_copy_bandwidth: Option<f64>,
+    /// Stop-and-copy ms besides the RAM it sends (device state, flushing the stream),
+    /// over an unshaped link.
     pub stop_copy_fixed_ms: f64,
+    /// Over a shaped link: the stop-and-copy's bytes/s ÷ the link's rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_copy_link_efficiency: Option<f64>,
+    /// Over a shaped link: its ms besides the RAM (the source's last write returns once
+    /// the rest fits its socket's buffer, so this may be below 0).
+    #[serde(default)]
+    pub stop_copy_link_fixed_ms: f64,
+    /// Over a shaped link: bytes the link still carried when the source's last write
+    /// returned (the sockets' buffers, the link's queue), which the destination loads
+    /// at the link's rate on top of `destination_load_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_drain_bytes: Option<f64>,
+    /// Over a link slower than `max-bandwidth`: ms between QEMU's pending checks (round
+    /// 1's duration ÷ its checks; [`LINK_WINDOW_S`] where no migration had such a link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_window_ms: Option<f64>,
     /// Setup ms against guest RAM in GiB.
     pub setup_ms: Line,
     /// What round 1 sends besides the working set, in bytes at the pre-copy bandwidth
@@ -92,7 +125,8 @@ pub struct Params {
     /// ms from the sync whose pending bytes are below the threshold to the source's
     /// vCPUs stopped (the last pre-copy round and the VM stop).
     pub switchover_ms: f64,
-    /// Destination: end of the stream → VM loaded, ms.
+    /// Destination: end of the stream → VM loaded, ms (over a shaped link the drain
+    /// comes on top).
     pub destination_load_ms: f64,
     /// Destination: loaded → vCPUs running, ms.
     pub resume_ms: f64,
@@ -143,17 +177,113 @@ pub struct Prediction {
     /// The pre-copy rounds (the last two: the round whose sync found less than the
     /// threshold, cut short by the switchover, and the final one are not listed).
     pub precopy_rounds: Vec<PredictedRound>,
+    /// What the prediction assumed because the model was not fitted on it (a link or a
+    /// bandwidth limit its migrations did not have).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assumed: Vec<String>,
+}
+
+/// How fast the migration moves bytes for `vm`: the pre-copy bandwidth, the
+/// stop-and-copy's (bytes/s and fixed ms), the destination's load (ms), and what had to be
+/// assumed.
+pub struct Rates {
+    pub precopy: f64,
+    /// Seconds between QEMU's pending checks: its rate-limit window where
+    /// `max-bandwidth` bounds the pre-copy, else its iteration's bound.
+    pub window_s: f64,
+    pub stop_copy: f64,
+    pub stop_copy_fixed_ms: f64,
+    pub load_ms: f64,
+    pub assumed: Vec<String>,
+}
+
+impl Rates {
+    pub fn of(p: &Params, vm: &Vm) -> Result<Self, ModelError> {
+        let mut assumed = Vec::new();
+        let link = vm.link.bytes_per_second();
+        let shown = vm.link;
+        // The pre-copy: the lesser of the limits in force, each at its efficiency; an
+        // efficiency the fit never saw is taken as 1 only where it decides the figure.
+        let link_window = p.link_window_ms.map_or(LINK_WINDOW_S, |ms| ms / 1e3);
+        // (bytes/s, seconds between checks, what was assumed)
+        let mut bounds: Vec<(f64, f64, Option<String>)> = Vec::new();
+        if let Some(cap) = vm.bandwidth_limit() {
+            bounds.push(match p.bandwidth_efficiency {
+                Some(e) => (e * cap, WINDOW_S, None),
+                None => (
+                    cap,
+                    WINDOW_S,
+                    Some("the pre-copy at max-bandwidth exactly: no fitted migration was bounded by it".into()),
+                ),
+            });
+        }
+        if let Some(l) = link {
+            bounds.push(match p.link_efficiency.or(p.stop_copy_link_efficiency) {
+                Some(e) => (e * l, link_window, None),
+                None => (
+                    l,
+                    link_window,
+                    Some(format!(
+                        "the pre-copy at the link's {shown} exactly: no fitted migration crossed a shaped link"
+                    )),
+                ),
+            });
+        }
+        let memory = p.stop_copy_bandwidth;
+        let unshaped = || {
+            ModelError::Input(
+                "this model was fitted over shaped links only: it knows no memory-speed copy for an unshaped link \
+                 (give --link with the rate it was fitted at, or fit it on migrations over an unshaped link)"
+                    .into(),
+            )
+        };
+        let (precopy, window_s, note) = match bounds.into_iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+            // The pre-copy cannot outrun an unlimited copy.
+            Some((b, w, note)) => match memory {
+                Some(m) if m < b => (m, link_window, None),
+                _ => (b, w, note),
+            },
+            None => (memory.ok_or_else(unshaped)?, link_window, None),
+        };
+        assumed.extend(note);
+        let (stop_copy, stop_copy_fixed_ms, load_ms) = match link {
+            Some(l) => {
+                let e = p.stop_copy_link_efficiency.or(p.link_efficiency).unwrap_or_else(|| {
+                    assumed.push(format!(
+                        "the stop-and-copy at the link's {shown} exactly: no fitted migration crossed a shaped link"
+                    ));
+                    1.0
+                });
+                let drain = p.link_drain_bytes.unwrap_or_else(|| {
+                    assumed.push("nothing left in the link's queue at the source's last write: no fitted migration crossed a shaped link".into());
+                    0.0
+                });
+                (e * l, p.stop_copy_link_fixed_ms, p.destination_load_ms + drain / l * 1e3)
+            }
+            None => (memory.ok_or_else(unshaped)?, p.stop_copy_fixed_ms, p.destination_load_ms),
+        };
+        Ok(Self {
+            precopy: precopy.max(1.0),
+            window_s,
+            stop_copy: stop_copy.max(1.0),
+            stop_copy_fixed_ms,
+            load_ms,
+            assumed,
+        })
+    }
 }
 
 /// Predicts one migration of `vm` with `variant`. The simulation averages over round
 /// 1's leftover deciles when the fit has them: its times, downtimes and rounds are
-/// means, its round list that of the median leftover.
-pub fn predict(p: &Params, vm: &Vm, variant: Variant) -> Prediction {
+/// means, its round list that of the median leftover. Fails only for a link the model
+/// cannot speak for (see [`Rates::of`]).
+pub fn predict(p: &Params, vm: &Vm, variant: Variant) -> Result<Prediction, ModelError> {
+    let rates = Rates::of(p, vm)?;
     let leftovers = &p.first_round_leftover_deciles;
     if variant == Variant::ClosedForm || leftovers.is_empty() {
-        return predict_with(p, vm, variant, p.first_round_leftover_bytes);
+        return Ok(predict_with(p, vm, &rates, variant, p.first_round_leftover_bytes));
     }
-    let runs: Vec<Prediction> = leftovers.iter().map(|&l| predict_with(p, vm, variant, l)).collect();
+    let runs: Vec<Prediction> = leftovers.iter().map(|&l| predict_with(p, vm, &rates, variant, l)).collect();
     let n = runs.len() as f64;
     let mean = |f: fn(&Prediction) -> f64| runs.iter().map(f).sum::<f64>() / n;
     let mut out = runs[runs.len() / 2].clone();
@@ -167,13 +297,11 @@ pub fn predict(p: &Params, vm: &Vm, variant: Variant) -> Prediction {
     out.stop_copy_bytes = mean(|r| r.stop_copy_bytes);
     out.stop_copy_ms = mean(|r| r.stop_copy_ms);
     out.first_packet_ms = mean(|r| r.first_packet_ms);
-    out
+    Ok(out)
 }
 
-fn predict_with(p: &Params, vm: &Vm, variant: Variant, leftover1: f64) -> Prediction {
-    let limit = vm.bandwidth_limit();
-    // The pre-copy cannot outrun an unlimited copy.
-    let b = (p.bandwidth_efficiency * limit).min(p.stop_copy_bandwidth.max(1.0)).max(1.0);
+fn predict_with(p: &Params, vm: &Vm, rates: &Rates, variant: Variant, leftover1: f64) -> Prediction {
+    let b = rates.precopy;
     let theta = b * vm.downtime_limit_ms() / 1e3;
     let (workload_pps, background_pps) = match vm.rate_kind {
         RateKind::Workload => (p.dirty_rate_efficiency * vm.rate_pps, p.background_dirty_pps),
@@ -195,7 +323,8 @@ fn predict_with(p: &Params, vm: &Vm, variant: Variant, leftover1: f64) -> Predic
     };
     match variant {
         Variant::Simulation => {
-            let per_window = b * WINDOW_S;
+            let window = rates.window_s;
+            let per_window = b * window;
             while pending >= theta {
                 if elapsed > HORIZON_S {
                     converges = false;
@@ -203,7 +332,7 @@ fn predict_with(p: &Params, vm: &Vm, variant: Variant, leftover1: f64) -> Predic
                 }
                 // Windows until a check finds less than the threshold.
                 let windows = ((pending - theta) / per_window).floor() + 1.0;
-                let t = windows * WINDOW_S + p.sync_ms / 1e3;
+                let t = windows * window + p.sync_ms / 1e3;
                 let left = (pending - windows * per_window).max(0.0);
                 rounds.push(PredictedRound {
                     round: rounds.len() as u32 + 1,
@@ -251,8 +380,8 @@ fn predict_with(p: &Params, vm: &Vm, variant: Variant, leftover1: f64) -> Predic
         Variant::Simulation => dirtied(pending, switchover_s),
         Variant::ClosedForm => pending + (workload_pps + background_pps) * switchover_s * PAGE,
     };
-    let stop_copy_ms = p.stop_copy_fixed_ms + stop_copy_bytes / p.stop_copy_bandwidth.max(1.0) * 1e3;
-    let blackout_ms = stop_copy_ms + p.destination_load_ms + p.resume_ms;
+    let stop_copy_ms = (rates.stop_copy_fixed_ms + stop_copy_bytes / rates.stop_copy * 1e3).max(0.0);
+    let blackout_ms = stop_copy_ms + rates.load_ms + p.resume_ms;
     let first_packet_ms = p.reconvergence_ms.at(blackout_ms).max(0.0);
     Prediction {
         variant,
@@ -262,7 +391,7 @@ fn predict_with(p: &Params, vm: &Vm, variant: Variant, leftover1: f64) -> Predic
             + elapsed * 1e3
             + p.switchover_ms
             + stop_copy_ms
-            + p.destination_load_ms
+            + rates.load_ms
             + p.resume_ms,
         // The pre-copy rounds, the one cut short by the switchover, the final one.
         rounds: rounds.len() as u32 + 2,
@@ -278,6 +407,7 @@ fn predict_with(p: &Params, vm: &Vm, variant: Variant, leftover1: f64) -> Predic
         stop_copy_ms,
         first_packet_ms,
         precopy_rounds: rounds,
+        assumed: rates.assumed.clone(),
     }
 }
 
@@ -290,8 +420,13 @@ mod tests {
 
     fn params() -> Params {
         Params {
-            bandwidth_efficiency: 1.0,
-            stop_copy_bandwidth: 1e9,
+            bandwidth_efficiency: Some(1.0),
+            link_efficiency: None,
+            stop_copy_bandwidth: Some(1e9),
+            stop_copy_link_efficiency: None,
+            stop_copy_link_fixed_ms: 0.0,
+            link_drain_bytes: None,
+            link_window_ms: None,
             stop_copy_fixed_ms: 5.0,
             setup_ms: Line { intercept: 100.0, slope: 0.0 },
             first_round_extra_bytes: Line { intercept: 80e6, slope: 0.0 },
@@ -318,7 +453,13 @@ mod tests {
             rate_kind: RateKind::Workload,
             max_bandwidth: None,
             downtime_limit_ms: None,
+            manager: crate::model::Manager::Qemu,
+            link: crate::hypervisor::link::LinkRate::Unlimited,
         }
+    }
+
+    fn predict(p: &Params, vm: &Vm, variant: Variant) -> Prediction {
+        super::predict(p, vm, variant).expect("prediction")
     }
 
     #[test]
@@ -360,6 +501,40 @@ mod tests {
             let p = predict(&params(), &vm(200.0, 40_000.0), variant);
             assert!(!p.converges, "{variant:?}: {p:?}");
         }
+    }
+
+    #[test]
+    fn the_link_bounds_the_precopy_below_the_cap_and_paces_the_stop_and_copy() {
+        let gbit: crate::hypervisor::link::LinkRate = "1gbit".parse().expect("rate");
+        let p = Params {
+            link_efficiency: Some(0.95),
+            stop_copy_link_efficiency: Some(0.9),
+            stop_copy_link_fixed_ms: -2.0,
+            link_drain_bytes: Some(3e6),
+            ..params()
+        };
+        let over = |link| Vm { link, ..vm(32.0, 2_000.0) };
+        let fast = predict(&p, &over(crate::hypervisor::link::LinkRate::Unlimited), Variant::Simulation);
+        let slow = predict(&p, &over(gbit), Variant::Simulation);
+        // 125 MB/s × 0.95 is below 128 MiB/s × 1.0.
+        assert!((slow.bandwidth_bytes_per_s - 0.95 * 125e6).abs() < 1.0, "{}", slow.bandwidth_bytes_per_s);
+        assert!((fast.bandwidth_bytes_per_s - QEMU_DEFAULT_BANDWIDTH).abs() < 1.0);
+        // The stop-and-copy at 0.9 × 125 MB/s instead of 1 GB/s (its own fixed ms), the
+        // drain on top.
+        let want = -2.0 + slow.stop_copy_bytes / (0.9 * 125e6) * 1e3;
+        assert!((slow.stop_copy_ms - want).abs() < 1e-6, "{} {want}", slow.stop_copy_ms);
+        assert!((slow.blackout_ms - (slow.stop_copy_ms + 5.0 + 3e6 / 125e6 * 1e3 + 1.0)).abs() < 1e-6);
+        assert!(slow.assumed.is_empty() && fast.assumed.is_empty());
+        // A cap below the link bounds it again; a model that never saw a link says what it
+        // assumed for one.
+        let capped = Vm { max_bandwidth: Some(50.0 * 1048576.0), ..over(gbit) };
+        assert!((predict(&p, &capped, Variant::Simulation).bandwidth_bytes_per_s - 50.0 * 1048576.0).abs() < 1.0);
+        let unseen = predict(&params(), &over(gbit), Variant::Simulation);
+        assert!(
+            unseen.assumed.iter().any(|a| a.contains("no fitted migration crossed a shaped link")),
+            "{:?}",
+            unseen.assumed
+        );
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct Group {
     pub failed: usize,
     pub guest_crashed: usize,
     pub trace_loss: usize,
+    /// The guest answered again only after observation ended: its methods cannot be
+    /// set side by side (the gaps are open), so these are counted apart here.
+    #[serde(default)]
+    pub censored: usize,
     /// The reference ping's interval(s), ms.
     pub ping_intervals_ms: Vec<f64>,
     /// Who reported the `reported` figures (`qemu query-migrate`, `libvirt job stats`).
@@ -152,6 +156,7 @@ fn group(name: String, records: &[&MigrationRecord]) -> Group {
         failed: count(Category::Failed),
         guest_crashed: count(Category::GuestUnhealthy),
         trace_loss: count(Category::TraceLoss),
+        censored: count(Category::Censored),
         ping_intervals_ms,
         reported_by,
         downtime_ms: summaries(DOWNTIMES),
@@ -244,8 +249,8 @@ pub fn render(groups: &[Group]) -> String {
         let _ = writeln!(
             out,
             "{} ({} migrations, {} used, {} did not converge; excluded: {} failed, {} crashed or silent guest, {} with \
-             trace loss)",
-            g.name, g.migrations, g.used, g.did_not_converge, g.failed, g.guest_crashed, g.trace_loss
+             trace loss, {} censored: the guest answered again only after observation ended, its gaps open)",
+            g.name, g.migrations, g.used, g.did_not_converge, g.failed, g.guest_crashed, g.trace_loss, g.censored
         );
         let mut t = table(&["downtime", "n", "mean ms", "min ms", "max ms", "method"]);
         let ping = ping_label(&g.ping_intervals_ms);

@@ -9,9 +9,15 @@ fn f(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
 
-/// A max:min ratio; "n/a" where the smallest value is 0 (see the footnote).
-fn ratio(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".into(), |v| format!("{v:.2}"))
+/// A max:min ratio; "n/a" where the smallest value is 0 or a lower bound (see the
+/// footnotes); "≥" where a larger one is a bound.
+fn ratio(v: Option<f64>, bound: bool) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{}{v:.2}", at_least(bound)))
+}
+
+/// "≥ " before a figure that is a lower bound.
+pub fn at_least(bound: bool) -> &'static str {
+    if bound { "≥ " } else { "" }
 }
 
 /// Table II (as in the paper, in milliseconds) and the effects of each factor.
@@ -19,11 +25,13 @@ pub fn render(name: &str, s: &ExperimentSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "experiment {name}: {} treatments, {} migrations, {} used, {} did not converge ({} failed, {} with a \
-         crashed or silent guest, {} with corrupted guest memory, {} with trace loss: excluded)",
+        "experiment {name}: {} treatments, {} migrations, {} used, {} censored (used; the guest answered again only \
+         after observation ended: its guest-observed downtime a lower bound), {} did not converge ({} failed, {} \
+         with a crashed or silent guest, {} with corrupted guest memory, {} with trace loss: excluded)",
         s.treatments.len(),
         s.migrations,
         s.usable,
+        s.censored,
         s.did_not_converge,
         s.failed,
         s.guest_crashed,
@@ -47,14 +55,17 @@ pub fn render(name: &str, s: &ExperimentSummary) -> String {
     let mut t =
         table(&["measure", "n", "mean ms", "max:min means", "max:min all", "max treatment SD ms", "overall SD ms"]);
     let mut no_ratio = false;
+    let mut bounds = false;
     for r in &s.table2 {
-        no_ratio |= r.ratio_treatment_means.is_none() || r.ratio_all.is_none();
+        let bound = r.censored > 0;
+        no_ratio |= (r.ratio_treatment_means.is_none() || r.ratio_all.is_none()) && !bound;
+        bounds |= bound;
         t.add_row(vec![
             r.measure.clone(),
-            r.n.to_string(),
-            f(Some(r.overall_mean)),
-            ratio(r.ratio_treatment_means),
-            ratio(r.ratio_all),
+            if bound { format!("{} ({} ≥)", r.n, r.censored) } else { r.n.to_string() },
+            format!("{}{}", at_least(bound), f(Some(r.overall_mean))),
+            ratio(r.ratio_treatment_means, bound),
+            ratio(r.ratio_all, bound),
             f(r.max_treatment_sd),
             f(r.overall_sd),
         ]);
@@ -66,6 +77,14 @@ pub fn render(name: &str, s: &ExperimentSummary) -> String {
             out,
             "n/a: the smallest value is 0 ms, so no max:min ratio exists. A ping reports 0 ms whenever the outage \
              fell between two of its requests: it does not see outages shorter than its interval."
+        );
+    }
+    if bounds {
+        let _ = writeln!(
+            out,
+            "(k ≥): k of the n values are lower bounds, from censored migrations: the guest had not answered again \
+             when observation ended (settle_max), and did afterwards; each counts as its open gap. Figures marked ≥ \
+             are lower bounds; a ratio whose smallest value is a bound is n/a, and an SD over bounds is \"-\"."
         );
     }
     let _ = writeln!(out, "SD: sample standard deviation; \"-\" where a treatment or the experiment has one value.\n");
@@ -82,10 +101,15 @@ pub fn render(name: &str, s: &ExperimentSummary) -> String {
         for row in &e.rows {
             let mut cells = vec![row.level.clone(), row.treatments.to_string()];
             cells.extend(measures.iter().map(|m| match row.cells.get(m) {
-                Some(c) if c.treatments < row.treatments => {
-                    format!("{:.1} (n={}, {} of {} treatments)", c.mean, c.n, c.treatments, row.treatments)
-                }
-                Some(c) => format!("{:.1} (n={})", c.mean, c.n),
+                Some(c) if c.treatments < row.treatments => format!(
+                    "{}{:.1} (n={}, {} of {} treatments)",
+                    at_least(c.censored > 0),
+                    c.mean,
+                    c.n,
+                    c.treatments,
+                    row.treatments
+                ),
+                Some(c) => format!("{}{:.1} (n={})", at_least(c.censored > 0), c.mean, c.n),
                 None => "-".into(),
             }));
             t.add_row(cells);
@@ -109,6 +133,7 @@ mod tests {
             table2: vec![Table2Row {
                 measure: "downtime.ping".into(),
                 n: 5,
+                censored: 0,
                 treatments: 2,
                 overall_mean: 40.0,
                 ratio_treatment_means: Some(4.5),
@@ -121,7 +146,10 @@ mod tests {
                 rows: vec![EffectRow {
                     level: "0".into(),
                     treatments: 2,
-                    cells: BTreeMap::from([("downtime.ping".into(), EffectCell { mean: 20.0, n: 4, treatments: 1 })]),
+                    cells: BTreeMap::from([(
+                        "downtime.ping".into(),
+                        EffectCell { mean: 20.0, n: 4, censored: 0, treatments: 1 },
+                    )]),
                 }],
             }],
             design: "factorial".into(),
@@ -133,5 +161,28 @@ mod tests {
         assert!(text.contains("n/a: the smallest value is 0 ms"), "{text}");
         assert!(text.contains("20.0 (n=4, 1 of 2 treatments)"), "{text}");
         assert!(text.contains("main effect"), "{text}");
+    }
+
+    #[test]
+    fn lower_bounds_are_marked_and_explained() {
+        let s = ExperimentSummary {
+            censored: 1,
+            table2: vec![Table2Row {
+                measure: "downtime.probe_gap".into(),
+                n: 3,
+                censored: 1,
+                treatments: 1,
+                overall_mean: 1693.3,
+                ratio_treatment_means: None,
+                ratio_all: Some(166.67),
+                max_treatment_sd: None,
+                overall_sd: None,
+            }],
+            ..ExperimentSummary::default()
+        };
+        let text = render("t", &s);
+        assert!(text.contains("1 censored"), "{text}");
+        assert!(text.contains("3 (1 ≥)") && text.contains("≥ 1693.3") && text.contains("≥ 166.67"), "{text}");
+        assert!(text.contains("lower bounds, from censored migrations"), "{text}");
     }
 }

@@ -147,8 +147,32 @@ pub struct LevelPoint {
     pub ci95: Option<(f64, f64)>,
     /// Migrations behind the point.
     pub n: usize,
+    /// Of them, lower bounds (censored migrations): the mean is then a lower bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub censored: usize,
     /// Treatments behind the point.
     pub treatments: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl LevelPoint {
+    /// What the plot writes beside the point: n, lower bounds, and an interval that is
+    /// missing or of width 0 (every value equal: no spread was measured, which is not a
+    /// mean known exactly).
+    pub fn note(&self) -> String {
+        let n = match self.censored {
+            0 => format!("n={}", self.n),
+            k => format!("n={} ({k} ≥), mean ≥", self.n),
+        };
+        match self.ci95 {
+            None => format!("{n}, no CI"),
+            Some((lo, hi)) if lo == hi => format!("{n}, all equal: CI of width 0"),
+            Some(_) => n,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -215,8 +239,7 @@ pub fn effect_figure(f: &EffectFigure) -> Result<String, PlotError> {
                 .map_err(fail(figure))?;
             chart
                 .draw_series(panel.points.iter().enumerate().map(|(i, p)| {
-                    let note = if p.ci95.is_some() { format!("n={}", p.n) } else { format!("n={}, no CI", p.n) };
-                    EmptyElement::at((center(i), p.mean)) + Text::new(note, (7, -4), (FONT, 11).into_font())
+                    EmptyElement::at((center(i), p.mean)) + Text::new(p.note(), (7, -4), (FONT, 11).into_font())
                 }))
                 .map_err(fail(figure))?;
         }
@@ -367,6 +390,10 @@ pub struct StripMethod {
     pub measure: String,
     /// ms, one per usable migration that has the measure.
     pub values: Vec<f64>,
+    /// ms, lower bounds of censored migrations (the guest answered again only after
+    /// observation ended): drawn hollow at the bound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bounds: Vec<f64>,
     /// Usable migrations without the measure.
     pub missing: usize,
 }
@@ -382,7 +409,7 @@ pub struct Strip {
 pub fn strip(s: &Strip) -> Result<String, PlotError> {
     let figure = s.title.as_str();
     let m = s.methods.len();
-    let max = s.methods.iter().flat_map(|x| x.values.iter().copied()).fold(0.0f64, f64::max);
+    let max = s.methods.iter().flat_map(|x| x.values.iter().chain(&x.bounds).copied()).fold(0.0f64, f64::max);
     let width = 160 + 118 * m.max(2) as u32;
     svg(figure, (width, 400), |root| {
         let root = root.titled(&s.title, (FONT, 15)).map_err(fail(figure))?;
@@ -400,7 +427,7 @@ pub fn strip(s: &Strip) -> Result<String, PlotError> {
             .disable_x_mesh()
             .x_labels(m + 1)
             .x_label_formatter(&formatter)
-            .x_desc("method (one dot per migration; box: quartiles; bar: mean)")
+            .x_desc("method (one dot per migration, hollow: at least; box: quartiles; bar: mean)")
             .y_desc("downtime ms")
             .draw()
             .map_err(fail(figure))?;
@@ -422,8 +449,16 @@ pub fn strip(s: &Strip) -> Result<String, PlotError> {
                     EmptyElement::at((center(i), *v as f32)) + Circle::new((dx, 0), 3, c.mix(0.75).filled())
                 }))
                 .map_err(fail(figure))?;
-            if !method.values.is_empty() {
-                let mean = method.values.iter().sum::<f64>() / method.values.len() as f64;
+            chart
+                .draw_series(method.bounds.iter().enumerate().map(|(j, v)| {
+                    let dx = ((j * 7919) % 29) as i32 - 14;
+                    EmptyElement::at((center(i), *v as f32)) + Circle::new((dx, 0), 4, c.stroke_width(2))
+                }))
+                .map_err(fail(figure))?;
+            // The mean counts each bound at its bound, as the statistics do (a lower bound).
+            let all: Vec<f64> = method.values.iter().chain(&method.bounds).copied().collect();
+            if !all.is_empty() {
+                let mean = all.iter().sum::<f64>() / all.len() as f64;
                 chart
                     .draw_series(std::iter::once(
                         EmptyElement::at((center(i), mean as f32))
@@ -431,9 +466,13 @@ pub fn strip(s: &Strip) -> Result<String, PlotError> {
                     ))
                     .map_err(fail(figure))?;
             }
-            let note = match method.missing {
+            let n = match method.bounds.len() {
                 0 => format!("n={}", method.values.len()),
-                k => format!("n={}, {k} missing", method.values.len()),
+                b => format!("n={} ({b} ≥)", method.values.len() + b),
+            };
+            let note = match method.missing {
+                0 => n,
+                k => format!("{n}, {k} missing"),
             };
             chart
                 .draw_series(std::iter::once(Text::new(
@@ -791,6 +830,35 @@ mod tests {
     }
 
     #[test]
+    fn a_point_says_when_its_interval_is_missing_of_width_0_or_over_bounds() {
+        let p = |ci95, censored| LevelPoint { level: "1".into(), mean: 50.0, ci95, n: 4, censored, treatments: 1 };
+        assert_eq!(p(Some((40.0, 60.0)), 0).note(), "n=4");
+        // The 50 ms ping losing one reply every time: all equal, not a mean known exactly.
+        assert_eq!(p(Some((50.0, 50.0)), 0).note(), "n=4, all equal: CI of width 0");
+        assert_eq!(p(None, 1).note(), "n=4 (1 ≥), mean ≥, no CI");
+    }
+
+    #[test]
+    fn lower_bounds_are_drawn_hollow_and_counted() {
+        let s = Strip {
+            title: "t".into(),
+            methods: vec![StripMethod {
+                measure: "downtime.probe_gap".into(),
+                values: vec![30.0, 50.0],
+                bounds: vec![5000.0],
+                missing: 0,
+            }],
+        };
+        let svg = strip(&s).expect("svg");
+        assert!(texts(&svg).iter().any(|t| t == "n=3 (1 ≥)"), "{:?}", texts(&svg));
+        // Two filled dots, one hollow one (and the boxplot draws no circle).
+        let doc = parses(&svg);
+        let circles: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("circle")).collect();
+        assert_eq!(circles.len(), 3);
+        assert_eq!(circles.iter().filter(|c| c.attribute("fill") == Some("none")).count(), 1);
+    }
+
+    #[test]
     fn a_heatmap_writes_each_cell_mean_and_n_and_marks_empty_cells() {
         let h = Heatmap {
             title: "probe gap".into(),
@@ -819,13 +887,13 @@ mod tests {
             factor: "rate".into(),
             panels: vec![EffectPanel {
                 measure: "downtime.ping".into(),
-                points: vec![LevelPoint { level: "0".into(), mean: 0.0, ci95: None, n: 1, treatments: 1 }],
+                points: vec![LevelPoint { level: "0".into(), mean: 0.0, ci95: None, n: 1, censored: 0, treatments: 1 }],
             }],
         };
         parses(&effect_figure(&one).expect("one level"));
         let s = Strip {
             title: "s".into(),
-            methods: vec![StripMethod { measure: "downtime.ping".into(), values: vec![], missing: 2 }],
+            methods: vec![StripMethod { measure: "downtime.ping".into(), values: vec![], bounds: vec![], missing: 2 }],
         };
         parses(&strip(&s).expect("no values"));
         parses(&cdf(&Cdf { title: "c".into(), lines: vec![] }).expect("no lines"));

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use statrs::distribution::{ContinuousCDF as _, StudentsT};
 
-use super::{Builder, Experiment, HtmlError, ci, esc, num, slug, table, varied};
+use super::{Builder, Experiment, HtmlError, ci, esc, level_mean, level_n, slug, table, varied};
 use crate::{
     experiment::spec::Design,
     measure::quality::MEASURES,
@@ -25,8 +25,10 @@ pub(super) fn section(b: &mut Builder, e: &Experiment<'_>) -> Result<(), HtmlErr
             b.html,
             "<p class=\"note\">Per level: {how}, with its 95 % confidence interval (Student's t; for several \
              treatments the standard error of the mean of their means, Welch–Satterthwaite degrees of freedom; none \
-             where a treatment has a single migration). n: usable migrations behind the point. Levels are equally \
-             spaced on the axis.</p>"
+             where a treatment has a single migration or lower bounds). n: usable migrations behind the point (k ≥: \
+             of them lower bounds, from censored migrations; the mean is then a lower bound). Levels are equally \
+             spaced on the axis. {}</p>",
+            super::intervals_assume(&e.spec.raw)
         );
         let factors = varied(e.spec);
         if factors.is_empty() {
@@ -66,14 +68,7 @@ fn effect_figure(
         .iter()
         .flat_map(|p| {
             p.points.iter().map(|x| {
-                vec![
-                    esc(&p.measure),
-                    esc(&x.level),
-                    num(Some(x.mean)),
-                    ci(x.ci95),
-                    x.n.to_string(),
-                    x.treatments.to_string(),
-                ]
+                vec![esc(&p.measure), esc(&x.level), level_mean(x), ci(x.ci95), level_n(x), x.treatments.to_string()]
             })
         })
         .collect();
@@ -146,6 +141,7 @@ impl Experiment<'_> {
                     mean: st.iter().map(|s| s.mean).sum::<f64>() / st.len() as f64,
                     ci95: mean_of_means_ci(&st),
                     n: st.iter().map(|s| s.n).sum(),
+                    censored: st.iter().map(|s| s.censored).sum(),
                     treatments: st.len(),
                 })
             })

@@ -3,7 +3,7 @@
 //! per VMSIZE, every point a treatment mean (or the mean of the treatment means over
 //! the other factors) with its 95 % CI.
 
-use super::{Builder, Experiment, HtmlError, ci, esc, num, slug, table, varied};
+use super::{Builder, Experiment, HtmlError, ci, esc, level_mean, level_n, slug, table, varied};
 use crate::{
     experiment::spec::Design,
     report::plots::{self, SeriesFigure, SeriesPanel, label},
@@ -72,14 +72,7 @@ pub(super) fn section(b: &mut Builder, e: &Experiment<'_>) -> Result<(), HtmlErr
                 .flat_map(|p| {
                     p.series.iter().flat_map(move |s| {
                         s.points.iter().map(move |x| {
-                            vec![
-                                esc(&p.title),
-                                esc(&s.label),
-                                esc(&x.level),
-                                num(Some(x.mean)),
-                                ci(x.ci95),
-                                x.n.to_string(),
-                            ]
+                            vec![esc(&p.title), esc(&s.label), esc(&x.level), level_mean(x), ci(x.ci95), level_n(x)]
                         })
                     })
                 })

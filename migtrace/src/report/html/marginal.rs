@@ -62,6 +62,7 @@ impl Experiment<'_> {
             mean: st.iter().map(|s| s.mean).sum::<f64>() / st.len() as f64,
             ci95: mean_of_means_ci(&st),
             n: st.iter().map(|s| s.n).sum(),
+            censored: st.iter().map(|s| s.censored).sum(),
             treatments: st.len(),
         })
     }

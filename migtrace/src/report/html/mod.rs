@@ -183,8 +183,48 @@ fn num(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.2}"))
 }
 
+/// A level's mean, "≥" where lower bounds (censored migrations) are among its values.
+fn level_mean(x: &crate::report::plots::LevelPoint) -> String {
+    format!("{}{}", if x.censored > 0 { "≥ " } else { "" }, num(Some(x.mean)))
+}
+
+/// A level's migrations, with how many are lower bounds.
+fn level_n(x: &crate::report::plots::LevelPoint) -> String {
+    if x.censored > 0 { format!("{} ({} ≥)", x.n, x.censored) } else { x.n.to_string() }
+}
+
+/// A 95 % confidence interval; one of width 0 says why (every value was equal: no
+/// spread was measured, which is not a mean known exactly).
 fn ci(c: Option<(f64, f64)>) -> String {
-    c.map_or_else(|| "–".into(), |(l, h)| format!("{l:.2} – {h:.2}"))
+    match c {
+        None => "–".into(),
+        Some((l, h)) if l == h => format!("{l:.2} – {h:.2} (all values equal: no spread measured)"),
+        Some((l, h)) => format!("{l:.2} – {h:.2}"),
+    }
+}
+
+/// What the confidence intervals assume, and how far this experiment's repetitions
+/// meet it.
+fn intervals_assume(spec: &crate::experiment::spec::RawSpec) -> String {
+    let reps = spec.repetitions;
+    let per = spec.repetitions_per_boot.unwrap_or(reps).clamp(1, reps.max(1));
+    let boots = reps.div_ceil(per);
+    let order = match spec.order {
+        crate::experiment::spec::Order::Random => "in a seeded random order",
+        crate::experiment::spec::Order::Sequential => "in sequence",
+    };
+    let how = if boots > 1 {
+        format!("on {boots} boots of its guest of at most {per} consecutive migrations each, the boots {order}")
+    } else {
+        format!("as {reps} consecutive ping-pong migrations of one booted guest, the treatments {order}")
+    };
+    format!(
+        "The intervals treat a treatment's repetitions as independent draws of one distribution. Here each \
+         treatment ran {how}: repetitions on one boot share its memory layout and the machine's load of those \
+         minutes, so the intervals describe the spread within this run and may be narrower than the spread between \
+         runs, boots or hosts. An interval of width 0 means every value was equal (a 50 ms ping that lost the same \
+         replies each time), not that the mean is known exactly."
+    )
 }
 
 /// A factor the experiment varies (two levels or more).
@@ -306,3 +346,39 @@ figure{display:inline-block;vertical-align:top;margin:.5em 1em .5em 0;max-width:
 figure svg{max-width:100%;height:auto}figcaption{font-size:.85em;color:#444;max-width:1000px}\
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto}.note{color:#555;font-size:.9em}\
 nav a{margin-right:1em}details summary{cursor:pointer;font-size:.85em;color:#06c}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interval_of_width_0_says_why() {
+        assert_eq!(ci(Some((40.0, 60.0))), "40.00 – 60.00");
+        assert!(ci(Some((50.0, 50.0))).contains("all values equal: no spread measured"));
+        assert_eq!(ci(None), "–");
+    }
+
+    #[test]
+    fn the_intervals_say_how_the_repetitions_ran() {
+        let spec = |extra: &str| {
+            crate::experiment::spec::ExperimentSpec::parse(&format!(
+                "name = \"t\"\nrepetitions = 4\n{extra}\n[factors]\nvcpus = [1, 2]\n"
+            ))
+            .expect("spec")
+            .raw
+        };
+        let one = intervals_assume(&spec(""));
+        assert!(
+            one.contains("4 consecutive ping-pong migrations of one booted guest, the treatments in sequence"),
+            "{one}"
+        );
+        let two = intervals_assume(&spec("repetitions_per_boot = 2\norder = \"random\""));
+        assert!(
+            two.contains(
+                "on 2 boots of its guest of at most 2 consecutive migrations each, the boots in a seeded random order"
+            ),
+            "{two}"
+        );
+        assert!(two.contains("independent") && two.contains("width 0"), "{two}");
+    }
+}

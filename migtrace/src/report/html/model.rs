@@ -20,8 +20,11 @@ pub(super) fn section(b: &mut Builder, e: &Experiment<'_>) -> Result<(), HtmlErr
             b.html,
             "<p class=\"note\">From {VALIDATION_FILE} (<code>migtrace model validate</code>): each of the {} \
              treatments predicted by the model fitted on the others, {} migrations. APE: absolute percentage error \
-             of a held-out migration; noise floor: each repetition against the mean of its treatment's other \
-             repetitions (the best a prediction of the treatment can do). Better fit: {}.</p>",
+             of a held-out migration (a prediction that is not a positive number counts as ∞); chosen per fold: \
+             the variant with the better fit on the other treatments alone, scored on the held-out one (the error \
+             of choosing, not only of the variant); noise floor: each repetition against the mean of its \
+             treatment's other repetitions × √((n−1)/n), the error of a perfect predictor of the treatment's mean \
+             (the best a prediction can do). Better fit: {} (what <code>migtrace predict</code> uses).</p>",
             v.treatments,
             v.migrations,
             esc(v.preferred.name()),
@@ -34,31 +37,23 @@ pub(super) fn section(b: &mut Builder, e: &Experiment<'_>) -> Result<(), HtmlErr
 /// Per measure the median and 90th percentile of each variant's held-out errors and of
 /// the noise floor.
 fn errors(out: &mut String, v: &Validation) {
-    let pct = |x: Option<f64>| x.map_or_else(|| "–".into(), |x| format!("{x:.1}"));
+    let pct = |x: Option<f64>| x.map_or_else(|| "–".into(), validate::ape);
     let rows: Vec<Vec<String>> = validate::error_rows(v)
         .into_iter()
         .map(|row| {
-            let mut cells = vec![esc(row.measure.label()), row.n.to_string()];
+            let n =
+                if row.unbounded > 0 { format!("{} ({} unbounded)", row.n, row.unbounded) } else { row.n.to_string() };
+            let mut cells = vec![esc(row.measure.label()), n];
             cells.extend(row.ape.map(pct));
             cells
         })
         .collect();
-    table(
-        out,
-        "model-errors",
-        "model",
-        &[
-            "measure",
-            "n",
-            "closed form: median APE %",
-            "p90 APE %",
-            "simulation: median APE %",
-            "p90 APE %",
-            "noise floor: median %",
-            "p90 %",
-        ],
-        &rows,
-    );
+    let header: Vec<String> = ["measure".to_owned(), "n".to_owned()]
+        .into_iter()
+        .chain(validate::ERROR_COLUMNS.map(|c| format!("{c} %")))
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(out, "model-errors", "model", &header, &rows);
 }
 
 /// Every held-out prediction of the plotted measures against the measured value.

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use super::{Builder, Experiment, HtmlError, Varied, ci, esc, num, slug, table, varied};
+use super::{Builder, Experiment, HtmlError, Varied, ci, esc, level_mean, level_n, num, slug, table, varied};
 use crate::{
     measure::{quality, record::MigrationRecord},
     report::plots::{self, SeriesFigure, SeriesPanel, label},
@@ -107,7 +107,7 @@ fn setting_figure(
         .flat_map(|p| {
             p.series.iter().flat_map(move |s| {
                 s.points.iter().map(move |x| {
-                    vec![esc(&p.title), esc(&s.label), esc(&x.level), num(Some(x.mean)), ci(x.ci95), x.n.to_string()]
+                    vec![esc(&p.title), esc(&s.label), esc(&x.level), level_mean(x), ci(x.ci95), level_n(x)]
                 })
             })
         })

@@ -5,14 +5,16 @@
 use std::fmt::Write as _;
 
 use super::{Builder, Experiment, HtmlError, esc, num, slug, table};
-use crate::stats::ExperimentSummary;
+use crate::{report::experiment::at_least, stats::ExperimentSummary};
 
 pub(super) fn section(b: &mut Builder, e: &Experiment<'_>) -> Result<(), HtmlError> {
     b.section("tables", "Table II and effects", "Table II and effect tables", |b| {
         b.html.push_str(
             "<p class=\"note\">Table II as in the paper, ms, over usable migrations. A max:min ratio is n/a where the \
              smallest value is 0 ms (a ping that lost no reply). SD: sample standard deviation, – where there is a \
-             single value.</p>\n",
+             single value. n (k ≥): k of the n values are lower bounds, from censored migrations (the guest answered \
+             again only after observation ended), each counted as its open gap; figures marked ≥ are then lower \
+             bounds, a ratio whose smallest value is a bound is n/a, and an SD over bounds is –.</p>\n",
         );
         table2(&mut b.html, e.summary);
         effect_tables(&mut b.html, e.summary);
@@ -25,13 +27,14 @@ fn table2(out: &mut String, s: &ExperimentSummary) {
         .table2
         .iter()
         .map(|r| {
+            let ge = at_least(r.censored > 0);
             vec![
                 esc(&r.measure),
-                r.n.to_string(),
+                if r.censored > 0 { format!("{} ({} ≥)", r.n, r.censored) } else { r.n.to_string() },
                 r.treatments.to_string(),
-                num(Some(r.overall_mean)),
-                r.ratio_treatment_means.map_or_else(|| "n/a".into(), |v| format!("{v:.2}")),
-                r.ratio_all.map_or_else(|| "n/a".into(), |v| format!("{v:.2}")),
+                format!("{ge}{}", num(Some(r.overall_mean))),
+                r.ratio_treatment_means.map_or_else(|| "n/a".into(), |v| format!("{ge}{v:.2}")),
+                r.ratio_all.map_or_else(|| "n/a".into(), |v| format!("{ge}{v:.2}")),
                 num(r.max_treatment_sd),
                 num(r.overall_sd),
             ]
@@ -74,10 +77,15 @@ fn effect_tables(out: &mut String, s: &ExperimentSummary) {
             .map(|row| {
                 let mut cells = vec![esc(&row.level), row.treatments.to_string()];
                 cells.extend(measures.iter().map(|m| match row.cells.get(m) {
-                    Some(c) if c.treatments < row.treatments => {
-                        format!("{:.2} (n={}, {} of {} treatments)", c.mean, c.n, c.treatments, row.treatments)
-                    }
-                    Some(c) => format!("{:.2} (n={})", c.mean, c.n),
+                    Some(c) if c.treatments < row.treatments => format!(
+                        "{}{:.2} (n={}, {} of {} treatments)",
+                        at_least(c.censored > 0),
+                        c.mean,
+                        c.n,
+                        c.treatments,
+                        row.treatments
+                    ),
+                    Some(c) => format!("{}{:.2} (n={})", at_least(c.censored > 0), c.mean, c.n),
                     None => "–".into(),
                 }));
                 cells

@@ -132,9 +132,11 @@ impl Experiment<'_> {
                 continue;
             }
             with.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.repetition.cmp(&b.1.repetition)));
-            let n = with.len();
-            let median = with[n.div_ceil(2) - 1];
-            let worst = with[n - 1];
+            let (Some(median), Some(worst)) =
+                (crate::percentile::of_sorted(&with, 0.5), crate::percentile::of_sorted(&with, 1.0))
+            else {
+                continue;
+            };
             let mut out = vec![Chosen { which: "median", by: name, value: median.0, record: median.1 }];
             if worst.1.repetition != median.1.repetition {
                 out.push(Chosen { which: "worst", by: name, value: worst.0, record: worst.1 });

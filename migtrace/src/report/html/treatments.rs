@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{Builder, Experiment, HtmlError, PLOTS_DIR, cdf, ci, esc, num, slug, table, timelines};
 use crate::{
     measure::{
-        quality::{self, MEASURES},
+        quality::{self, MEASURES, Reading},
         record::MigrationRecord,
     },
     report::plots::{self, Strip, StripMethod},
@@ -29,6 +29,7 @@ pub(super) fn section(b: &mut Builder, e: &Experiment<'_>) -> Result<(), HtmlErr
              of its median and worst migration (by the probe gap) on one time axis per migration, with the pre-copy \
              rounds.</p>\n",
         );
+        let _ = writeln!(b.html, "<p class=\"note\">{}</p>", super::intervals_assume(&e.spec.raw));
         let total = e.summary.treatments.len();
         if total > MAX_TREATMENT_SECTIONS {
             let _ = writeln!(
@@ -54,11 +55,12 @@ fn treatment(b: &mut Builder, e: &Experiment<'_>, i: usize, t: &TreatmentSummary
     let tag = format!("t{:03}-{}", i + 1, slug(&t.treatment));
     let _ = writeln!(
         b.html,
-        "<section id=\"{}\"><h3>{}</h3><p>{} migrations, {} usable.</p>",
+        "<section id=\"{}\"><h3>{}</h3><p>{} migrations, {} usable{}.</p>",
         esc(&tag),
         esc(&t.treatment),
         t.migrations,
-        t.usable
+        t.usable,
+        if t.censored > 0 { format!(", {} censored (counted as lower bounds)", t.censored) } else { String::new() }
     );
     methods_figure(b, e, &tag, t)?;
     let (c, problems) = cdf::cdf_of(&format!("downtime CDF: {}", t.treatment), &t.histograms);
@@ -86,15 +88,22 @@ fn methods_figure(b: &mut Builder, e: &Experiment<'_>, tag: &str, t: &TreatmentS
                 .find(|x| x.measure == m.measure)
                 .map(|x| x.reasons.iter().map(|(why, k)| format!("{k}× {why}")).collect::<Vec<_>>().join("; "))
                 .unwrap_or_default();
+            // With lower bounds among them the statistics are lower bounds too.
+            let ge = if m.bounds.is_empty() { "" } else { "≥ " };
+            let stat = |f: fn(&crate::stats::Stats) -> f64| format!("{ge}{}", num(st.map(f)));
+            let values = m.values.iter().map(|v| format!("{v:.2}")).chain(m.bounds.iter().map(|v| format!("≥ {v:.2}")));
             vec![
                 esc(&m.measure),
-                m.values.len().to_string(),
-                num(st.map(|s| s.mean)),
+                match m.bounds.len() {
+                    0 => m.values.len().to_string(),
+                    k => format!("{} ({k} ≥)", m.values.len() + k),
+                },
+                stat(|s| s.mean),
                 ci(st.and_then(|s| s.ci95)),
-                num(st.map(|s| s.min)),
-                num(st.map(|s| s.p50)),
-                num(st.map(|s| s.max)),
-                esc(&m.values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ")),
+                stat(|s| s.min),
+                stat(|s| s.p50),
+                stat(|s| s.max),
+                esc(&values.collect::<Vec<_>>().join(", ")),
                 if m.missing == 0 { "0".into() } else { format!("{} missing ({})", m.missing, esc(&reasons)) },
             ]
         })
@@ -110,7 +119,8 @@ fn methods_figure(b: &mut Builder, e: &Experiment<'_>, tag: &str, t: &TreatmentS
     b.figure(
         format!("{tag}-methods.svg"),
         plots::strip(&strip)?,
-        "Downtime by method, one dot per usable migration.",
+        "Downtime by method, one dot per usable migration; a hollow one is a lower bound (a censored migration: the \
+         guest answered again only after observation ended).",
         &data,
     );
     Ok(())
@@ -156,20 +166,41 @@ impl Experiment<'_> {
         self.records.iter().filter(|r| r.treatment == treatment && quality::usable(r)).collect()
     }
 
-    /// The downtime methods of one treatment side by side, and why values are missing.
+    /// The migrations of a treatment that statistics count: usable and censored.
+    fn counted_of(&self, treatment: &str) -> Vec<&MigrationRecord> {
+        self.records.iter().filter(|r| r.treatment == treatment && quality::counted(r)).collect()
+    }
+
+    /// The downtime methods of one treatment side by side (a censored migration's open
+    /// measures as lower bounds), and why values are missing.
     pub fn methods(&self, t: &TreatmentSummary) -> (Strip, Vec<Missing>) {
-        let usable = self.usable_of(&t.treatment);
+        let counted = self.counted_of(&t.treatment);
         let mut methods = Vec::new();
         let mut missing = Vec::new();
         for m in MEASURES.iter().filter(|m| m.name.starts_with("downtime.")) {
-            let values: Vec<f64> = usable.iter().filter_map(|r| (m.get)(r)).filter(|v| v.is_finite()).collect();
+            let readings: Vec<(&MigrationRecord, Option<Reading>)> =
+                counted.iter().map(|r| (*r, m.reading(r))).collect();
+            let values: Vec<f64> = readings
+                .iter()
+                .filter_map(|(_, x)| if let Some(Reading::Exact(v)) = x { Some(*v) } else { None })
+                .collect();
+            let bounds: Vec<f64> = readings
+                .iter()
+                .filter_map(|(_, x)| if let Some(Reading::AtLeast(v)) = x { Some(*v) } else { None })
+                .collect();
             let qmp = m.name.ends_with(".qmp");
             if qmp && values.is_empty() {
                 continue;
             }
             let field = record_field(m.name);
-            let without: Vec<&&MigrationRecord> =
-                if qmp { Vec::new() } else { usable.iter().filter(|r| field_value(r, &field).is_none()).collect() };
+            let without: Vec<&&MigrationRecord> = if qmp {
+                Vec::new()
+            } else {
+                counted
+                    .iter()
+                    .filter(|r| field_value(r, &field).is_none() && !matches!(m.reading(r), Some(Reading::AtLeast(_))))
+                    .collect()
+            };
             if !without.is_empty() {
                 missing.push(Missing {
                     measure: m.name.to_owned(),
@@ -177,7 +208,7 @@ impl Experiment<'_> {
                     reasons: reasons(&without, &field),
                 });
             }
-            methods.push(StripMethod { measure: m.name.to_owned(), values, missing: without.len() });
+            methods.push(StripMethod { measure: m.name.to_owned(), values, bounds, missing: without.len() });
         }
         (Strip { title: format!("downtime by method: {}", t.treatment), methods }, missing)
     }

@@ -118,6 +118,7 @@ mod tests {
             mean,
             ci95: Some((mean - 5.0, mean + 5.0)),
             n: 3,
+            censored: 0,
             treatments: 1,
         };
         let f = SeriesFigure {
