@@ -135,8 +135,22 @@ pub fn find(
 ) -> Vec<Outage> {
     let r = &evidence.replies;
     let threshold = (threshold_intervals * evidence.interval_ns as f64) as u64;
-    let found = silences(r, threshold, switchover);
-    let the_switchover = switchover.and_then(|(paused, _)| switchover_silence(r, &found, paused));
+    let mut found = silences(r, threshold, switchover);
+    // The switchover's outage is exactly the gap the probe gap takes (every gap
+    // considered, not only those above the threshold): it replaces what overlaps it.
+    let the_switchover = switchover.and_then(|(paused, _)| switchover_silence(r, &silences(r, 0, switchover), paused));
+    if let Some(sw) = the_switchover {
+        let span = |s: &Silence| (r[s.from].ts, s.to.map_or(u64::MAX, |j| r[j].ts));
+        let (a, b) = span(&sw);
+        found.retain(|s| {
+            let (sa, sb) = span(s);
+            sb <= a || sa >= b
+        });
+        if b.saturating_sub(a) > threshold {
+            found.push(sw);
+            found.sort_by_key(|s| r[s.from].ts);
+        }
+    }
     let ms = |t: u64| (t as i128 - origin_ns as i128) as f64 / 1e6;
     let interval_ms = evidence.interval_ns as f64 / 1e6;
     found
